@@ -1,0 +1,128 @@
+// Row maths of the fused KD loss, shared by the CPU and CUDA kernels.
+//
+// Each row is reduced in chunks with running maxima (online softmax), so a row is read
+// once. With a = (t - m_t)/T and b = (s - m_s)/T (m_* the row maxima of the raw logits),
+// log p_t = a - log z_t and log p_s = b - log z_s, and
+//   forward KL = w / z_t - log z_t + log z_s,  w = Σ e^a (a - b)
+//   reverse KL = w / z_s - log z_s + log z_t,  w = Σ e^b (b - a)
+// Working relative to the maxima keeps ±3e38 logits and small T from overflowing.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <c10/util/string_view.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common.h"
+
+namespace ptcore::kd {
+
+enum class Div : int { Forward = 0, Reverse = 1, JSD = 2 };
+
+// Per-row statistics saved by the forward for the backward: [N, kStats].
+enum Stat : int { kMaxS = 0, kLogZS = 1, kMaxT = 2, kLogZT = 3, kLse1 = 4, kDiv = 5 };
+constexpr int kStats = 6;
+
+struct Options {
+  double inv_t;
+  double beta;
+  double soft_coef;  // soft_weight · T² (when scale_by_t2)
+  double hard_coef;  // hard_weight when labels are given, else 0
+  int64_t ignore_index;
+  Div div;
+};
+
+inline Options make_options(double temperature, c10::string_view divergence, double beta,
+                            double hard_weight, double soft_weight, int64_t ignore_index,
+                            bool scale_by_t2, bool has_labels) {
+  check_positive_finite(temperature, "temperature");
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta > 0 && beta < 1,
+                    "beta must be strictly between 0 and 1, got ", beta);
+  TORCH_CHECK_VALUE(std::isfinite(hard_weight) && hard_weight >= 0,
+                    "hard_weight must be finite and >= 0, got ", hard_weight);
+  TORCH_CHECK_VALUE(std::isfinite(soft_weight) && soft_weight >= 0,
+                    "soft_weight must be finite and >= 0, got ", soft_weight);
+  Div div;
+  if (divergence == "forward_kl") {
+    div = Div::Forward;
+  } else if (divergence == "reverse_kl") {
+    div = Div::Reverse;
+  } else if (divergence == "jsd") {
+    div = Div::JSD;
+  } else {
+    TORCH_CHECK_VALUE(false, "divergence must be 'forward_kl', 'reverse_kl' or 'jsd', got '",
+                      std::string(divergence), "'");
+  }
+  const double t2 = scale_by_t2 ? temperature * temperature : 1.0;
+  return {1.0 / temperature, beta, soft_weight * t2, has_labels ? hard_weight : 0.0,
+          ignore_index, div};
+}
+
+// 0 · x = 0 even for x = ±inf: a term whose weight underflowed contributes nothing.
+template <typename T>
+C10_HOST_DEVICE inline T mul0(T f, T x) {
+  return f == T(0) ? T(0) : f * x;
+}
+
+// new_max - old_max, with -inf - -inf = 0 (an empty or fully masked slice stays so).
+template <typename T>
+C10_HOST_DEVICE inline T shift(T new_max, T old_max) {
+  return new_max == old_max ? T(0) : new_max - old_max;
+}
+
+template <typename T>
+struct RowAcc {
+  T m_s = -std::numeric_limits<T>::infinity();  // running max of student logits
+  T m_t = -std::numeric_limits<T>::infinity();  // running max of teacher logits
+  T z_s = 0;  // Σ exp((s - m_s)/T)
+  T z_t = 0;  // Σ exp((t - m_t)/T)
+  T z1 = 0;   // Σ exp(s - m_s), the softmax at T = 1 of the hard-label term
+  T w = 0;    // the divergence's weighted sum (see the header comment)
+
+  // Re-express the sums relative to larger maxima (new_s >= m_s, new_t >= m_t).
+  C10_HOST_DEVICE void rescale(T new_s, T new_t, T inv_t, Div div) {
+    const T ds = shift(new_s, m_s), dt = shift(new_t, m_t);
+    if (ds == T(0) && dt == T(0)) return;
+    const T fs = std::exp(-ds * inv_t), ft = std::exp(-dt * inv_t);
+    if (div == Div::Forward) {
+      if (z_t > T(0)) w = mul0(ft, w + z_t * (ds - dt) * inv_t);
+    } else if (div == Div::Reverse) {
+      if (z_s > T(0)) w = mul0(fs, w + z_s * (dt - ds) * inv_t);
+    }
+    z_s *= fs;
+    z_t *= ft;
+    z1 *= std::exp(-ds);
+    m_s = new_s;
+    m_t = new_t;
+  }
+
+  C10_HOST_DEVICE void merge(RowAcc o, T inv_t, Div div) {
+    const T ms = m_s > o.m_s ? m_s : o.m_s, mt = m_t > o.m_t ? m_t : o.m_t;
+    rescale(ms, mt, inv_t, div);
+    o.rescale(ms, mt, inv_t, div);
+    z_s += o.z_s;
+    z_t += o.z_t;
+    z1 += o.z1;
+    w += o.w;
+  }
+};
+
+// Finishes a row: fills stats (except kDiv for JSD, which needs a second pass) and
+// returns the divergence for forward/reverse KL.
+template <typename T>
+C10_HOST_DEVICE inline T finish_row(const RowAcc<T>& a, Div div, T* stats) {
+  const T log_zs = std::log(a.z_s), log_zt = std::log(a.z_t);
+  stats[kMaxS] = a.m_s;
+  stats[kLogZS] = log_zs;
+  stats[kMaxT] = a.m_t;
+  stats[kLogZT] = log_zt;
+  stats[kLse1] = a.m_s + std::log(a.z1);
+  T d = 0;
+  if (div == Div::Forward) d = a.w / a.z_t - log_zt + log_zs;
+  if (div == Div::Reverse) d = a.w / a.z_s - log_zs + log_zt;
+  stats[kDiv] = d;
+  return d;
+}
+
+}  // namespace ptcore::kd

@@ -1,0 +1,45 @@
+// The ptcore operator library: every op schema, and the module's build info.
+#include <torch/extension.h>
+
+#include "generated/build_info.h"
+
+TORCH_LIBRARY(ptcore, m) {
+  // Fused temperature-softmax distillation loss over rows of [N, V] logits.
+  // Returns per-row losses [N] (float32) and per-row statistics [N, 6] for backward.
+  m.def(
+      "kd_loss_rows(Tensor student, Tensor teacher, Tensor? labels, float temperature, "
+      "str divergence, float beta, float hard_weight, float soft_weight, int ignore_index, "
+      "bool scale_by_t2) -> (Tensor, Tensor)");
+  m.def(
+      "_kd_loss_backward(Tensor grad_rows, Tensor student, Tensor teacher, Tensor? labels, "
+      "Tensor stats, float temperature, str divergence, float beta, float hard_weight, "
+      "float soft_weight, int ignore_index, bool scale_by_t2) -> Tensor");
+
+  // Frozen-layer feature cache: int8 row quantization and fused gather + dequantize.
+  m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
+  m.def("gather_rows(Tensor store, Tensor? scales, Tensor indices, ScalarType dtype) -> Tensor");
+}
+
+namespace {
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = PTCORE_VERSION;
+  d["torch"] = PTCORE_BUILT_TORCH;
+  d["cuda"] = PTCORE_BUILT_CUDA;
+  d["cuda_archs"] = PTCORE_CUDA_ARCHS;
+  d["cpu_isa"] = PTCORE_CPU_ISA;
+#ifdef PTCORE_WITH_CUDA
+  d["with_cuda"] = true;
+#else
+  d["with_cuda"] = false;
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ptcore native kernels (ops are registered under torch.ops.ptcore)";
+  m.def("build_info", &build_info, "What this library was built against and with");
+}

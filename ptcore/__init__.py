@@ -1,0 +1,29 @@
+"""ptcore: adapt pretrained PyTorch models by fine-tuning, incremental training and
+knowledge distillation, on fused native kernels (C++ for CPU, CUDA for NVIDIA GPUs)."""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from ptcore._extension import build_info, has_cuda_kernels, has_native, info  # noqa: E402
+from ptcore import ops, reference  # noqa: E402
+from ptcore import nn  # noqa: E402
+from ptcore.ops import kd_loss  # noqa: E402
+
+__all__ = [
+    "__version__", "info", "build_info", "has_native", "has_cuda_kernels",
+    "ops", "nn", "reference", "kd_loss",
+]
+
+# Heavier parts (torchvision, training code) load on first use, keeping `import ptcore` quick.
+_LAZY_MODULES = {"cache", "models", "data", "engine", "strategies", "report", "cli"}
+_LAZY_ATTRS = {}
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"ptcore.{name}")
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+    raise AttributeError(f"module 'ptcore' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from ptcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""ptcore.kd_loss: the fused temperature-softmax knowledge-distillation loss."""
+from __future__ import annotations
+
+import torch
+
+from ptcore import _kd_args, reference
+from ptcore._extension import has_native
+
+__all__ = ["kd_loss"]
+
+STATS = 6  # per-row statistics the forward saves for backward (see csrc/kd_math.h)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+            temperature: float = 1.0, reduction: str = "batchmean",
+            divergence: str = "forward_kl", beta: float = 0.5,
+            labels: torch.Tensor | None = None, hard_weight: float = 0.0,
+            soft_weight: float = 1.0, ignore_index: int = -100,
+            scale_by_t2: bool = True) -> torch.Tensor:
+    r"""Distillation loss between student and teacher logits, fused in one native kernel.
+
+    Shapes: ``student_logits``, ``teacher_logits`` ``[..., V]`` (same shape, dtype, device;
+    leading dims are rows), ``labels`` ``[...]`` int. With :math:`p_s=\mathrm{softmax}(s/T)`,
+    :math:`p_t=\mathrm{softmax}(t/T)`, each row's loss is
+
+    .. math::
+        \ell = w_{soft}\,(T^2)\,D(p_t, p_s) + w_{hard}\,\mathrm{CE}(\mathrm{softmax}(s), y)
+
+    where ``divergence`` picks :math:`D`: ``"forward_kl"`` :math:`KL(p_t\|p_s)` (Hinton),
+    ``"reverse_kl"`` :math:`KL(p_s\|p_t)`, ``"jsd"`` :math:`\beta KL(p_t\|m)+(1-\beta)KL(p_s\|m)`,
+    :math:`m=\beta p_t+(1-\beta)p_s`. The :math:`T^2` factor applies when ``scale_by_t2``; the
+    hard term (at T = 1) only when ``labels`` are given. Rows labelled ``ignore_index`` count for
+    nothing and get no gradient.
+
+    ``reduction``: ``"none"`` (shape ``[...]``), ``"sum"``, ``"batchmean"`` (sum / counted rows),
+    ``"mean"`` (sum / (counted rows · V)). The loss is float32 (float64 for float64 inputs);
+    the student's gradient has the student's dtype; the teacher gets no gradient.
+    ``-inf`` logits (masked classes) are allowed: 0·log 0 = 0.
+    """
+    _kd_args.check_hyper(temperature, reduction, divergence, beta, hard_weight, soft_weight,
+                         ignore_index)
+    s, t, lab, lead = _kd_args.flatten(student_logits, teacher_logits, labels)
+    args = (float(temperature), divergence, float(beta), float(hard_weight), float(soft_weight),
+            int(ignore_index), bool(scale_by_t2))
+    if has_native():
+        rows, _ = torch.ops.ptcore.kd_loss_rows(s, t.detach(), lab, *args)
+    else:
+        rows = reference.kd_loss_rows(s, t, lab, *args)
+    return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
+
+
+def _register() -> None:
+    @torch.library.register_fake("ptcore::kd_loss_rows")
+    def _(student, teacher, labels, temperature, divergence, beta, hard_weight, soft_weight,
+          ignore_index, scale_by_t2):
+        acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+        n = student.shape[0]
+        return student.new_empty((n,), dtype=acc), student.new_empty((n, STATS), dtype=acc)
+
+    @torch.library.register_fake("ptcore::_kd_loss_backward")
+    def _(grad_rows, student, teacher, labels, stats, *hyper):
+        return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+    def setup_context(ctx, inputs, output):
+        student, teacher, labels = inputs[:3]
+        ctx.hyper = inputs[3:]
+        ctx.save_for_backward(student, teacher, labels, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_rows, _grad_stats):
+        student, teacher, labels, stats = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = torch.ops.ptcore._kd_loss_backward(grad_rows, student, teacher, labels,
+                                                      stats, *ctx.hyper)
+        return (grad,) + (None,) * 9
+
+    torch.library.register_autograd("ptcore::kd_loss_rows", backward, setup_context=setup_context)
+
+
+if has_native():
+    _register()
