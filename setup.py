@@ -77,7 +77,7 @@ def _extension():
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     _write_build_info(with_cuda, archs)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cxx = ["-O3", "-fvisibility=hidden"]  # torch adds its own -std
     if _cpu_isa() == "AVX2":
         # at::vec::Vectorized picks its AVX2 implementation from these macros; the
         # loader refuses this build on a CPU without AVX2 (see ptcore/_extension.py).
@@ -86,7 +86,7 @@ def _extension():
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         args["cxx"] = cxx + ["-DPTCORE_WITH_CUDA"]
-        args["nvcc"] = ["-O3", "-std=c++17", "-DPTCORE_WITH_CUDA", "--expt-relaxed-constexpr",
+        args["nvcc"] = ["-O3", "-DPTCORE_WITH_CUDA", "--expt-relaxed-constexpr",
                         "-lineinfo"]
         ext_cls = cpp_extension.CUDAExtension
     else:

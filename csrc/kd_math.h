@@ -126,3 +126,23 @@ C10_HOST_DEVICE inline T finish_row(const RowAcc<T>& a, Div div, T* stats) {
 }
 
 }  // namespace ptcore::kd
+
+namespace ptcore::kd {
+
+// Checks shared by both backends' kd_loss_rows / _kd_loss_backward ([N, V] logits).
+inline void check_inputs(const at::Tensor& student, const at::Tensor& teacher,
+                         const std::optional<at::Tensor>& labels) {
+  check_float_input(student, "student_logits");
+  check_dim(student, 2, "student_logits");
+  check_same(student, "student_logits", teacher, "teacher_logits");
+  TORCH_CHECK_VALUE(student.size(1) >= 1, "student_logits must have at least one class (V >= 1)");
+  if (labels.has_value()) {
+    check_index_tensor(*labels, student.size(0), student, "labels");
+  }
+}
+
+inline at::ScalarType acc_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace ptcore::kd

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ptcore import _kd_args
 
-__all__ = ["kd_loss", "kd_loss_rows"]
+__all__ = ["kd_loss", "kd_loss_rows", "quantize_rows", "gather_rows"]
 
 
 def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -68,3 +68,37 @@ def kd_loss(student_logits, teacher_logits, *, temperature=1.0, reduction="batch
     rows = kd_loss_rows(s, t, lab, float(temperature), divergence, float(beta),
                         float(hard_weight), float(soft_weight), ignore_index, bool(scale_by_t2))
     return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for ptcore.ops.quantize_rows: [M, D] float → (int8 codes [M, D], scales [M]).
+
+    scale = max|x| / 127 per row (float32), code = round-half-even(x / scale) clamped to
+    ±127. All-zero rows, and rows holding inf/NaN (scale inf/NaN), get zero codes."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D, got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    xf = x.float()
+    amax = xf.abs().amax(dim=1) if x.shape[1] else xf.new_zeros(x.shape[0])
+    scales = amax / 127
+    usable = torch.isfinite(scales) & (scales > 0)
+    divisor = torch.where(usable, scales, torch.ones_like(scales))
+    codes = torch.round(xf / divisor[:, None]).clamp_(-127, 127)
+    codes = torch.where(usable[:, None], codes, torch.zeros_like(codes))
+    return codes.to(torch.int8), scales
+
+
+def gather_rows(store: torch.Tensor, scales: torch.Tensor | None, indices: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+    """Reference for ptcore.ops.gather_rows: rows ``store[indices]`` as ``dtype``, times
+    their per-row scale when ``store`` is int8."""
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= store.shape[0]):
+        raise IndexError(f"indices must be in [0, {store.shape[0]}), got values from "
+                         f"{int(indices.min())} to {int(indices.max())}")
+    rows = store.index_select(0, indices).float()
+    if store.dtype == torch.int8:
+        if scales is None:
+            raise ValueError("scales are required when store is int8")
+        rows = rows * scales.index_select(0, indices)[:, None]
+    return rows.to(dtype)

@@ -65,6 +65,16 @@ inline void store(at::BFloat16* p, const Vectorized<float>& v) { store_partial(p
 inline void store(at::Half* p, const Vectorized<float>& v) { store_partial(p, v, lanes<at::Half>()); }
 #endif
 
+template <typename A>
+inline A hsum(const Vectorized<A>& v) {
+  return at::vec::vec_reduce_all<A>([](Vectorized<A>& x, Vectorized<A>& y) { return x + y; }, v);
+}
+template <typename A>
+inline A hmax(const Vectorized<A>& v) {
+  return at::vec::vec_reduce_all<A>(
+      [](Vectorized<A>& x, Vectorized<A>& y) { return at::vec::maximum(x, y); }, v);
+}
+
 // exp with the accuracy torch's own CPU softmax uses (exp_u20 for float).
 inline Vectorized<float> vexp(const Vectorized<float>& x) { return x.exp_u20(); }
 inline Vectorized<double> vexp(const Vectorized<double>& x) { return x.exp(); }

@@ -2,3 +2,6 @@
 from ptcore.ops.kd_loss import kd_loss
 
 __all__ = ["kd_loss"]
+from ptcore.ops.cache_ops import gather_rows, quantize_rows  # noqa: E402
+
+__all__ += ["quantize_rows", "gather_rows"]

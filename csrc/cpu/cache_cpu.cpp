@@ -1,0 +1,201 @@
+// Feature-cache ops on CPU: int8 row quantization and fused gather + dequantize.
+#include <ATen/Dispatch_v2.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "common.h"
+#include "cpu/vec_io.h"
+
+namespace ptcore {
+
+// Argument checks shared with the CUDA backend (declared again in cuda/cache_kernel.cu).
+void check_quantize_args(const at::Tensor& x) {
+  check_dim(x, 2, "x");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+                   "x must be float32, float16 or bfloat16, got ", dt);
+}
+
+void check_gather_args(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                       const at::Tensor& indices, at::ScalarType dtype) {
+  check_dim(store, 2, "store");
+  const auto st = store.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kChar || st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+                   "store must be int8, float32, float16 or bfloat16, got ", st);
+  // A store is the cache itself: copying it to make it contiguous would double its memory.
+  TORCH_CHECK_VALUE(store.is_contiguous(), "store must be contiguous");
+  if (st == at::kChar) {
+    TORCH_CHECK_VALUE(scales.has_value(), "scales are required when store is int8");
+    const auto& s = *scales;
+    TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, "scales must be float32, got ",
+                     s.scalar_type());
+    check_dim(s, 1, "scales");
+    TORCH_CHECK_VALUE(s.size(0) == store.size(0), "scales must have one entry per store row (",
+                      store.size(0), "), got ", s.size(0));
+    TORCH_CHECK_VALUE(s.is_contiguous(), "scales must be contiguous");
+    TORCH_CHECK(s.device() == store.device(), "scales must be on ", store.device(),
+                " like store, got ", s.device());
+  } else {
+    TORCH_CHECK_VALUE(!scales.has_value(), "scales must be None when store is ", st,
+                      " (they belong to int8 stores)");
+  }
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
+                   indices.scalar_type());
+  check_dim(indices, 1, "indices");
+  TORCH_CHECK(indices.device() == store.device(), "indices must be on ", store.device(),
+              " like store, got ", indices.device());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+                   "dtype must be float32, float16 or bfloat16, got ", dtype);
+}
+
+namespace cpu {
+namespace {
+
+constexpr int64_t kW = Vectorized<float>::size();
+
+// 8 int8 codes → 8 floats.
+inline Vectorized<float> load_codes(const int8_t* p) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c));
+#else
+  __at_align__ float buf[kW];
+  for (int64_t i = 0; i < kW; ++i) buf[i] = p[i];
+  return Vectorized<float>::loadu(buf);
+#endif
+}
+
+// Integral floats in [-127, 127] → 8 int8 codes.
+inline void store_codes(int8_t* p, const Vectorized<float>& q) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m256i i32 = _mm256_cvtps_epi32(q);
+  const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
+#else
+  __at_align__ float buf[kW];
+  q.store(buf);
+  for (int64_t i = 0; i < kW; ++i) p[i] = static_cast<int8_t>(buf[i]);
+#endif
+}
+
+// Rows per parallel task: enough elements that a task outweighs its scheduling.
+inline int64_t grain_rows(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
+
+template <typename T>
+void quantize_row(const T* x, int64_t d, int8_t* codes, float* scale_out) {
+  Vectorized<float> vmax(0.f);
+  int64_t j = 0;
+  for (; j + kW <= d; j += kW) vmax = at::vec::maximum(vmax, load(x + j).abs());
+  if (j < d) vmax = at::vec::maximum(vmax, load_partial(x + j, d - j, 0.f).abs());
+  __at_align__ float lanes_max[kW];
+  vmax.store(lanes_max);
+  float amax = 0.f;
+  for (float m : lanes_max) amax = (std::isnan(m) || m > amax) ? m : amax;  // NaN wins
+  const float scale = amax / 127.f;
+  *scale_out = scale;
+  // All-zero rows, and rows with inf/NaN (whose scale is then inf/NaN), get zero codes.
+  if (!(std::isfinite(scale) && scale > 0.f)) {
+    std::memset(codes, 0, d);
+    return;
+  }
+  // Divide (not multiply by 1/scale) so the codes match the reference bit for bit.
+  const Vectorized<float> vs(scale), lo(-127.f), hi(127.f);
+  j = 0;
+  for (; j + kW <= d; j += kW) {
+    store_codes(codes + j, at::vec::clamp(load(x + j) / vs, lo, hi).round());
+  }
+  for (; j < d; ++j) {
+    codes[j] = static_cast<int8_t>(std::nearbyint(std::min(127.f, std::max(-127.f,
+                                   static_cast<float>(x[j]) / scale))));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in) {
+  check_quantize_args(x_in);
+  const auto x = x_in.contiguous();
+  const int64_t m = x.size(0), d = x.size(1);
+  auto codes = at::empty({m, d}, x.options().dtype(at::kChar));
+  auto scales = at::empty({m}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_V2(x.scalar_type(), "quantize_rows", AT_WRAP([&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    int8_t* cp = codes.data_ptr<int8_t>();
+    float* sp = scales.data_ptr<float>();
+    at::parallel_for(0, m, grain_rows(d), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) quantize_row(xp + r * d, d, cp + r * d, sp + r);
+    });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
+  return {codes, scales};
+}
+
+// One row of the store, dequantized (int8) or converted, into one output row.
+template <typename In, typename Out>
+void gather_row(const In* src, Out* dst, int64_t d, float scale) {
+  if constexpr (std::is_same_v<In, Out>) {
+    std::memcpy(dst, src, d * sizeof(Out));
+  } else {
+    constexpr bool kCodes = std::is_same_v<In, int8_t>;
+    const Vectorized<float> vs(scale);
+    int64_t j = 0;
+    for (; j + kW <= d; j += kW) {
+      if constexpr (kCodes) {
+        store(dst + j, load_codes(src + j) * vs);
+      } else {
+        store(dst + j, load(src + j));
+      }
+    }
+    for (; j < d; ++j) {
+      dst[j] = static_cast<Out>(kCodes ? static_cast<float>(src[j]) * scale
+                                       : static_cast<float>(src[j]));
+    }
+  }
+}
+
+template <typename In, typename Out>
+void gather_rows_impl(const at::Tensor& store_t, const float* scales, const int64_t* idx,
+                      at::Tensor& out) {
+  const int64_t b = out.size(0), d = out.size(1);
+  const In* src = store_t.const_data_ptr<In>();
+  Out* dst = out.data_ptr<Out>();
+  at::parallel_for(0, b, grain_rows(d), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) {
+      const int64_t r = idx[i];
+      gather_row<In, Out>(src + r * d, dst + i * d, d, scales ? scales[r] : 1.f);
+    }
+  });
+}
+
+at::Tensor gather_rows_cpu(const at::Tensor& store_t, const c10::optional<at::Tensor>& scales,
+                           const at::Tensor& indices_in, at::ScalarType dtype) {
+  check_gather_args(store_t, scales, indices_in, dtype);
+  const auto indices = indices_in.contiguous();
+  const int64_t m = store_t.size(0), d = store_t.size(1), b = indices.size(0);
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  // Checked up front, in order, so the error names the first bad entry.
+  for (int64_t i = 0; i < b; ++i) {
+    TORCH_CHECK_INDEX(idx[i] >= 0 && idx[i] < m, "indices[", i, "] = ", idx[i],
+                      " is out of range for a store of ", m, " rows (valid: 0 to ", m - 1,
+                      "; negative indices are not accepted)");
+  }
+  auto out = at::empty({b, d}, store_t.options().dtype(dtype));
+  if (b == 0 || d == 0) return out;
+  const float* sp = scales.has_value() ? scales->const_data_ptr<float>() : nullptr;
+  AT_DISPATCH_V2(store_t.scalar_type(), "gather_rows", AT_WRAP([&] {
+    using In = scalar_t;
+    AT_DISPATCH_V2(dtype, "gather_rows", AT_WRAP([&] {
+      gather_rows_impl<In, scalar_t>(store_t, sp, idx, out);
+    }), at::kFloat, at::kHalf, at::kBFloat16);
+  }), at::kChar, at::kFloat, at::kHalf, at::kBFloat16);
+  return out;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace ptcore
+
+TORCH_LIBRARY_IMPL(ptcore, CPU, m) {
+  m.impl("quantize_rows", &ptcore::cpu::quantize_rows_cpu);
+  m.impl("gather_rows", &ptcore::cpu::gather_rows_cpu);
+}

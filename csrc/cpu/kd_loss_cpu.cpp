@@ -1,0 +1,267 @@
+// CPU kernels of the fused KD loss: one read of each row forward (two for JSD), one backward.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "cpu/vec_io.h"
+#include "kd_math.h"
+
+namespace ptcore::cpu {
+namespace {
+
+using kd::Div;
+using kd::Options;
+using kd::RowAcc;
+
+// Elements per online step: a chunk of both rows stays in L1 between its max and sum passes.
+constexpr int64_t kChunk = 2048;
+
+// Calls f(vs, vt, j, n) for the vectors of s[begin:end], t[begin:end]. The tail vector is
+// padded with -inf, which adds nothing to any sum; n counts its real elements.
+template <typename scalar_t, typename F>
+inline void for_each_vec(const scalar_t* s, const scalar_t* t, int64_t begin, int64_t end, F&& f) {
+  constexpr int64_t L = lanes<scalar_t>();
+  const auto ninf = -std::numeric_limits<acc_t<scalar_t>>::infinity();
+  int64_t j = begin;
+  for (; j + L <= end; j += L) f(load(s + j), load(t + j), j, L);
+  if (j < end) f(load_partial(s + j, end - j, ninf), load_partial(t + j, end - j, ninf), j, end - j);
+}
+
+// Subtracting a -inf max would give NaN; an all -inf prefix has nothing to rescale.
+template <typename A>
+inline A base(A m) {
+  return m == -std::numeric_limits<A>::infinity() ? A(0) : m;
+}
+
+// One pass over a row: maxima, normalisers and the KL sum (online, chunk by chunk).
+template <typename scalar_t, bool kHard>
+RowAcc<acc_t<scalar_t>> accumulate_row(const scalar_t* s, const scalar_t* t, int64_t V,
+                                       acc_t<scalar_t> inv_t, Div div) {
+  using A = acc_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  const Vec zero(A(0)), vinv(inv_t);
+  RowAcc<A> r;
+  for (int64_t c = 0; c < V; c += kChunk) {
+    const int64_t ce = std::min(V, c + kChunk);
+    Vec vms(-std::numeric_limits<A>::infinity()), vmt = vms;
+    for_each_vec(s, t, c, ce, [&](const Vec& vs, const Vec& vt, int64_t, int64_t) {
+      vms = at::vec::maximum(vms, vs);
+      vmt = at::vec::maximum(vmt, vt);
+    });
+    r.rescale(std::max(r.m_s, hmax(vms)), std::max(r.m_t, hmax(vmt)), inv_t, div);
+    const Vec ms(base(r.m_s)), mt(base(r.m_t));
+    Vec zs = zero, zt = zero, z1 = zero, w = zero;
+    for_each_vec(s, t, c, ce, [&](const Vec& vs, const Vec& vt, int64_t, int64_t) {
+      const Vec a = (vt - mt) * vinv, b = (vs - ms) * vinv;
+      const Vec ea = vexp(a), eb = vexp(b);
+      zt += ea;
+      zs += eb;
+      if constexpr (kHard) z1 += vexp(vs - ms);
+      // Masked entries (weight 0) must add 0, not 0 · inf = NaN.
+      if (div == Div::Forward) w += Vec::blendv(zero, ea * (a - b), ea > zero);
+      if (div == Div::Reverse) w += Vec::blendv(zero, eb * (b - a), eb > zero);
+    });
+    r.z_s += hsum(zs);
+    r.z_t += hsum(zt);
+    r.z1 += hsum(z1);
+    r.w += hsum(w);
+  }
+  return r;
+}
+
+// Second pass for JSD: K_t = Σ p_t log(p_t/m), K_s = Σ p_s log(p_s/m), m = β p_t + (1-β) p_s.
+template <typename scalar_t>
+std::pair<acc_t<scalar_t>, acc_t<scalar_t>> jsd_terms(const scalar_t* s, const scalar_t* t,
+                                                       int64_t V, const acc_t<scalar_t>* st,
+                                                       acc_t<scalar_t> inv_t, acc_t<scalar_t> beta) {
+  using A = acc_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  const Vec zero(A(0)), vinv(inv_t), vb(beta), vb1(A(1) - beta);
+  const Vec ms(st[kd::kMaxS]), lzs(st[kd::kLogZS]), mt(st[kd::kMaxT]), lzt(st[kd::kLogZT]);
+  Vec kt = zero, ks = zero;
+  for_each_vec(s, t, 0, V, [&](const Vec& vs, const Vec& vt, int64_t, int64_t) {
+    const Vec lpt = (vt - mt) * vinv - lzt, lps = (vs - ms) * vinv - lzs;
+    const Vec pt = vexp(lpt), ps = vexp(lps);
+    const Vec lm = (vb * pt + vb1 * ps).log();
+    kt += Vec::blendv(zero, pt * (lpt - lm), pt > zero);
+    ks += Vec::blendv(zero, ps * (lps - lm), ps > zero);
+  });
+  return {hsum(kt), hsum(ks)};
+}
+
+bool row_counts(const int64_t* labels, int64_t i, const Options& o) {
+  return labels == nullptr || labels[i] != o.ignore_index;
+}
+
+void check_label_range(const at::Tensor& labels, int64_t V, int64_t ignore_index) {
+  const int64_t* p = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    TORCH_CHECK_VALUE(p[i] == ignore_index || (p[i] >= 0 && p[i] < V), "labels must be in [0, ",
+                      V, ") or ignore_index=", ignore_index, ", got ", p[i], " at row ", i);
+  }
+}
+
+int64_t grain(int64_t V) { return std::max<int64_t>(1, 16384 / V); }
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const int64_t* labels,
+                  const Options& o, at::Tensor& rows, at::Tensor& stats) {
+  using A = acc_t<scalar_t>;
+  const int64_t N = student.size(0), V = student.size(1);
+  const scalar_t* s = student.const_data_ptr<scalar_t>();
+  const scalar_t* t = teacher.const_data_ptr<scalar_t>();
+  A* out = rows.data_ptr<A>();
+  A* st = stats.data_ptr<A>();
+  const A inv_t = static_cast<A>(o.inv_t);
+  const bool hard = o.hard_coef != 0;
+  at::parallel_for(0, N, grain(V), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* si = s + i * V;
+      const scalar_t* ti = t + i * V;
+      A* sti = st + i * kd::kStats;
+      const auto acc = hard ? accumulate_row<scalar_t, true>(si, ti, V, inv_t, o.div)
+                            : accumulate_row<scalar_t, false>(si, ti, V, inv_t, o.div);
+      A d = kd::finish_row(acc, o.div, sti);
+      if (o.div == Div::JSD) {
+        const auto [k_t, k_s] = jsd_terms(si, ti, V, sti, inv_t, static_cast<A>(o.beta));
+        d = static_cast<A>(o.beta) * k_t + static_cast<A>(1 - o.beta) * k_s;
+        sti[kd::kDiv] = k_s;
+      }
+      if (!row_counts(labels, i, o)) {
+        out[i] = 0;
+        continue;
+      }
+      A loss = static_cast<A>(o.soft_coef) * d;
+      if (hard) loss += static_cast<A>(o.hard_coef) * (sti[kd::kLse1] - static_cast<A>(si[labels[i]]));
+      out[i] = loss;
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad_rows, const at::Tensor& student,
+                   const at::Tensor& teacher, const int64_t* labels, const at::Tensor& stats,
+                   const Options& o, at::Tensor& grad) {
+  using A = acc_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  const int64_t N = student.size(0), V = student.size(1);
+  const scalar_t* s = student.const_data_ptr<scalar_t>();
+  const scalar_t* t = teacher.const_data_ptr<scalar_t>();
+  const A* gr = grad_rows.const_data_ptr<A>();
+  const A* st = stats.const_data_ptr<A>();
+  scalar_t* g = grad.data_ptr<scalar_t>();
+  const A inv_t = static_cast<A>(o.inv_t);
+  at::parallel_for(0, N, grain(V), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t* gi = g + i * V;
+      if (!row_counts(labels, i, o)) {
+        std::fill(gi, gi + V, scalar_t(0));
+        continue;
+      }
+      const A* sti = st + i * kd::kStats;
+      const A c_hard = gr[i] * static_cast<A>(o.hard_coef);
+      const int64_t label = c_hard != 0 ? labels[i] : -1;
+      const Vec zero(A(0)), vinv(inv_t), c_soft(gr[i] * static_cast<A>(o.soft_coef) * inv_t);
+      const Vec vc_hard(c_hard), vb(static_cast<A>(o.beta)), vb1(static_cast<A>(1 - o.beta));
+      const Vec ms(sti[kd::kMaxS]), lzs(sti[kd::kLogZS]), mt(sti[kd::kMaxT]),
+          lzt(sti[kd::kLogZT]), lse1(sti[kd::kLse1]), dv(sti[kd::kDiv]);
+      for_each_vec(s + i * V, t + i * V, 0, V, [&](const Vec& vs, const Vec& vt, int64_t j, int64_t n) {
+        // Gradients of D with respect to s/T; p_s = 0 entries get exactly 0.
+        const Vec lps = (vs - ms) * vinv - lzs, lpt = (vt - mt) * vinv - lzt;
+        const Vec ps = vexp(lps);
+        Vec gs;
+        if (o.div == Div::Forward) {
+          gs = ps - vexp(lpt);
+        } else if (o.div == Div::Reverse) {
+          gs = Vec::blendv(zero, ps * (lps - lpt - dv), ps > zero);
+        } else {
+          const Vec lm = (vb * vexp(lpt) + vb1 * ps).log();
+          gs = Vec::blendv(zero, vb1 * ps * (lps - lm - dv), ps > zero);
+        }
+        Vec out = gs * c_soft;
+        if (c_hard != 0) out += vexp(vs - lse1) * vc_hard;
+        if (label >= j && label < j + n) {  // the one-hot of the hard-label term
+          __at_align__ A buf[lanes<scalar_t>()];
+          out.store(buf);
+          buf[label - j] -= c_hard;
+          out = Vec::loadu(buf);
+        }
+        if (n == lanes<scalar_t>()) {
+          store(gi + j, out);
+        } else {
+          store_partial(gi + j, out, n);
+        }
+      });
+    }
+  });
+}
+
+Options options_for(const at::Tensor& student, const at::Tensor& teacher,
+                    const std::optional<at::Tensor>& labels, double temperature,
+                    c10::string_view divergence, double beta, double hard_weight,
+                    double soft_weight, int64_t ignore_index, bool scale_by_t2) {
+  kd::check_inputs(student, teacher, labels);
+  if (labels.has_value()) check_label_range(labels->contiguous(), student.size(1), ignore_index);
+  return kd::make_options(temperature, divergence, beta, hard_weight, soft_weight, ignore_index,
+                          scale_by_t2, labels.has_value());
+}
+
+const int64_t* labels_ptr(const std::optional<at::Tensor>& labels, at::Tensor& holder) {
+  if (!labels.has_value()) return nullptr;
+  holder = labels->contiguous();
+  return holder.const_data_ptr<int64_t>();
+}
+
+std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cpu(
+    const at::Tensor& student_in, const at::Tensor& teacher_in,
+    const std::optional<at::Tensor>& labels, double temperature, c10::string_view divergence,
+    double beta, double hard_weight, double soft_weight, int64_t ignore_index, bool scale_by_t2) {
+  const Options o = options_for(student_in, teacher_in, labels, temperature, divergence, beta,
+                                hard_weight, soft_weight, ignore_index, scale_by_t2);
+  const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
+  const auto acc = kd::acc_dtype(student);
+  at::Tensor rows = at::empty({student.size(0)}, student.options().dtype(acc));
+  at::Tensor stats = at::empty({student.size(0), kd::kStats}, student.options().dtype(acc));
+  at::Tensor lab;
+  const int64_t* lp = labels_ptr(labels, lab);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_rows_cpu", [&] {
+    forward_impl<scalar_t>(student, teacher, lp, o, rows, stats);
+  });
+  return {rows, stats};
+}
+
+at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& student_in,
+                                const at::Tensor& teacher_in,
+                                const std::optional<at::Tensor>& labels, const at::Tensor& stats,
+                                double temperature, c10::string_view divergence, double beta,
+                                double hard_weight, double soft_weight, int64_t ignore_index,
+                                bool scale_by_t2) {
+  const Options o = options_for(student_in, teacher_in, labels, temperature, divergence, beta,
+                                hard_weight, soft_weight, ignore_index, scale_by_t2);
+  const int64_t N = student_in.size(0);
+  const auto acc = kd::acc_dtype(student_in);
+  TORCH_CHECK_VALUE(grad_rows.numel() == N, "grad_rows must have ", N, " entries, got ",
+                    grad_rows.numel());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kd::kStats &&
+                        stats.scalar_type() == acc,
+                    "stats must be the [N, ", kd::kStats, "] statistics of the forward pass");
+  const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
+  const at::Tensor gr = grad_rows.reshape({N}).to(acc).contiguous(), st = stats.contiguous();
+  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor lab;
+  const int64_t* lp = labels_ptr(labels, lab);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_backward_cpu", [&] {
+    backward_impl<scalar_t>(gr, student, teacher, lp, st, o, grad);
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ptcore, CPU, m) {
+  m.impl("kd_loss_rows", &kd_loss_rows_cpu);
+  m.impl("_kd_loss_backward", &kd_loss_backward_cpu);
+}
+
+}  // namespace ptcore::cpu
