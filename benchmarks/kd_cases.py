@@ -1,0 +1,95 @@
+"""Benchmark cases for ptcore.kd_loss: providers, shapes, and how each is timed and measured.
+
+Shared by the pytest-benchmark suite (bench_kd_loss.py) and the ratio table (kd_table.py)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import torch
+
+import ptcore
+from ptcore import reference
+
+SHAPES = {"small": (256, 1000), "vocab32k": (4096, 32000), "vocab128k": (1024, 128256)}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PASSES = ("fwd", "fwd+bwd")
+PROVIDERS = ("ptcore", "eager", "compile")
+TEMPERATURE = 2.0
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    return torch.compile(reference.kd_loss)
+
+
+def loss_fn(provider):
+    if provider == "ptcore":
+        return ptcore.kd_loss
+    if provider == "eager":
+        return reference.kd_loss
+    if provider == "compile":
+        return _compiled()
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def make_inputs(n, v, dtype, device="cpu", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    s = torch.randn(n, v, generator=g, device=device, dtype=torch.float32).mul_(2).to(dtype)
+    t = torch.randn(n, v, generator=g, device=device, dtype=torch.float32).mul_(2).to(dtype)
+    return s, t
+
+
+def step(provider, s, t, pass_):
+    """One forward (and backward) of the loss; returns the loss."""
+    fn = loss_fn(provider)
+    if pass_ == "fwd":
+        with torch.no_grad():
+            return fn(s, t, temperature=TEMPERATURE)
+    x = s.detach().requires_grad_()
+    loss = fn(x, t, temperature=TEMPERATURE)
+    loss.backward()
+    return loss
+
+
+def bytes_moved(n, v, dtype, pass_):
+    """Compulsory traffic: fwd reads s and t; backward reads them again and writes the grad."""
+    per = torch.tensor([], dtype=dtype).element_size() * n * v
+    return 2 * per if pass_ == "fwd" else 5 * per
+
+
+def peak_extra_bytes(provider, n, v, dtype_name, pass_, device="cpu"):
+    """Peak memory above the inputs during one step (the second, so compilation is excluded).
+
+    CUDA: the caching allocator's peak. CPU: the rise of the process's max RSS, measured in
+    a fresh process so earlier cases cannot hide it."""
+    if device == "cuda":
+        s, t = make_inputs(n, v, DTYPES[dtype_name], device)
+        step(provider, s, t, pass_)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(provider, s, t, pass_)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    code = (
+        "import json, sys; sys.path.insert(0, %r)\n"
+        "from kd_cases import _measure_rss; print(json.dumps(_measure_rss(%r, %d, %d, %r, %r)))"
+        % (os.path.dirname(os.path.abspath(__file__)), provider, n, v, dtype_name, pass_))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_rss(provider, n, v, dtype_name, pass_):
+    s, t = make_inputs(n, v, DTYPES[dtype_name])
+    # A smaller warm-up compiles and allocates once without raising the high-water mark.
+    ws, wt = make_inputs(max(1, n // 64), v, DTYPES[dtype_name])
+    step(provider, ws, wt, pass_)
+    del ws, wt
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(provider, s, t, pass_)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024

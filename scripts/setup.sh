@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for ptcore: torch, the Python dependencies, and the native build.
+# CUDA kernels are compiled when a CUDA toolkit is found (FORCE_CUDA=1 makes that required,
+# PTCORE_CUDA=0 skips them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export MAX_JOBS="${MAX_JOBS:-2}"
+python -m pip install -q torch==2.14.1 torchvision==0.29.1
+python -m pip install -q numpy scikit-learn tqdm matplotlib pyyaml pytest hypothesis pytest-benchmark \
+    setuptools wheel ninja
+python -m pip install -q --no-build-isolation -e .
+python -m ptcore info
