@@ -1,31 +1,25 @@
-"""The `ptcore` command. Each subcommand lives beside the code it drives; this file only
-wires them up, importing heavy modules when the subcommand runs."""
+"""The `ptcore` command.
+
+Each subcommand is a module in ptcore/commands/ with ``add_parser(subparsers)``, which
+registers its arguments and sets ``func`` (called with the parsed args, returns an exit
+code). Those modules import heavy code (torchvision, training) inside ``func`` only, so
+`ptcore --help` stays fast. To add a subcommand, add its module name to COMMANDS."""
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 
-
-def _cmd_info(args) -> int:
-    from ptcore import info
-
-    data = info()
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        width = max(map(len, data))
-        for key, value in data.items():
-            print(f"{key:<{width}}  {value}")
-    return 0
+COMMANDS = ["info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptcore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ptcore", description="Adapt pretrained PyTorch models: fine-tuning, incremental "
+        "training, knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="version, build and backends of this ptcore")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_info)
+    for name in COMMANDS:
+        importlib.import_module(f"ptcore.commands.{name}").add_parser(sub)
     return parser
 
 

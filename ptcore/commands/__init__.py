@@ -1,0 +1,1 @@
+"""Subcommands of the `ptcore` command line (see ptcore/cli.py)."""
