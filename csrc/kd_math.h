@@ -129,7 +129,7 @@ C10_HOST_DEVICE inline T finish_row(const RowAcc<T>& a, Div div, T* stats) {
 
 namespace ptcore::kd {
 
-// Checks shared by both backends' kd_loss_rows / _kd_loss_backward ([N, V] logits).
+// Checks shared by both backends' kd_loss_rows / _kd_loss_rows_backward ([N, V] logits).
 inline void check_inputs(const at::Tensor& student, const at::Tensor& teacher,
                          const std::optional<at::Tensor>& labels) {
   check_float_input(student, "student_logits");
@@ -139,6 +139,36 @@ inline void check_inputs(const at::Tensor& student, const at::Tensor& teacher,
   if (labels.has_value()) {
     check_index_tensor(*labels, student.size(0), student, "labels");
   }
+}
+
+inline void check_topk_inputs(const at::Tensor& student, const at::Tensor& values,
+                              const at::Tensor& indices, const std::optional<at::Tensor>& labels) {
+  check_float_input(student, "student_logits");
+  check_dim(student, 2, "student_logits");
+  TORCH_CHECK_VALUE(student.size(1) >= 1, "student_logits must have at least one class (V >= 1)");
+  check_float_input(values, "teacher_values");
+  check_dim(values, 2, "teacher_values");
+  TORCH_CHECK_VALUE(values.size(0) == student.size(0), "teacher_values must have ",
+                    student.size(0), " rows, got ", values.size(0));
+  TORCH_CHECK_VALUE(values.size(1) <= student.size(1), "teacher_values has K=", values.size(1),
+                    " classes but the student only V=", student.size(1));
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "teacher_indices must be int64, got ",
+                   indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.sizes() == values.sizes(), "teacher_indices must have the shape of "
+                    "teacher_values ", values.sizes(), ", got ", indices.sizes());
+  TORCH_CHECK(values.device() == student.device() && indices.device() == student.device(),
+              "teacher_values and teacher_indices must be on ", student.device());
+  if (labels.has_value()) check_index_tensor(*labels, student.size(0), student, "labels");
+}
+
+// The backward's own inputs: one gradient per row, and the forward's statistics.
+inline void check_backward_args(const at::Tensor& grad_rows, const at::Tensor& stats, int64_t N,
+                                at::ScalarType acc) {
+  TORCH_CHECK_VALUE(grad_rows.numel() == N, "grad_rows must have ", N, " entries, got ",
+                    grad_rows.numel());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStats &&
+                        stats.scalar_type() == acc,
+                    "stats must be the [N, ", kStats, "] statistics of the forward pass");
 }
 
 inline at::ScalarType acc_dtype(const at::Tensor& x) {

@@ -11,9 +11,18 @@ TORCH_LIBRARY(ptcore, m) {
       "str divergence, float beta, float hard_weight, float soft_weight, int ignore_index, "
       "bool scale_by_t2) -> (Tensor, Tensor)");
   m.def(
-      "_kd_loss_backward(Tensor grad_rows, Tensor student, Tensor teacher, Tensor? labels, "
+      "_kd_loss_rows_backward(Tensor grad_rows, Tensor student, Tensor teacher, Tensor? labels, "
       "Tensor stats, float temperature, str divergence, float beta, float hard_weight, "
       "float soft_weight, int ignore_index, bool scale_by_t2) -> Tensor");
+  // The same loss against a teacher kept as its top-K logits: values [N, K], indices [N, K].
+  m.def(
+      "kd_loss_topk_rows(Tensor student, Tensor teacher_values, Tensor teacher_indices, "
+      "Tensor? labels, float temperature, float hard_weight, float soft_weight, "
+      "int ignore_index, bool scale_by_t2) -> (Tensor, Tensor)");
+  m.def(
+      "_kd_loss_topk_rows_backward(Tensor grad_rows, Tensor student, Tensor teacher_values, "
+      "Tensor teacher_indices, Tensor? labels, Tensor stats, float temperature, "
+      "float hard_weight, float soft_weight, int ignore_index, bool scale_by_t2) -> Tensor");
 
   // Frozen-layer feature cache: int8 row quantization and fused gather + dequantize.
   m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");

@@ -73,6 +73,33 @@ def flatten(student, teacher, labels, name_s="student_logits", name_t="teacher_l
     return KDRows(student.reshape(-1, V), teacher.reshape(-1, V), labels, lead)
 
 
+def flatten_topk(student, values, indices, labels):
+    """Checks for the top-k loss; returns [N, V] student, [N, K] values (in the student's
+    float precision) and indices, [N] labels and the leading shape."""
+    _check_logits(student, "student_logits")
+    _check_logits(values, "teacher_values")
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
+        raise TypeError("teacher_indices must be an int64 tensor, got "
+                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
+    if values.shape != indices.shape:
+        raise ValueError("teacher_values and teacher_indices must have the same shape, got "
+                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
+    lead, V, K = student.shape[:-1], student.shape[-1], values.shape[-1]
+    if values.shape[:-1] != lead:
+        raise ValueError(f"teacher_values must have the student's leading shape {tuple(lead)}, "
+                         f"got {tuple(values.shape[:-1])}")
+    if K > V:
+        raise ValueError(f"top-k teacher has K={K} classes but the student only V={V}")
+    for name, x in (("teacher_values", values), ("teacher_indices", indices)):
+        if x.device != student.device:
+            raise ValueError(f"{name} must be on {student.device}, got {x.device}")
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    if labels is not None:
+        labels = check_labels(labels, lead, student.device)
+    return (student.reshape(-1, V), values.reshape(-1, K).to(acc), indices.reshape(-1, K),
+            labels, lead)
+
+
 def match_dtypes(a, b, name_a, name_b):
     """Same dtype required; under autocast, mixed logits are promoted to the wider one."""
     if a.dtype == b.dtype:

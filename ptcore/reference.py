@@ -44,6 +44,11 @@ def kd_loss_rows(student, teacher, labels, temperature, divergence, beta, hard_w
         log_m = torch.log(torch.where(m > 0, m, torch.ones_like(m)))
         div = beta * _kl(log_pt, log_m) + (1.0 - beta) * _kl(log_ps, log_m)
     loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * div
+    return _hard_term(loss, s, labels, hard_weight, ignore_index)
+
+
+def _hard_term(loss, s, labels, hard_weight, ignore_index):
+    """Adds hard_weight · CE(softmax(s), label) and zeroes the rows labelled ignore_index."""
     if labels is not None:
         valid = labels != ignore_index
         V = s.shape[-1]
@@ -55,7 +60,25 @@ def kd_loss_rows(student, teacher, labels, temperature, divergence, beta, hard_w
             ce = F.cross_entropy(s, labels.masked_fill(~valid, 0), reduction="none")
             loss = loss + hard_weight * ce
         loss = torch.where(valid, loss, torch.zeros_like(loss))
-    return loss.to(acc if acc == torch.float64 else torch.float32)
+    return loss.to(s.dtype)
+
+
+def kd_loss_topk_rows(student, teacher_values, teacher_indices, labels, temperature,
+                      hard_weight, soft_weight, ignore_index, scale_by_t2):
+    """Per-row loss [N] for [N, V] student logits against a top-K teacher ([N, K] values and
+    class indices): forward KL from softmax(values / T) over the K classes to the student."""
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    s = student.to(acc)
+    V = s.shape[-1]
+    idx = teacher_indices
+    if bool(((idx < 0) | (idx >= V)).any()):
+        raise ValueError(f"teacher_indices must be in [0, {V})")
+    if idx.shape[-1] > 1 and bool((idx.sort(dim=-1).values.diff(dim=-1) == 0).any()):
+        raise ValueError("teacher_indices must not repeat a class within a row")
+    log_pt = _log_softmax(teacher_values.detach().to(acc), temperature)
+    log_ps = _log_softmax(s, temperature).gather(-1, idx)
+    loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * _kl(log_pt, log_ps)
+    return _hard_term(loss, s, labels, hard_weight, ignore_index)
 
 
 def kd_loss(student_logits, teacher_logits, *, temperature=1.0, reduction="batchmean",
@@ -102,3 +125,16 @@ def gather_rows(store: torch.Tensor, scales: torch.Tensor | None, indices: torch
             raise ValueError("scales are required when store is int8")
         rows = rows * scales.index_select(0, indices)[:, None]
     return rows.to(dtype)
+
+
+def kd_loss_topk(student_logits, teacher_values, teacher_indices, *, temperature=1.0,
+                 reduction="batchmean", labels=None, hard_weight=0.0, soft_weight=1.0,
+                 ignore_index=-100, scale_by_t2=True):
+    """Reference for ptcore.kd_loss_topk: same signature, same results, plain PyTorch."""
+    _kd_args.check_hyper(temperature, reduction, "forward_kl", 0.5, hard_weight, soft_weight,
+                         ignore_index)
+    s, v, i, lab, lead = _kd_args.flatten_topk(student_logits, teacher_values, teacher_indices,
+                                               labels)
+    rows = kd_loss_topk_rows(s, v, i, lab, float(temperature), float(hard_weight),
+                             float(soft_weight), ignore_index, bool(scale_by_t2))
+    return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)

@@ -4,71 +4,10 @@
 
 #include <algorithm>
 
-#include "cpu/vec_io.h"
-#include "kd_math.h"
+#include "cpu/kd_row.h"
 
 namespace ptcore::cpu {
 namespace {
-
-using kd::Div;
-using kd::Options;
-using kd::RowAcc;
-
-// Elements per online step: a chunk of both rows stays in L1 between its max and sum passes.
-constexpr int64_t kChunk = 2048;
-
-// Calls f(vs, vt, j, n) for the vectors of s[begin:end], t[begin:end]. The tail vector is
-// padded with -inf, which adds nothing to any sum; n counts its real elements.
-template <typename scalar_t, typename F>
-inline void for_each_vec(const scalar_t* s, const scalar_t* t, int64_t begin, int64_t end, F&& f) {
-  constexpr int64_t L = lanes<scalar_t>();
-  const auto ninf = -std::numeric_limits<acc_t<scalar_t>>::infinity();
-  int64_t j = begin;
-  for (; j + L <= end; j += L) f(load(s + j), load(t + j), j, L);
-  if (j < end) f(load_partial(s + j, end - j, ninf), load_partial(t + j, end - j, ninf), j, end - j);
-}
-
-// Subtracting a -inf max would give NaN; an all -inf prefix has nothing to rescale.
-template <typename A>
-inline A base(A m) {
-  return m == -std::numeric_limits<A>::infinity() ? A(0) : m;
-}
-
-// One pass over a row: maxima, normalisers and the KL sum (online, chunk by chunk).
-template <typename scalar_t, bool kHard>
-RowAcc<acc_t<scalar_t>> accumulate_row(const scalar_t* s, const scalar_t* t, int64_t V,
-                                       acc_t<scalar_t> inv_t, Div div) {
-  using A = acc_t<scalar_t>;
-  using Vec = AccVec<scalar_t>;
-  const Vec zero(A(0)), vinv(inv_t);
-  RowAcc<A> r;
-  for (int64_t c = 0; c < V; c += kChunk) {
-    const int64_t ce = std::min(V, c + kChunk);
-    Vec vms(-std::numeric_limits<A>::infinity()), vmt = vms;
-    for_each_vec(s, t, c, ce, [&](const Vec& vs, const Vec& vt, int64_t, int64_t) {
-      vms = at::vec::maximum(vms, vs);
-      vmt = at::vec::maximum(vmt, vt);
-    });
-    r.rescale(std::max(r.m_s, hmax(vms)), std::max(r.m_t, hmax(vmt)), inv_t, div);
-    const Vec ms(base(r.m_s)), mt(base(r.m_t));
-    Vec zs = zero, zt = zero, z1 = zero, w = zero;
-    for_each_vec(s, t, c, ce, [&](const Vec& vs, const Vec& vt, int64_t, int64_t) {
-      const Vec a = (vt - mt) * vinv, b = (vs - ms) * vinv;
-      const Vec ea = vexp(a), eb = vexp(b);
-      zt += ea;
-      zs += eb;
-      if constexpr (kHard) z1 += vexp(vs - ms);
-      // Masked entries (weight 0) must add 0, not 0 · inf = NaN.
-      if (div == Div::Forward) w += Vec::blendv(zero, ea * (a - b), ea > zero);
-      if (div == Div::Reverse) w += Vec::blendv(zero, eb * (b - a), eb > zero);
-    });
-    r.z_s += hsum(zs);
-    r.z_t += hsum(zt);
-    r.z1 += hsum(z1);
-    r.w += hsum(w);
-  }
-  return r;
-}
 
 // Second pass for JSD: K_t = Σ p_t log(p_t/m), K_s = Σ p_s log(p_s/m), m = β p_t + (1-β) p_s.
 template <typename scalar_t>
@@ -80,29 +19,15 @@ std::pair<acc_t<scalar_t>, acc_t<scalar_t>> jsd_terms(const scalar_t* s, const s
   const Vec zero(A(0)), vinv(inv_t), vb(beta), vb1(A(1) - beta);
   const Vec ms(st[kd::kMaxS]), lzs(st[kd::kLogZS]), mt(st[kd::kMaxT]), lzt(st[kd::kLogZT]);
   Vec kt = zero, ks = zero;
-  for_each_vec(s, t, 0, V, [&](const Vec& vs, const Vec& vt, int64_t, int64_t) {
+  for_each_vec(0, V, [&](int64_t, int64_t, const Vec& vs, const Vec& vt) {
     const Vec lpt = (vt - mt) * vinv - lzt, lps = (vs - ms) * vinv - lzs;
     const Vec pt = vexp(lpt), ps = vexp(lps);
     const Vec lm = (vb * pt + vb1 * ps).log();
     kt += Vec::blendv(zero, pt * (lpt - lm), pt > zero);
     ks += Vec::blendv(zero, ps * (lps - lm), ps > zero);
-  });
+  }, s, t);
   return {hsum(kt), hsum(ks)};
 }
-
-bool row_counts(const int64_t* labels, int64_t i, const Options& o) {
-  return labels == nullptr || labels[i] != o.ignore_index;
-}
-
-void check_label_range(const at::Tensor& labels, int64_t V, int64_t ignore_index) {
-  const int64_t* p = labels.data_ptr<int64_t>();
-  for (int64_t i = 0; i < labels.numel(); ++i) {
-    TORCH_CHECK_VALUE(p[i] == ignore_index || (p[i] >= 0 && p[i] < V), "labels must be in [0, ",
-                      V, ") or ignore_index=", ignore_index, ", got ", p[i], " at row ", i);
-  }
-}
-
-int64_t grain(int64_t V) { return std::max<int64_t>(1, 16384 / V); }
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const int64_t* labels,
@@ -120,8 +45,8 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
       const scalar_t* si = s + i * V;
       const scalar_t* ti = t + i * V;
       A* sti = st + i * kd::kStats;
-      const auto acc = hard ? accumulate_row<scalar_t, true>(si, ti, V, inv_t, o.div)
-                            : accumulate_row<scalar_t, false>(si, ti, V, inv_t, o.div);
+      const auto acc = hard ? accumulate_row<scalar_t, true>(V, inv_t, o.div, si, ti)
+                            : accumulate_row<scalar_t, false>(V, inv_t, o.div, si, ti);
       A d = kd::finish_row(acc, o.div, sti);
       if (o.div == Div::JSD) {
         const auto [k_t, k_s] = jsd_terms(si, ti, V, sti, inv_t, static_cast<A>(o.beta));
@@ -166,7 +91,7 @@ void backward_impl(const at::Tensor& grad_rows, const at::Tensor& student,
       const Vec vc_hard(c_hard), vb(static_cast<A>(o.beta)), vb1(static_cast<A>(1 - o.beta));
       const Vec ms(sti[kd::kMaxS]), lzs(sti[kd::kLogZS]), mt(sti[kd::kMaxT]),
           lzt(sti[kd::kLogZT]), lse1(sti[kd::kLse1]), dv(sti[kd::kDiv]);
-      for_each_vec(s + i * V, t + i * V, 0, V, [&](const Vec& vs, const Vec& vt, int64_t j, int64_t n) {
+      for_each_vec(0, V, [&](int64_t j, int64_t n, const Vec& vs, const Vec& vt) {
         // Gradients of D with respect to s/T; p_s = 0 entries get exactly 0.
         const Vec lps = (vs - ms) * vinv - lzs, lpt = (vt - mt) * vinv - lzt;
         const Vec ps = vexp(lps);
@@ -192,7 +117,7 @@ void backward_impl(const at::Tensor& grad_rows, const at::Tensor& student,
         } else {
           store_partial(gi + j, out, n);
         }
-      });
+      }, s + i * V, t + i * V);
     }
   });
 }
@@ -205,12 +130,6 @@ Options options_for(const at::Tensor& student, const at::Tensor& teacher,
   if (labels.has_value()) check_label_range(labels->contiguous(), student.size(1), ignore_index);
   return kd::make_options(temperature, divergence, beta, hard_weight, soft_weight, ignore_index,
                           scale_by_t2, labels.has_value());
-}
-
-const int64_t* labels_ptr(const std::optional<at::Tensor>& labels, at::Tensor& holder) {
-  if (!labels.has_value()) return nullptr;
-  holder = labels->contiguous();
-  return holder.const_data_ptr<int64_t>();
 }
 
 std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cpu(
@@ -241,11 +160,7 @@ at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& s
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const int64_t N = student_in.size(0);
   const auto acc = kd::acc_dtype(student_in);
-  TORCH_CHECK_VALUE(grad_rows.numel() == N, "grad_rows must have ", N, " entries, got ",
-                    grad_rows.numel());
-  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kd::kStats &&
-                        stats.scalar_type() == acc,
-                    "stats must be the [N, ", kd::kStats, "] statistics of the forward pass");
+  kd::check_backward_args(grad_rows, stats, N, acc);
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
   const at::Tensor gr = grad_rows.reshape({N}).to(acc).contiguous(), st = stats.contiguous();
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
@@ -261,7 +176,7 @@ at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& s
 
 TORCH_LIBRARY_IMPL(ptcore, CPU, m) {
   m.impl("kd_loss_rows", &kd_loss_rows_cpu);
-  m.impl("_kd_loss_backward", &kd_loss_backward_cpu);
+  m.impl("_kd_loss_rows_backward", &kd_loss_backward_cpu);
 }
 
 }  // namespace ptcore::cpu

@@ -9,58 +9,12 @@
 
 #include <type_traits>
 
-#include "cuda/reduce.cuh"
-#include "kd_math.h"
+#include "cuda/kd_row.cuh"
 
 namespace ptcore::cuda {
 namespace {
 
 using kd::Div;
-using Acc = kd::RowAcc<float>;
-
-constexpr int kVecBytes = 16;
-
-template <typename scalar_t>
-constexpr int pack_size() {
-  return kVecBytes / sizeof(scalar_t);
-}
-
-template <typename scalar_t>
-struct alignas(kVecBytes) Pack {
-  scalar_t v[pack_size<scalar_t>()];
-};
-
-// Visits this thread's share of a row: f(sv, tv, j, n) gets n (a compile-time constant)
-// consecutive elements starting at column j, as floats. Rows whose start is 16-byte
-// aligned are read in packs of 16 bytes; others (and the tail) one element at a time.
-template <typename scalar_t, typename F>
-__device__ __forceinline__ void for_each_pack(const scalar_t* s, const scalar_t* t, int64_t V,
-                                              bool aligned, F&& f) {
-  constexpr int P = pack_size<scalar_t>();
-  int64_t start = 0;
-  if (aligned) {
-    const int64_t packs = V / P;
-    const auto* sp = reinterpret_cast<const Pack<scalar_t>*>(s);
-    const auto* tp = reinterpret_cast<const Pack<scalar_t>*>(t);
-    for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      const Pack<scalar_t> ps = sp[k], pt = tp[k];
-      float sv[P], tv[P];
-#pragma unroll
-      for (int e = 0; e < P; ++e) {
-        sv[e] = static_cast<float>(ps.v[e]);
-        tv[e] = static_cast<float>(pt.v[e]);
-      }
-      f(sv, tv, k * P, std::integral_constant<int, P>{});
-    }
-    start = packs * P;
-  }
-  for (int64_t j = start + threadIdx.x; j < V; j += blockDim.x) {
-    const float sv = static_cast<float>(s[j]), tv = static_cast<float>(t[j]);
-    f(&sv, &tv, j, std::integral_constant<int, 1>{});
-  }
-}
-
-__device__ __forceinline__ float base(float m) { return m == -INFINITY ? 0.f : m; }
 
 struct Pair {
   float a, b;
@@ -74,37 +28,16 @@ __global__ void kd_forward_kernel(const scalar_t* __restrict__ student,  // [N, 
                                   float* __restrict__ stats,             // [N, kStats]
                                   int64_t V, float inv_t, Div div, float beta, float soft_coef,
                                   float hard_coef, int64_t ignore_index, bool aligned) {
-  // Raw storage: __shared__ variables cannot have constructors (Acc has initializers).
-  __shared__ alignas(Acc) unsigned char smem_acc_raw[kWarp * sizeof(Acc)];
+  PTCORE_SHARED_ACCS(smem_acc);
   __shared__ Pair smem_pair[kWarp];
-  Acc* smem_acc = reinterpret_cast<Acc*>(smem_acc_raw);
   const int64_t i = blockIdx.x;
   const scalar_t* s = student + i * V;
   const scalar_t* t = teacher + i * V;
   Acc r;
-  for_each_pack(s, t, V, aligned, [&](const float* sv, const float* tv, int64_t, auto n) {
-    float ms = sv[0], mt = tv[0];
-#pragma unroll
-    for (int e = 1; e < n; ++e) {
-      ms = fmaxf(ms, sv[e]);
-      mt = fmaxf(mt, tv[e]);
-    }
-    r.rescale(fmaxf(r.m_s, ms), fmaxf(r.m_t, mt), inv_t, div);
-    const float bs = base(r.m_s), bt = base(r.m_t);
-#pragma unroll
-    for (int e = 0; e < n; ++e) {
-      const float a = (tv[e] - bt) * inv_t, b = (sv[e] - bs) * inv_t;
-      const float ea = expf(a), eb = expf(b);
-      r.z_t += ea;
-      r.z_s += eb;
-      if (kHard) r.z1 += expf(sv[e] - bs);
-      // Masked entries (weight 0) add 0, not 0 · inf = NaN.
-      if (div == Div::Forward && ea > 0.f) r.w += ea * (a - b);
-      if (div == Div::Reverse && eb > 0.f) r.w += eb * (b - a);
-    }
-  });
-  r = block_allreduce(
-      r, [=](Acc x, const Acc& y) { x.merge(y, inv_t, div); return x; }, Acc{}, smem_acc);
+  for_each_pack(V, aligned, [&](int64_t, auto, const auto& sv, const auto& tv) {
+    accumulate<kHard, true>(r, sv, tv, inv_t, div);
+  }, s, t);
+  r = row_allreduce(r, inv_t, div, smem_acc);
 
   float st[kd::kStats];
   float d = kd::finish_row(r, div, st);
@@ -112,7 +45,7 @@ __global__ void kd_forward_kernel(const scalar_t* __restrict__ student,  // [N, 
     const float lzs = st[kd::kLogZS], lzt = st[kd::kLogZT];
     const float bs = base(st[kd::kMaxS]), bt = base(st[kd::kMaxT]);
     Pair k{0.f, 0.f};
-    for_each_pack(s, t, V, aligned, [&](const float* sv, const float* tv, int64_t, auto n) {
+    for_each_pack(V, aligned, [&](int64_t, auto n, const auto& sv, const auto& tv) {
 #pragma unroll
       for (int e = 0; e < n; ++e) {
         const float lpt = (tv[e] - bt) * inv_t - lzt, lps = (sv[e] - bs) * inv_t - lzs;
@@ -121,7 +54,7 @@ __global__ void kd_forward_kernel(const scalar_t* __restrict__ student,  // [N, 
         if (pt > 0.f) k.a += pt * (lpt - lm);
         if (ps > 0.f) k.b += ps * (lps - lm);
       }
-    });
+    }, s, t);
     k = block_allreduce(
         k, [](Pair x, const Pair& y) { return Pair{x.a + y.a, x.b + y.b}; }, Pair{0.f, 0.f},
         smem_pair);
@@ -165,7 +98,7 @@ __global__ void kd_backward_kernel(const float* __restrict__ grad_rows,  // [N]
   const int64_t label = c_hard != 0.f ? labels[i] : -1;
   const float ms = base(st[kd::kMaxS]), lzs = st[kd::kLogZS], mt = base(st[kd::kMaxT]),
               lzt = st[kd::kLogZT], lse1 = st[kd::kLse1], dv = st[kd::kDiv];
-  for_each_pack(s, t, V, aligned, [&](const float* sv, const float* tv, int64_t j, auto n) {
+  for_each_pack(V, aligned, [&](int64_t j, auto n, const auto& sv, const auto& tv) {
     Pack<scalar_t> out;
 #pragma unroll
     for (int e = 0; e < n; ++e) {
@@ -190,18 +123,7 @@ __global__ void kd_backward_kernel(const float* __restrict__ grad_rows,  // [N]
     } else {
       g[j] = out.v[0];
     }
-  });
-}
-
-int threads_for(int64_t V, int pack) {
-  int threads = kWarp;
-  while (threads < 512 && threads * pack * 4 < V) threads *= 2;
-  return threads;
-}
-
-bool rows_aligned(const at::Tensor& x) {
-  const auto bytes = x.size(1) * x.element_size();
-  return reinterpret_cast<uintptr_t>(x.data_ptr()) % kVecBytes == 0 && bytes % kVecBytes == 0;
+  }, s, t);
 }
 
 kd::Options prepare(const at::Tensor& student, const at::Tensor& teacher,
@@ -213,12 +135,6 @@ kd::Options prepare(const at::Tensor& student, const at::Tensor& teacher,
               "student_logits has too many rows for one launch: ", student.size(0));
   return kd::make_options(temperature, divergence, beta, hard_weight, soft_weight, ignore_index,
                           scale_by_t2, labels.has_value());
-}
-
-const int64_t* labels_ptr(const std::optional<at::Tensor>& labels, at::Tensor& holder) {
-  if (!labels.has_value()) return nullptr;
-  holder = labels->contiguous();
-  return holder.const_data_ptr<int64_t>();
 }
 
 std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cuda(
@@ -266,11 +182,7 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const c10::cuda::CUDAGuard guard(student_in.device());
   const int64_t N = student_in.size(0), V = student_in.size(1);
-  TORCH_CHECK_VALUE(grad_rows.numel() == N, "grad_rows must have ", N, " entries, got ",
-                    grad_rows.numel());
-  TORCH_CHECK_VALUE(stats_in.dim() == 2 && stats_in.size(0) == N &&
-                        stats_in.size(1) == kd::kStats && stats_in.scalar_type() == at::kFloat,
-                    "stats must be the [N, ", kd::kStats, "] statistics of the forward pass");
+  kd::check_backward_args(grad_rows, stats_in, N, at::kFloat);
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
   const at::Tensor gr = grad_rows.reshape({N}).to(at::kFloat).contiguous();
   const at::Tensor stats = stats_in.contiguous();
@@ -296,7 +208,7 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(ptcore, CUDA, m) {
   m.impl("kd_loss_rows", &kd_loss_rows_cuda);
-  m.impl("_kd_loss_backward", &kd_loss_backward_cuda);
+  m.impl("_kd_loss_rows_backward", &kd_loss_backward_cuda);
 }
 
 }  // namespace ptcore::cuda

@@ -5,10 +5,9 @@ import torch
 
 from ptcore import _kd_args, reference
 from ptcore._extension import has_native
+from ptcore.ops import _row_loss
 
 __all__ = ["kd_loss"]
-
-STATS = 6  # per-row statistics the forward saves for backward (see csrc/kd_math.h)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
@@ -49,34 +48,5 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
     return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
 
 
-def _register() -> None:
-    @torch.library.register_fake("ptcore::kd_loss_rows")
-    def _(student, teacher, labels, temperature, divergence, beta, hard_weight, soft_weight,
-          ignore_index, scale_by_t2):
-        acc = torch.float64 if student.dtype == torch.float64 else torch.float32
-        n = student.shape[0]
-        return student.new_empty((n,), dtype=acc), student.new_empty((n, STATS), dtype=acc)
-
-    @torch.library.register_fake("ptcore::_kd_loss_backward")
-    def _(grad_rows, student, teacher, labels, stats, *hyper):
-        return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-    def setup_context(ctx, inputs, output):
-        student, teacher, labels = inputs[:3]
-        ctx.hyper = inputs[3:]
-        ctx.save_for_backward(student, teacher, labels, output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    def backward(ctx, grad_rows, _grad_stats):
-        student, teacher, labels, stats = ctx.saved_tensors
-        grad = None
-        if ctx.needs_input_grad[0]:
-            grad = torch.ops.ptcore._kd_loss_backward(grad_rows, student, teacher, labels,
-                                                      stats, *ctx.hyper)
-        return (grad,) + (None,) * 9
-
-    torch.library.register_autograd("ptcore::kd_loss_rows", backward, setup_context=setup_context)
-
-
 if has_native():
-    _register()
+    _row_loss.register("kd_loss_rows", n_tensors=3)

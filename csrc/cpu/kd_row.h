@@ -1,0 +1,81 @@
+// Row-level pieces of the CPU KD kernels, shared by kd_loss and kd_loss_topk.
+#pragma once
+
+#include <algorithm>
+
+#include "cpu/row_loop.h"
+#include "cpu/vec_io.h"
+#include "kd_math.h"
+
+namespace ptcore::cpu {
+
+using kd::Div;
+using kd::Options;
+using kd::RowAcc;
+
+// Elements per online step: a chunk of both rows stays in L1 between its max and sum passes.
+constexpr int64_t kChunk = 2048;
+
+// One pass over a row: maxima, normalisers and the KL sum (online, chunk by chunk).
+// Without a teacher row (the top-k loss), only the student's statistics are gathered.
+template <typename scalar_t, bool kHard, typename... Teacher>
+RowAcc<acc_t<scalar_t>> accumulate_row(int64_t V, acc_t<scalar_t> inv_t, Div div,
+                                       const scalar_t* s, const Teacher*... t) {
+  using A = acc_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  constexpr bool kTeacher = sizeof...(Teacher) > 0;
+  const Vec zero(A(0)), vinv(inv_t);
+  RowAcc<A> r;
+  for (int64_t c = 0; c < V; c += kChunk) {
+    const int64_t ce = std::min(V, c + kChunk);
+    Vec vms(-std::numeric_limits<A>::infinity()), vmt = vms;
+    for_each_vec(c, ce, [&](int64_t, int64_t, const Vec& vs, const auto&... vt) {
+      vms = at::vec::maximum(vms, vs);
+      ((vmt = at::vec::maximum(vmt, vt)), ...);
+    }, s, t...);
+    r.rescale(std::max(r.m_s, hmax(vms)), kTeacher ? std::max(r.m_t, hmax(vmt)) : r.m_t, inv_t,
+              div);
+    const Vec ms(base(r.m_s)), mt(base(r.m_t));
+    Vec zs = zero, zt = zero, z1 = zero, w = zero;
+    auto teacher_terms = [&](const Vec& b, const Vec& eb, const Vec& vt) {
+      const Vec a = (vt - mt) * vinv, ea = vexp(a);
+      zt += ea;
+      // Masked entries (weight 0) must add 0, not 0 · inf = NaN.
+      if (div == Div::Forward) w += Vec::blendv(zero, ea * (a - b), ea > zero);
+      if (div == Div::Reverse) w += Vec::blendv(zero, eb * (b - a), eb > zero);
+    };
+    for_each_vec(c, ce, [&](int64_t, int64_t, const Vec& vs, const auto&... vt) {
+      const Vec b = (vs - ms) * vinv, eb = vexp(b);
+      zs += eb;
+      if constexpr (kHard) z1 += vexp(vs - ms);
+      (teacher_terms(b, eb, vt), ...);
+    }, s, t...);
+    r.z_s += hsum(zs);
+    r.z_t += hsum(zt);
+    r.z1 += hsum(z1);
+    r.w += hsum(w);
+  }
+  return r;
+}
+
+inline bool row_counts(const int64_t* labels, int64_t i, const Options& o) {
+  return labels == nullptr || labels[i] != o.ignore_index;
+}
+
+inline void check_label_range(const at::Tensor& labels, int64_t V, int64_t ignore_index) {
+  const int64_t* p = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    TORCH_CHECK_VALUE(p[i] == ignore_index || (p[i] >= 0 && p[i] < V), "labels must be in [0, ",
+                      V, ") or ignore_index=", ignore_index, ", got ", p[i], " at row ", i);
+  }
+}
+
+inline int64_t grain(int64_t V) { return std::max<int64_t>(1, 16384 / V); }
+
+inline const int64_t* labels_ptr(const std::optional<at::Tensor>& labels, at::Tensor& holder) {
+  if (!labels.has_value()) return nullptr;
+  holder = labels->contiguous();
+  return holder.const_data_ptr<int64_t>();
+}
+
+}  // namespace ptcore::cpu

@@ -1,0 +1,51 @@
+// The online row statistics of the KD kernels (see kd_math.h), gathered by a thread block:
+// shared by the full-teacher and the top-k kernels.
+#pragma once
+
+#include "cuda/reduce.cuh"
+#include "cuda/row_io.cuh"
+#include "kd_math.h"
+
+namespace ptcore::cuda {
+
+using Acc = kd::RowAcc<float>;
+
+// Adds P student (and, with kTeacher, teacher) logits to a thread's running statistics.
+template <bool kHard, bool kTeacher, int P>
+__device__ __forceinline__ void accumulate(Acc& r, const Floats<P>& sv, const Floats<P>& tv,
+                                           float inv_t, kd::Div div) {
+  float ms = sv[0], mt = tv[0];
+#pragma unroll
+  for (int e = 1; e < P; ++e) {
+    ms = fmaxf(ms, sv[e]);
+    mt = fmaxf(mt, tv[e]);
+  }
+  r.rescale(fmaxf(r.m_s, ms), kTeacher ? fmaxf(r.m_t, mt) : r.m_t, inv_t, div);
+  const float bs = base(r.m_s), bt = base(r.m_t);
+#pragma unroll
+  for (int e = 0; e < P; ++e) {
+    const float b = (sv[e] - bs) * inv_t, eb = expf(b);
+    r.z_s += eb;
+    if (kHard) r.z1 += expf(sv[e] - bs);
+    if (kTeacher) {
+      const float a = (tv[e] - bt) * inv_t, ea = expf(a);
+      r.z_t += ea;
+      // Masked entries (weight 0) add 0, not 0 · inf = NaN.
+      if (div == kd::Div::Forward && ea > 0.f) r.w += ea * (a - b);
+      if (div == kd::Div::Reverse && eb > 0.f) r.w += eb * (b - a);
+    }
+  }
+}
+
+// Combines every thread's statistics; all threads get the row's. smem: kWarp Accs.
+__device__ __forceinline__ Acc row_allreduce(const Acc& r, float inv_t, kd::Div div, Acc* smem) {
+  return block_allreduce(
+      r, [=](Acc x, const Acc& y) { x.merge(y, inv_t, div); return x; }, Acc{}, smem);
+}
+
+// __shared__ variables cannot have constructors (Acc has initializers): raw storage.
+#define PTCORE_SHARED_ACCS(name)                                                   \
+  __shared__ alignas(::ptcore::cuda::Acc) unsigned char name##_raw[kWarp * sizeof(Acc)]; \
+  Acc* name = reinterpret_cast<Acc*>(name##_raw)
+
+}  // namespace ptcore::cuda

@@ -1,0 +1,47 @@
+"""ptcore.kd_loss_topk: distillation from a teacher stored as its top-K logits."""
+from __future__ import annotations
+
+import torch
+
+from ptcore import _kd_args, reference
+from ptcore._extension import has_native
+from ptcore.ops import _row_loss
+
+__all__ = ["kd_loss_topk"]
+
+
+def kd_loss_topk(student_logits: torch.Tensor, teacher_values: torch.Tensor,
+                 teacher_indices: torch.Tensor, *, temperature: float = 1.0,
+                 reduction: str = "batchmean", labels: torch.Tensor | None = None,
+                 hard_weight: float = 0.0, soft_weight: float = 1.0, ignore_index: int = -100,
+                 scale_by_t2: bool = True) -> torch.Tensor:
+    r"""Forward-KL distillation against a teacher kept as K logits per row.
+
+    Shapes: ``student_logits`` ``[..., V]``; ``teacher_values`` (any float dtype) and
+    ``teacher_indices`` (int64, distinct classes in ``[0, V)``) ``[..., K]`` with K ≤ V, e.g.
+    from ``teacher_logits.topk(K)``. The teacher's distribution is
+    :math:`q=\mathrm{softmax}(values/T)` over its K classes (renormalised), the student's
+    :math:`p_s=\mathrm{softmax}(s/T)` over all V; each row's loss is
+
+    .. math::
+        \ell = w_{soft}\,(T^2)\sum_k q_k\,(\log q_k - \log p_s[i_k]) + w_{hard}\,\mathrm{CE}(s, y)
+
+    Everything else (reductions, labels, ``ignore_index``, dtypes, gradients) is as in
+    :func:`ptcore.kd_loss`. Storing K values + K indices instead of V logits is what makes
+    offline distillation practical for large label spaces.
+    """
+    _kd_args.check_hyper(temperature, reduction, "forward_kl", 0.5, hard_weight, soft_weight,
+                         ignore_index)
+    s, v, i, lab, lead = _kd_args.flatten_topk(student_logits, teacher_values, teacher_indices,
+                                               labels)
+    args = (float(temperature), float(hard_weight), float(soft_weight), int(ignore_index),
+            bool(scale_by_t2))
+    if has_native():
+        rows, _ = torch.ops.ptcore.kd_loss_topk_rows(s, v.detach(), i, lab, *args)
+    else:
+        rows = reference.kd_loss_topk_rows(s, v, i, lab, *args)
+    return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
+
+
+if has_native():
+    _row_loss.register("kd_loss_topk_rows", n_tensors=4)
