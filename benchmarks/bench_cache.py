@@ -9,6 +9,7 @@ PTCORE_BENCH_THREADS=n sets torch's thread count (the recorded numbers used 1).
   FeatureCache vs running the frozen torchvision resnet18 prefix (through layer4) each step.
 * int8: cache size and head accuracy of an int8 cache vs a float32 cache.
 """
+import ctypes
 import os
 import time
 
@@ -23,6 +24,19 @@ BATCHES = [1024, 4096]
 STORES = {"int8": torch.int8, "float16": torch.float16, "float32": torch.float32}
 _results = {}
 
+def _keep_freed_memory():
+    """Let glibc reuse freed large buffers instead of returning them to the OS (as jemalloc
+    or tcmalloc do): otherwise every new output tensor is fresh pages, and page faults, not
+    the ops, set the pace of gathers and copies alike."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+
+
+_keep_freed_memory()
 if os.environ.get("PTCORE_BENCH_THREADS"):
     # On a small shared machine, a busy core stalls every multi-threaded region: pin it.
     torch.set_num_threads(int(os.environ["PTCORE_BENCH_THREADS"]))
@@ -65,7 +79,7 @@ def test_gather(benchmark, stores, batch, store_dtype, provider):
           "index_select": lambda: _index_select(store, scales, idx),
           "copy": _Copy(moved // 2)}[provider]  # read moved/2 + write moved/2 bytes
     benchmark.group = f"gather {store_dtype}→float32 [{batch}×{WIDTH}]"
-    benchmark.pedantic(fn, rounds=50, iterations=1, warmup_rounds=5)
+    benchmark.pedantic(fn, rounds=100, iterations=1, warmup_rounds=10)
     benchmark.extra_info["bytes_moved"] = moved
     if benchmark.stats is not None:
         gbs = moved / benchmark.stats.stats.median / 1e9

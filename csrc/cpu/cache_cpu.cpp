@@ -153,6 +153,13 @@ void gather_row(const In* src, Out* dst, int64_t d, float scale) {
   }
 }
 
+template <typename T>
+inline void prefetch_row(const T* row, int64_t d) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const int64_t bytes = std::min<int64_t>(d * sizeof(T), 4096);  // beyond: hw prefetcher
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
+}
+
 template <typename In, typename Out>
 void gather_rows_impl(const at::Tensor& store_t, const float* scales, const int64_t* idx,
                       at::Tensor& out) {
@@ -161,6 +168,9 @@ void gather_rows_impl(const at::Tensor& store_t, const float* scales, const int6
   Out* dst = out.data_ptr<Out>();
   at::parallel_for(0, b, grain_rows(d), [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
+      // Rows are scattered: ask for the next one while converting this one, so its memory
+      // latency overlaps work instead of stalling the loop at every row start.
+      if (i + 1 < b1) prefetch_row(src + idx[i + 1] * d, d);
       const int64_t r = idx[i];
       gather_row<In, Out>(src + r * d, dst + i * d, d, scales ? scales[r] : 1.f);
     }

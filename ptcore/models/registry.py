@@ -5,18 +5,12 @@ import torch.nn as nn
 
 __all__ = ["MODELS", "list_models", "create_model"]
 
-# name -> family; the family decides how the model is cut into stages (see stages.py).
-MODELS: dict[str, str] = {
-    **{f"resnet{d}": "resnet" for d in (18, 34, 50, 101)},
-    "alexnet": "sequential",
-    **{f"vgg{d}{bn}": "sequential" for d in (11, 13, 16, 19) for bn in ("", "_bn")},
-    "mobilenet_v3_small": "sequential",
-    "mobilenet_v3_large": "sequential",
-    "efficientnet_b0": "sequential",
-    "efficientnet_b1": "sequential",
-    "vit_b_16": "vit",
-    "vit_b_32": "vit",
-}
+# Every family here is one that stages.py knows how to cut into stages.
+MODELS: tuple[str, ...] = (
+    "resnet18", "resnet34", "resnet50", "alexnet",
+    "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "mobilenet_v3_small", "efficientnet_b0", "vit_b_16",
+)
 
 
 def list_models() -> list[str]:

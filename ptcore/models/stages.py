@@ -86,16 +86,17 @@ def stages(model: nn.Module) -> list[Stage]:
 
 
 def split_points(model: nn.Module) -> list[str]:
-    """Every valid split point, in forward order (stage names and their groups)."""
-    points: list[str] = []
-    for s in stages(model)[:-1]:  # freezing the head as well would leave nothing to train
+    """Every valid split point in forward order: stage names and their groups, except
+    those that would freeze the head too (that would leave nothing to train)."""
+    st = stages(model)
+    last = {}
+    for i, s in enumerate(st):
         parts = s.name.split(".")
-        for i in range(1, len(parts) + 1):
-            name = ".".join(parts[:i])
-            if name in points:
-                points.remove(name)  # a group's point is after its last member
-            points.append(name)
-    return points
+        for d in range(1, len(parts) + 1):
+            last[".".join(parts[:d])] = i
+    head = len(st) - 1
+    return sorted((n for n, i in last.items() if i < head),
+                  key=lambda n: (last[n], -n.count(".")))
 
 
 def split_index(model: nn.Module, at: str | int | None) -> int:

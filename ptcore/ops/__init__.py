@@ -1,7 +1,6 @@
 """Typed functional API over the native ops (torch.ops.ptcore.*)."""
+from ptcore.ops.cache_ops import gather_rows, quantize_rows
 from ptcore.ops.kd_loss import kd_loss
+from ptcore.ops.kd_loss_topk import kd_loss_topk
 
-__all__ = ["kd_loss"]
-from ptcore.ops.cache_ops import gather_rows, quantize_rows  # noqa: E402
-
-__all__ += ["quantize_rows", "gather_rows"]
+__all__ = ["kd_loss", "kd_loss_topk", "quantize_rows", "gather_rows"]

@@ -1,0 +1,104 @@
+"""`ptcore distill`: train a student on a frozen teacher's soft labels, from few labels
+and an unlabelled pool (ptcore.strategies.Distill)."""
+import sys
+
+CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "distill", help="knowledge distillation: a student learns from a frozen teacher",
+        description="Split the data into train/val/test, keep --labels-per-class labels of the "
+        "training split (the rest is unlabelled: the teacher's soft pseudo-labels only), "
+        "distil --teacher into --student, and report the student's test accuracy. Writes "
+        "last.pt, metrics.jsonl, model.pt (the student) and summary.json to --out.")
+    p.add_argument("--teacher", required=True, help="model name (see ptcore.models.list_models)")
+    p.add_argument("--teacher-weights", required=True,
+                   help="torchvision weights name or local state_dict / ptcore checkpoint; "
+                   "its head must score the data's classes")
+    p.add_argument("--student", required=True, help="model name")
+    p.add_argument("--student-weights", help="initial student weights (default: random init)")
+    p.add_argument("--data", default="digits",
+                   help="'digits', an ImageFolder directory, or a torchvision dataset name "
+                   "with --root")
+    p.add_argument("--root", help="where a torchvision dataset's files are")
+    p.add_argument("--image-size", type=int, default=32, help="the student's input size")
+    p.add_argument("--teacher-image-size", type=int,
+                   help="the teacher's input size (inputs are resized for it)")
+    p.add_argument("--labels-per-class", type=int,
+                   help="labels kept per class of the training split (default: all)")
+    p.add_argument("--val", type=float, default=0.15, help="validation fraction")
+    p.add_argument("--test", type=float, default=0.15, help="test fraction")
+    p.add_argument("--mode", choices=("online", "offline"), default="online")
+    p.add_argument("--topk", type=int, help="distil against the teacher's top-k logits")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--soft-weight", type=float, default=1.0)
+    p.add_argument("--hard-weight", type=float, default=1.0)
+    p.add_argument("--threshold", type=float,
+                   help="use unlabelled samples where the teacher's confidence is at least this")
+    p.add_argument("--cache-dtype", choices=CACHE_DTYPES, default="float16",
+                   help="storage of the offline cache's full logits")
+    p.add_argument("--cache-dir", help="offline cache directory (default: OUT/teacher_cache)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: GPU if present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        summary = _distill(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ptcore distill: error: {e}", file=sys.stderr)
+        return 2
+    test = summary["test"]
+    print(f"student {args.student}: test accuracy {100 * test['accuracy']:.2f}% on "
+          f"{test['count']} samples ({summary['labelled']} labelled, {summary['unlabelled']} "
+          f"unlabelled training samples; the teacher ran on {summary['teacher_samples']}); "
+          f"results in {args.out}")
+    return 0
+
+
+def _distill(args) -> dict:
+    from pathlib import Path
+
+    import torch
+
+    from ptcore import engine
+    from ptcore.data import dataset_from_spec, k_shot, targets_of, train_val_test_split
+    from ptcore.models import create_model, get_head
+    from ptcore.strategies import Distill
+
+    data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
+    classes = len(targets_of(data).unique())
+    train, val, test = train_val_test_split(data, args.val, args.test, seed=args.seed)
+    labelled, unlabelled = (k_shot(train, args.labels_per_class, seed=args.seed)
+                            if args.labels_per_class is not None else (train, None))
+    progress = not args.no_progress
+    teacher = create_model(args.teacher, weights=args.teacher_weights, progress=progress)
+    if get_head(teacher).out_features != classes:  # before the teacher runs over the data
+        raise ValueError(f"--teacher-weights give {args.teacher} a head of "
+                         f"{get_head(teacher).out_features} classes; the data has {classes}")
+    student = create_model(args.student, num_classes=classes, weights=args.student_weights,
+                           progress=progress)
+    strategy = Distill(
+        teacher, student, temperature=args.temperature, soft_weight=args.soft_weight,
+        hard_weight=args.hard_weight, mode=args.mode, topk=args.topk, threshold=args.threshold,
+        teacher_input_size=args.teacher_image_size, cache_dtype=getattr(torch, args.cache_dtype),
+        cache_dir=args.cache_dir, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, amp=args.amp, seed=args.seed,
+        device=args.device, progress=progress)
+    meta = {"command": "distill", "model": args.student, "num_classes": classes,
+            "teacher": args.teacher, "image_size": args.image_size}
+    summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=args.resume,
+                           meta=meta)
+    summary["test"] = strategy.evaluate(test)
+    engine.atomic_write_json(Path(args.out) / "summary.json", summary)
+    return summary

@@ -1,0 +1,74 @@
+"""`ptcore incremental`: learn a sequence of class tasks without forgetting the old ones."""
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def add_parser(sub):
+    p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
+                       "NCM, SimpleCIL) and report forgetting")
+    p.add_argument("--model", default="resnet18", help="registered model name")
+    p.add_argument("--weights", help="torchvision weights name or local file (state_dict or "
+                   "ptcore checkpoint); default: random init")
+    p.add_argument("--classes", type=_int_list, help="comma-separated classes the weights' head "
+                   "already holds, in row order (e.g. 0,1 after fine-tuning on the first task)")
+    p.add_argument("--data", default="digits", help="'digits', an image folder, or a "
+                   "torchvision dataset name with --root")
+    p.add_argument("--root", help="where a torchvision dataset's files are")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--tasks", type=int, default=5, help="split the classes into this many tasks")
+    p.add_argument("--shots", type=int, help="training samples per class (default: all)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--method", default="lwf+replay", help="naive, or lwf/replay/ewc/ncm joined "
+                   "by '+', or simplecil")
+    p.add_argument("--protocol", choices=("class", "task"), default="class")
+    p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
+    p.add_argument("--selection", choices=("herding", "random"), default="herding")
+    p.add_argument("--ewc-lambda", type=float, default=1000.0)
+    p.add_argument("--freeze", help="split point frozen throughout (e.g. layer2)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per task")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _matrix(R) -> str:
+    return "\n".join("  " + " ".join("    -" if v is None else f"{100 * v:5.1f}" for v in row)
+                     for row in R)
+
+
+def run(args) -> int:
+    from ptcore.data import class_tasks, dataset_from_spec, k_shot, train_val_test_split
+    from ptcore.engine import distributed as D
+    from ptcore.models import create_model
+    from ptcore.strategies import Incremental
+
+    data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
+    train, _, test = train_val_test_split(data, 0.0, args.test_fraction, seed=args.seed)
+    train_tasks = class_tasks(train, args.tasks)
+    if args.shots is not None:
+        train_tasks = [k_shot(t, args.shots, seed=args.seed)[0] for t in train_tasks]
+    test_tasks = class_tasks(test, [t.targets.unique().tolist() for t in train_tasks])
+    model = create_model(args.model, weights=args.weights)
+    strategy = Incremental(model, method=args.method, protocol=args.protocol,
+                           classes=args.classes, memory=args.memory, selection=args.selection,
+                           ewc_lambda=args.ewc_lambda, freeze=args.freeze, epochs=args.epochs,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           progress=not args.no_progress)
+    res = strategy.fit(train_tasks, test_tasks, out_dir=args.out, resume=args.resume)
+    if D.is_main():
+        for proto in ("class", "task"):
+            r = res[f"{proto}_incremental"]
+            print(f"{proto}-incremental accuracy matrix (%; row: after task t, column: task k)")
+            print(_matrix(r["accuracy_matrix"]))
+            print(f"  average incremental accuracy {100 * r['average_incremental_accuracy']:.1f}%"
+                  f", final {100 * r['final_accuracy']:.1f}%"
+                  + ("" if r["forgetting"] is None else
+                     f", forgetting {100 * r['forgetting']:.1f} points"))
+        print(f"results, plots and model in {args.out}")
+    return 0

@@ -1,0 +1,92 @@
+"""`--config FILE` for the strategy subcommands (`ptcore finetune|incremental|distill`).
+
+A subcommand calls :func:`add_config_argument` in its ``add_parser`` and
+:func:`merge_config` first thing in its ``run``. Every key the file gives becomes the value
+of the matching command-line option unless that option was given on the command line
+(options still at their parser default count as not given). See docs/config.md for how keys
+find their options.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ptcore.config.load import read_document
+from ptcore.config.schema import ConfigError, validate_config
+
+__all__ = ["add_config_argument", "merge_config"]
+
+_PARSERS: dict[str, argparse.ArgumentParser] = {}  # stage -> its subcommand's parser
+
+
+def add_config_argument(parser: argparse.ArgumentParser, stage: str) -> None:
+    """Add ``--config FILE`` to the subcommand ``parser`` of ``stage``. Options that a
+    config may supply should not be ``required=True`` (use ``merge_config(required=)``)."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML or TOML stage config (docs/config.md); options given "
+                        "here override it")
+    _PARSERS[stage] = parser
+
+
+def _leaves(doc: dict):
+    """(section, key, value) of every setting the document gives."""
+    for section in ("model", "teacher", "data", "engine", "strategy"):
+        for key, value in (doc.get(section) or {}).items():
+            yield section, key, value
+    for key in ("seed", "out"):
+        if key in doc:
+            yield None, key, doc[key]
+
+
+def _dest(section, key, dests, aliases) -> tuple[str, bool] | None:
+    """(destination, negate) of a config key among the parser's option destinations."""
+    path = f"{section}.{key}" if section else key
+    candidates = [aliases.get(path), f"{section}_{key}" if section else None, key]
+    if key in ("name", "dataset"):
+        candidates.append(section)
+    for c in candidates:
+        if c in dests:
+            return c, False
+    if f"no_{key}" in dests:  # a `--no-cache` flag holds the negation of `cache`
+        return f"no_{key}", True
+    return None
+
+
+def _convert(value, action: argparse.Action):
+    if isinstance(value, list) and action.type in (None, str) and action.nargs is None:
+        return ",".join(str(v) for v in value)  # e.g. --classes 5,6,7
+    return value
+
+
+def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str] | None = None,
+                 required: tuple[str, ...] = ()) -> argparse.Namespace:
+    """Fill ``args`` from ``args.config`` (if given) and check that every option named in
+    ``required`` has a value. ``aliases`` map config keys to option destinations where the
+    names differ, e.g. ``{"data.shots": "labels_per_class", "model.name": "student"}``.
+    Raises ConfigError (a ValueError) naming the key on any problem."""
+    aliases = aliases or {}
+    path = getattr(args, "config", None)
+    if path:
+        doc = read_document(path)
+        if doc.get("stage", stage) != stage:
+            raise ConfigError(f"{path}: a {doc['stage']!r} config given to `ptcore {stage}`; "
+                              f"run it with `ptcore run {path}`")
+        if "methods" in doc:
+            raise ConfigError(f"{path}: `methods` compares several runs; run it with "
+                              f"`ptcore run {path}`")
+        validate_config({"stage": stage, **doc}, source=str(path), partial=True)
+        parser = _PARSERS[stage]
+        actions = {a.dest: a for a in parser._actions}
+        for section, key, value in _leaves(doc):
+            found = _dest(section, key, actions, aliases)
+            if found is None:
+                where = f"{section}.{key}" if section else key
+                raise ConfigError(f"{path}: {where} has no option in `ptcore {stage}`; use "
+                                  f"`ptcore run` for this config")
+            dest, negate = found
+            if getattr(args, dest) == parser.get_default(dest):
+                setattr(args, dest, (not value) if negate else _convert(value, actions[dest]))
+    missing = [r for r in required if getattr(args, r, None) in (None, "")]
+    if missing:
+        raise ConfigError(f"`ptcore {stage}` needs {', '.join('--' + m.replace('_', '-') for m in missing)} "
+                          "(on the command line or in --config)")
+    return args

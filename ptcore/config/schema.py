@@ -1,0 +1,214 @@
+"""What a stage config may hold, and the checks that turn a parsed YAML/TOML document
+into a complete, validated stage description (see docs/config.md).
+
+Sections ``model``, ``teacher`` and ``data`` have fixed keys declared here. ``engine``,
+``strategy`` and each entry of ``methods`` hold keyword arguments of the stage's strategy
+class (``ptcore.strategies.FineTune``, ``Incremental`` or ``Distill``), read from its
+signature, so a new strategy option is configurable the day it exists. Their types come from
+the signature's annotations (or the default's type); the strategy's own constructor checks
+the values further when the run is prepared, still before any training.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from ptcore.engine.schedules import SCHEDULES
+
+__all__ = ["ConfigError", "STAGES", "STRATEGY", "ENGINE_KEYS", "METHOD_EXTRAS",
+           "validate_config"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: says where (the key path) and what is expected."""
+
+
+STAGES = ("pretrain", "finetune", "incremental", "distill")
+# The strategy class each stage runs (pretrain trains from scratch with FineTune).
+STRATEGY = {"pretrain": "FineTune", "finetune": "FineTune", "incremental": "Incremental",
+            "distill": "Distill"}
+# Strategy keyword arguments that belong in the engine section (the loop's settings).
+ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp", "grad_clip",
+               "device", "progress", "num_workers")
+# Set by the runner from other sections, never by the config.
+_RUNNER_KEYS = {"model", "teacher", "student", "seed"}
+# Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
+METHOD_EXTRAS = {
+    "pretrain": {"model": (str,)},
+    "finetune": {"model": (str,), "weights": (str,), "from_scratch": (bool,),
+                 "compare_uncached": (bool,)},
+    "distill": {"unlabelled": (bool,)},
+}
+_DTYPES = ("float16", "bfloat16", "float32", "int8")
+
+
+@dataclass(frozen=True)
+class Key:
+    types: tuple
+    default: Any = None
+    required: bool = False
+    help: str = ""
+
+
+_MODEL = {
+    "name": Key((str,), required=True, help="registered model name, e.g. resnet18"),
+    "weights": Key((str, type(None)), help="torchvision weights name or a local file"),
+    "kwargs": Key((dict,), default={}, help="torchvision constructor arguments"),
+}
+_DATA = {
+    "dataset": Key((str,), default="digits",
+                   help="'digits', an ImageFolder directory, or a torchvision dataset name"),
+    "root": Key((str, type(None)), help="root of a torchvision dataset given by name"),
+    "image_size": Key((int,), default=32),
+    "classes": Key((list, type(None)), help="class ids to use (default: all)"),
+    "val": Key((float, int), default=0.15),
+    "test": Key((float, int), default=0.15),
+    "shots": Key((int, type(None)), help="labelled training samples per class"),
+    "tasks": Key((list, int, type(None)), help="incremental: class lists, or a task count"),
+}
+_SECTIONS = {"model": _MODEL, "teacher": _MODEL, "data": _DATA}
+_TOP = {"stage", "seed", "out", "model", "teacher", "data", "engine", "strategy", "methods"}
+
+
+def _type_name(types) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_type(value, types, where: str) -> None:
+    # bool is an int in Python; a config's `true` is never a count or a rate.
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{where}: expected {_type_name(types)}, got a boolean {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(f"{where}: expected {_type_name(types)}, got "
+                          f"{type(value).__name__} {value!r}")
+
+
+def _section(raw, keys: dict[str, Key], where: str, partial: bool) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(keys)}")
+    out = {}
+    for name, key in keys.items():
+        if name not in raw:
+            if key.required and not partial:
+                raise ConfigError(f"{where}.{name} is required ({key.help})")
+            out[name] = key.default
+            continue
+        _check_type(raw[name], key.types, f"{where}.{name}")
+        out[name] = raw[name]
+    return out
+
+
+_ANNOTATION_TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
+                     "None": (type(None),), "torch.dtype": (str,)}
+_ANY = (str, int, float, bool, list, type(None))
+
+
+def _strategy_params(stage: str) -> dict[str, tuple]:
+    """Accepted types of each configurable strategy argument, from its signature."""
+    import ptcore.strategies as S
+
+    params = {}
+    for name, p in inspect.signature(getattr(S, STRATEGY[stage])).parameters.items():
+        if name in _RUNNER_KEYS or p.default is inspect.Parameter.empty:
+            continue
+        ann = p.annotation if isinstance(p.annotation, str) else ""
+        parts = [a.strip() for a in ann.split("|")] if ann else []
+        types = sum((_ANNOTATION_TYPES.get(a.split("[")[0], (list,) if a.startswith("list")
+                                           else _ANY) for a in parts), ())
+        params[name] = types or _ANY
+    return params
+
+
+# Value checks for common options (types are checked first); the strategies check the
+# rest when the run is prepared. Each: (test, what is expected).
+_POSITIVE_INT = (lambda v: v is None or v >= 1, "a positive int")
+_VALUES = {
+    "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "accumulate": _POSITIVE_INT,
+    "memory": _POSITIVE_INT, "topk": _POSITIVE_INT, "unfreeze_every": _POSITIVE_INT,
+    "num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "amp": (lambda v: v in ("auto", "bf16", "fp16", "off", None, False), "auto, bf16, fp16 or off"),
+    "cache_dtype": (lambda v: v in _DTYPES, f"one of {', '.join(_DTYPES)}"),
+}
+
+
+def _options(raw, allowed: dict[str, tuple], where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    for name, value in raw.items():
+        _check_type(value, allowed[name], f"{where}.{name}")
+        test, expected = _VALUES.get(name, (lambda v: True, ""))
+        if not test(value):
+            raise ConfigError(f"{where}.{name} must be {expected}, got {value!r}")
+    return dict(raw)
+
+
+def _check_data(data: dict, stage: str) -> None:
+    for name in ("val", "test"):
+        if not 0 <= data[name] < 1:
+            raise ConfigError(f"data.{name} must be a fraction in [0, 1), got {data[name]!r}")
+    if data["image_size"] < 8:
+        raise ConfigError(f"data.image_size must be >= 8, got {data['image_size']}")
+    if data["shots"] is not None and data["shots"] < 1:
+        raise ConfigError(f"data.shots must be a positive int, got {data['shots']}")
+    if data["classes"] is not None and not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in data["classes"]):
+        raise ConfigError(f"data.classes must be a list of class ids, got {data['classes']!r}")
+    if data["tasks"] is not None and stage != "incremental":
+        raise ConfigError("data.tasks belongs to the incremental stage only")
+    tasks = data["tasks"]
+    if isinstance(tasks, list) and not all(
+            isinstance(t, list) and t and all(isinstance(c, int) for c in t) for t in tasks):
+        raise ConfigError(f"data.tasks must be a task count or a list of non-empty class-id "
+                          f"lists, got {tasks!r}")
+
+
+def validate_config(raw: dict, *, source: str = "config", partial: bool = False) -> dict:
+    """The complete stage config (defaults filled in) or a ConfigError naming the key.
+    ``partial``: a fragment that command-line options complete (required keys may be
+    missing; see ptcore/config/cli.py)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _TOP)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(_TOP)}")
+    stage = raw.get("stage")
+    if stage not in STAGES:
+        raise ConfigError(f"{source}: stage must be one of {STAGES}, got {stage!r}")
+    if not (partial and "out" not in raw) and not (isinstance(raw.get("out"), str)
+                                                   and raw["out"]):
+        raise ConfigError(f"{source}: out (the output directory, a string) is required")
+    seed = raw.get("seed", 0)
+    _check_type(seed, (int,), f"{source}: seed")
+    if ("teacher" in raw) != (stage == "distill") and not (partial and "teacher" not in raw):
+        raise ConfigError(f"{source}: a teacher section is required by the distill stage and "
+                          "only there")
+    cfg = {"stage": stage, "seed": seed, "out": raw.get("out")}
+    for name in ("model", "teacher", "data"):
+        if name in raw or name in ("model", "data"):
+            cfg[name] = _section(raw.get(name, {}), _SECTIONS[name], name, partial)
+    _check_data(cfg["data"], stage)
+    if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:
+        raise ConfigError(f"{source}: data.tasks (the classes of each task) is required by the "
+                          "incremental stage")
+    params = _strategy_params(stage)
+    engine = {k: v for k, v in params.items() if k in ENGINE_KEYS}
+    strategy = {k: v for k, v in params.items() if k not in ENGINE_KEYS}
+    cfg["engine"] = _options(raw.get("engine", {}), engine, "engine")
+    cfg["strategy"] = _options(raw.get("strategy", {}), strategy, "strategy")
+    methods = raw.get("methods", {stage: {}})
+    if not isinstance(methods, dict) or not methods:
+        raise ConfigError("methods: expected a non-empty mapping of method name to options")
+    per_method = {**params, **METHOD_EXTRAS.get(stage, {})}
+    cfg["methods"] = {name: _options(opts or {}, per_method, f"methods.{name}")
+                      for name, opts in methods.items()}
+    return cfg

@@ -1,0 +1,108 @@
+"""Image datasets from disk: ImageFolder directories and torchvision datasets by name."""
+from __future__ import annotations
+
+import inspect
+import os
+
+from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
+           "dataset_from_spec"]
+
+
+def _rgb(img):
+    return img.convert("RGB")
+
+
+def image_transform(image_size: int = 224, *, augment: bool = False, mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD):
+    """PIL image → normalised RGB tensor. ``augment``: random resized crop and flip (then
+    the transform is random and a frozen prefix's outputs cannot be cached)."""
+    from torchvision import transforms as T
+
+    if augment:
+        geometry = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    else:
+        geometry = [T.Resize(max(image_size, round(image_size * 256 / 224))),
+                    T.CenterCrop(image_size)]
+    return T.Compose([T.Lambda(_rgb), *geometry, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def image_folder(root: str | os.PathLike, *, image_size: int = 224, augment: bool = False):
+    """``root/<class>/<image>`` as a torchvision ImageFolder with :func:`image_transform`."""
+    from torchvision.datasets import ImageFolder
+
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder root {str(root)!r} is not a directory")
+    ds = ImageFolder(root, transform=image_transform(image_size, augment=augment))
+    ds.deterministic = not augment
+    return ds
+
+
+def torchvision_dataset(name: str, root: str | os.PathLike, *, train: bool = True,
+                        image_size: int = 224, augment: bool = False, download: bool = False):
+    """torchvision dataset ``name`` (e.g. "CIFAR10", "MNIST") from a local ``root``; grey
+    images become RGB. No download unless ``download=True``."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, tvd.VisionDataset)):
+        raise ValueError(f"{name!r} is not a torchvision dataset class")
+    params = inspect.signature(cls).parameters
+    kwargs = {"transform": image_transform(image_size, augment=augment), "download": download}
+    if "train" in params:
+        kwargs["train"] = train
+    elif "split" in params:
+        kwargs["split"] = "train" if train else "test"
+    try:
+        ds = cls(root, **kwargs)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        raise FileNotFoundError(f"{name} not found under {str(root)!r} ({e}); put the files "
+                                "there or pass download=True") from e
+    ds.deterministic = not augment
+    return ds
+
+
+_DETERMINISTIC_TRANSFORMS = {"Compose", "Lambda", "Resize", "CenterCrop", "ToTensor",
+                             "PILToTensor", "ToImage", "ToDtype", "ConvertImageDtype",
+                             "Normalize", "Grayscale"}
+
+
+def is_deterministic(dataset) -> bool:
+    """Whether ``dataset[i]`` is the same every time (so features of it can be cached).
+    Datasets say so with a ``deterministic`` attribute; otherwise their transform must be
+    made only of known deterministic transforms (``Lambda`` is trusted: ptcore uses it for
+    RGB conversion). Unknown datasets count as random."""
+    flag = getattr(dataset, "deterministic", None)
+    if flag is not None:
+        return bool(flag)
+    if hasattr(dataset, "dataset") and hasattr(dataset, "indices"):  # torch Subset
+        return is_deterministic(dataset.dataset)
+    if not hasattr(dataset, "transform"):
+        return False
+    stack = [dataset.transform, getattr(dataset, "target_transform", None)]
+    while stack:
+        t = stack.pop()
+        if t is None:
+            continue
+        if type(t).__name__ not in _DETERMINISTIC_TRANSFORMS:
+            return False
+        stack.extend(getattr(t, "transforms", []))
+    return True
+
+
+def dataset_from_spec(spec: str, *, image_size: int = 32, root: str | None = None,
+                      train: bool = True, augment: bool = False):
+    """What the CLI's ``--data`` names: "digits", an ImageFolder directory, or a torchvision
+    dataset name (with ``root``)."""
+    from ptcore.data.digits import digits_dataset
+
+    if spec == "digits":
+        return digits_dataset(image_size)
+    if os.path.isdir(spec):
+        return image_folder(spec, image_size=image_size, augment=augment)
+    if root is not None:
+        return torchvision_dataset(spec, root, train=train, image_size=image_size,
+                                   augment=augment)
+    raise ValueError(f"data {spec!r} is neither 'digits', an existing directory, nor a "
+                     "torchvision dataset name given with a root")

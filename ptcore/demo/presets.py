@@ -1,0 +1,93 @@
+"""The demo's stage configs, one list per preset (plain dicts in the config file format:
+`ptcore demo` writes each to OUT/configs/<stage>.yaml, and examples/ holds the quick
+preset's as files). Why these settings: docs/demo.md.
+
+The story on the embedded digits (10 classes): a backbone is pretrained on SOURCE; it is
+fine-tuned to TARGET with few labels; the TARGET classes then arrive as new tasks for the
+pretrained model; finally the pretrained model teaches a smaller student the SOURCE task
+from a few labels plus the unlabelled rest.
+"""
+from __future__ import annotations
+
+__all__ = ["PRESETS", "preset_configs", "SOURCE", "TARGET"]
+
+SOURCE = [0, 1, 2, 3, 4]
+TARGET = [5, 6, 7, 8, 9]
+
+# Per preset: the architectures, input size and how long each stage trains. `extra`
+# architectures are pretrained too and fine-tuned (partial, full) beside the backbone.
+PRESETS = {
+    "quick": {"backbone": "resnet18", "student": ("mobilenet_v3_small", {"width_mult": 0.5}),
+              "teacher": "resnet18", "extra": [], "image_size": 16,
+              "pretrain_epochs": 5, "finetune_epochs": 15, "probe_epochs": 100,
+              "incremental_epochs": 3, "incremental_shots": 60, "distill_epochs": 8,
+              "shots": 10, "distill_shots": 5},
+    # The seed document's architectures (ResNet-50 and AlexNet fine-tuning, ResNet-50
+    # incremental, VGG-19 -> ResNet-50 distillation) at a reduced input size and epochs.
+    "seed": {"backbone": "resnet50", "student": ("resnet50", {}), "teacher": "vgg19",
+             "extra": ["alexnet"], "image_size": 64,
+             "pretrain_epochs": 4, "finetune_epochs": 8, "probe_epochs": 50,
+             "incremental_epochs": 3, "incremental_shots": 60, "distill_epochs": 5,
+             "shots": 10, "distill_shots": 5},
+}
+
+
+def _digits(p: dict, **kw) -> dict:
+    return {"dataset": "digits", "image_size": p["image_size"], **kw}
+
+
+def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) -> list[dict]:
+    """The stage configs of ``preset`` writing under ``out``. ``scale`` multiplies every
+    epoch count (at least 1 each), e.g. for a faster smoke test."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    p = PRESETS[preset]
+
+    def engine(key: str) -> dict:
+        return {"epochs": max(1, round(p[key] * scale)), "batch_size": 32}
+
+    def pretrained(arch: str) -> str:
+        return f"{out}/pretrain/{arch}/model.pt"
+
+    backbone, (student, student_kwargs) = p["backbone"], p["student"]
+    archs = list(dict.fromkeys([backbone, p["teacher"], *p["extra"]]))
+    pretrain = {"stage": "pretrain", "seed": seed, "out": f"{out}/pretrain",
+                "model": {"name": backbone}, "data": _digits(p, classes=list(SOURCE)),
+                "engine": engine("pretrain_epochs"),
+                "strategy": {"mode": "full", "lr": 2e-3, "layer_decay": 1.0},
+                "methods": {a: {"model": a} for a in archs}}
+    finetune = {
+        "stage": "finetune", "seed": seed, "out": f"{out}/finetune",
+        "model": {"name": backbone, "weights": pretrained(backbone)},
+        "data": _digits(p, classes=list(TARGET), shots=p["shots"]),
+        "engine": engine("finetune_epochs"), "strategy": {"lr": 2e-3},
+        "methods": {
+            "scratch": {"from_scratch": True, "mode": "full", "layer_decay": 1.0},
+            # Epochs over cached features cost almost nothing: the probe gets many more.
+            "linear_probe": {"mode": "linear", "lr": 1e-2, "compare_uncached": True,
+                             "epochs": engine("probe_epochs")["epochs"]},
+            "partial": {"mode": "partial", "freeze": "layer2"},
+            "full": {"mode": "full", "layer_decay": 0.5},
+            **{f"{a}_{mode}": {"model": a, "weights": pretrained(a), "mode": mode}
+               for a in p["extra"] for mode in ("linear", "full")},
+        }}
+    incremental = {
+        "stage": "incremental", "seed": seed, "out": f"{out}/incremental",
+        "model": {"name": backbone, "weights": pretrained(backbone)},
+        "data": _digits(p, shots=p["incremental_shots"],
+                        tasks=[list(SOURCE), TARGET[:3], TARGET[3:]]),
+        "engine": engine("incremental_epochs"),
+        "strategy": {"classes": list(SOURCE), "lr": 1e-3, "memory": 100},
+        "methods": {m: {"method": m} for m in ("naive", "lwf", "replay", "ewc")}}
+    distill = {
+        "stage": "distill", "seed": seed, "out": f"{out}/distill",
+        "teacher": {"name": p["teacher"], "weights": pretrained(p["teacher"])},
+        "model": {"name": student, "kwargs": student_kwargs},
+        "data": _digits(p, classes=list(SOURCE), shots=p["distill_shots"]),
+        "engine": engine("distill_epochs"), "strategy": {"lr": 2e-3, "temperature": 4.0},
+        "methods": {
+            "hard_labels": {"soft_weight": 0.0, "unlabelled": False},
+            "kd_online": {"mode": "online"},
+            "kd_offline": {"mode": "offline", "topk": 3},
+        }}
+    return [pretrain, finetune, incremental, distill]

@@ -1,0 +1,257 @@
+"""The training loop. A strategy supplies ``step_fn(model, batch) -> loss`` (or a dict with
+"loss" and extra scalar metrics); the loop does the rest: sampling, AMP, gradient
+accumulation, LR schedule, evaluation, metrics, progress, checkpoints, resume and DDP.
+
+Batches are drawn by a DistributedSampler seeded by (seed, epoch) in one process too, so
+the sample order depends only on the epoch: a resumed run sees the same batches, and
+a run on N processes sees exactly the batches of one process with N times the batch size.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from ptcore.engine import distributed as D
+from ptcore.engine.checkpoint import load_checkpoint, save_checkpoint
+from ptcore.engine.metrics import MetricsLog
+from ptcore.engine.schedules import make_schedule
+
+__all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS"]
+
+CHECKPOINT = "last.pt"
+METRICS = "metrics.jsonl"
+
+
+def classification_step(model: nn.Module, batch) -> dict:
+    """Cross-entropy on ``(inputs, labels)``; labels equal to -100 are ignored."""
+    x, y = batch
+    logits = model(x)
+    return {"loss": F.cross_entropy(logits.float(), y),
+            "accuracy": (logits.argmax(-1) == y).float().mean()}
+
+
+def resolve_amp(amp, device: torch.device) -> torch.dtype | None:
+    """``amp``: None/False/"off", "bf16", "fp16" (GPU only, with a GradScaler) or "auto"
+    (bf16 on a GPU that has it, off on CPU where bf16 matmuls are often slower)."""
+    if amp in (None, False, "off"):
+        return None
+    if amp == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
+        return torch.float16
+    raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _autocast(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _default_predict(model, batch):
+    return model(batch[0]), batch[1]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, *, batch_size: int = 256,
+             predict_fn: Callable | None = None, device=None, amp=None) -> dict:
+    """Mean cross-entropy and accuracy over ``data`` (labels -100 skipped).
+    ``predict_fn(model, batch) -> (logits, labels)``; under DDP each process takes every
+    world-th sample and the sums are reduced, so the result is exact."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    predict_fn = predict_fn or _default_predict
+    was_training = model.training
+    model.eval()
+    shard = torch.utils.data.Subset(data, range(D.rank(), len(data), D.world_size()))
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
+    for batch in DataLoader(shard, batch_size=batch_size):
+        with _autocast(device, resolve_amp(amp, device)):
+            logits, y = predict_fn(model, _to(batch, device))
+        keep = y != -100
+        logits, y = logits[keep].float(), y[keep]
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             (logits.argmax(-1) == y).sum().double(),
+                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+    model.train(was_training)
+    loss, correct, count = D.all_sum(sums).tolist()
+    n = max(count, 1.0)
+    return {"loss": loss / n, "accuracy": correct / n, "count": int(count)}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trainable(model: nn.Module) -> tuple[int, ...]:
+    return tuple(i for i, p in enumerate(model.parameters()) if p.requires_grad)
+
+
+def _loader(data, batch_size, seed, epoch, drop_last, num_workers) -> DataLoader:
+    sampler = DistributedSampler(data, num_replicas=D.world_size(), rank=D.rank(),
+                                 shuffle=True, seed=seed, drop_last=drop_last)
+    sampler.set_epoch(epoch)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                      num_workers=num_workers)
+
+
+def _unpack(out) -> tuple[torch.Tensor, dict]:
+    if isinstance(out, torch.Tensor):
+        return out, {}
+    if isinstance(out, dict) and "loss" in out:
+        return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+    raise TypeError("step_fn must return a loss tensor or a dict with a 'loss' entry, got "
+                    f"{type(out).__name__}")
+
+
+def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epochs: int,
+        batch_size: int, step_fn: Callable = classification_step,
+        schedule: str = "constant", warmup: float = 0.0, val_data=None,
+        predict_fn: Callable | None = None, out_dir=None, resume: bool = False,
+        accumulate: int = 1, amp="auto", grad_clip: float | None = None,
+        on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
+        device=None, progress: bool = True, num_workers: int = 0, drop_last: bool = False,
+        meta: dict | None = None) -> list[dict]:
+    """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
+
+    ``train_data`` and ``val_data``: a Dataset, or ``epoch -> Dataset`` (e.g. a feature cache
+    for the current split). ``batch_size`` is per process; the optimizer sees ``batch_size × world ×
+    accumulate`` samples per step. ``on_epoch_start`` callbacks run before each epoch (and
+    again on resume), e.g. to unfreeze; frozen parameters are excluded from DDP, which is
+    rebuilt when the set of trainable parameters changes. With ``out_dir`` a checkpoint
+    (``last.pt``) and ``metrics.jsonl`` are written every epoch; ``resume=True`` continues
+    from the checkpoint there exactly (model, optimizer, scheduler, scaler, RNG, epoch).
+    ``meta`` is stored in checkpoints (e.g. the model name, for reloading).
+    """
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    distributed = D.setup()
+    device = torch.device(device) if device is not None else D.default_device()
+    amp_dtype = resolve_amp(amp, device)
+    model.to(device)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT if out is not None else None
+    log = MetricsLog(out / METRICS) if out is not None else None
+    if resume and out is None:
+        raise ValueError("resume=True needs out_dir (where the checkpoint is)")
+
+    def epoch_data(epoch):
+        return train_data(epoch) if callable(train_data) else train_data
+
+    ckpt = load_checkpoint(ckpt_path) \
+        if resume and ckpt_path.is_file() else None
+    start = ckpt["epoch"] if ckpt is not None else 0
+    probe = _loader(epoch_data(min(start, epochs - 1)), batch_size, seed, 0, drop_last, 0)
+    steps_per_epoch = math.ceil(len(probe) / accumulate)
+    scheduler = make_schedule(schedule, optimizer, epochs * steps_per_epoch, warmup)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    history = []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        history = list(ckpt.get("history", []))
+    if log is not None and D.is_main():
+        log.truncate(start)
+
+    wrapped, wrapped_for = model, None
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        for cb in on_epoch_start:
+            cb(epoch, model)
+        if distributed and wrapped_for != _trainable(model):
+            if not _trainable(model):
+                raise ValueError("no trainable parameters: everything is frozen")
+            wrapped_for = _trainable(model)
+            wrapped = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        loader = _loader(epoch_data(epoch), batch_size, seed, epoch, drop_last, num_workers)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not (progress and D.is_main()))
+        for i, batch in enumerate(bar):
+            sync = (i + 1) % accumulate == 0 or i + 1 == len(loader)
+            no_sync = wrapped.no_sync() if distributed and not sync else contextlib.nullcontext()
+            with no_sync:
+                with _autocast(device, amp_dtype):
+                    loss, extras = _unpack(step_fn(wrapped, _to(batch, device)))
+                scaled = loss / accumulate
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if sync:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                             grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            for k, v in {"loss": loss, **extras}.items():
+                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
+            float(len(loader)), dtype=torch.float64, device=device)]))
+        record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
+                                     for k, v in zip(sums, totals.tolist())},
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if val_data is not None:
+            val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
+                           batch_size=max(batch_size, 256),
+                           predict_fn=predict_fn, device=device, amp=amp)
+            record.update({f"val_{k}": v for k, v in val.items()})
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        if out is not None and D.is_main():
+            save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict() if scaler is not None else None,
+                            rng=_rng_state(), history=history, meta=meta or {})
+            log.append(record)
+        D.barrier()
+    return history

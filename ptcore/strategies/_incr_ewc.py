@@ -1,0 +1,86 @@
+"""Elastic weight consolidation, online (Kirkpatrick et al. 2017; Schwarz et al. 2018): a
+diagonal Fisher F accumulated over tasks, F <- decay * F + F_task, anchors θ* at the
+parameters after the last task, and the penalty (λ/2)·Σ F·(θ − θ*)²."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ptcore.engine import distributed as D
+
+__all__ = ["EWC"]
+
+
+def _grown(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``old`` zero-padded to ``shape`` (a head that gained rows: the new rows are unanchored)."""
+    if old.shape == shape:
+        return old
+    out = old.new_zeros(shape)
+    out[tuple(slice(0, s) for s in old.shape)] = old
+    return out
+
+
+class EWC:
+    def __init__(self, lam: float, decay: float = 1.0):
+        if not lam >= 0:
+            raise ValueError(f"ewc_lambda must be >= 0, got {lam!r}")
+        if not 0 <= decay <= 1:
+            raise ValueError(f"ewc_decay must be in [0, 1], got {decay!r}")
+        self.lam, self.decay = float(lam), float(decay)
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """(λ/2)·Σ F·(θ − θ*)² over the anchored parameters; a parameter that has grown
+        since (the head) is compared on its anchored rows only."""
+        total = None
+        for name, p in model.named_parameters():
+            if name in self.fisher:
+                f, a = self.fisher[name], self.anchor[name]
+                term = (f * (p[tuple(slice(0, s) for s in f.shape)] - a).pow(2)).sum()
+                total = term if total is None else total + term
+        if total is None:
+            return torch.zeros((), device=next(model.parameters()).device)
+        return 0.5 * self.lam * total
+
+    def update(self, model: nn.Module, data, nll: Callable, *, device, batch_size: int = 16,
+               progress: bool = True) -> None:
+        """Add the Fisher of ``data`` (the mean over samples of the squared gradient of each
+        sample's ``nll(logits [1, C], labels [1])``, model in eval mode) and re-anchor at the
+        current parameters. Each process takes every world-th sample; the sums are reduced,
+        so every process holds the same Fisher."""
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        buffers = dict(model.named_buffers())
+
+        def sample_nll(ps, x, y):
+            return nll(functional_call(model, (ps, buffers), (x[None],)).float(), y[None])
+
+        per_sample = vmap(grad(sample_nll), in_dims=(None, 0, 0))
+        sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        shard = Subset(data, range(D.rank(), len(data), D.world_size()))
+        was_training = model.training
+        model.eval()
+        for x, y in tqdm(DataLoader(shard, batch_size=batch_size), desc="Fisher", leave=False,
+                         disable=not (progress and D.is_main())):
+            for n, g in per_sample(params, x.to(device), y.to(device)).items():
+                sums[n] += g.float().pow(2).sum(0)
+        model.train(was_training)
+        flat = D.all_sum(torch.cat([s.flatten() for s in sums.values()]
+                                   + [torch.tensor([float(len(shard))], device=device)]))
+        count = float(flat[-1])
+        for (n, s), part in zip(sums.items(), flat[:-1].split([s.numel() for s in sums.values()])):
+            new = part.view_as(s) / count
+            old = self.fisher.get(n)
+            self.fisher[n] = new if old is None else self.decay * _grown(old, new.shape) + new
+            self.anchor[n] = params[n].clone()
+
+    def state_dict(self) -> dict:
+        return {"fisher": dict(self.fisher), "anchor": dict(self.anchor)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])

@@ -1,0 +1,219 @@
+"""Distill: train a student on a frozen teacher's temperature-softened outputs
+(ptcore.kd_loss / ptcore.kd_loss_topk), on labelled data (hard CE + KD) and unlabelled data
+(KD only: the teacher's soft pseudo-labels).
+
+Composes ptcore.models (freezing), ptcore.cache (the offline teacher: its outputs over the
+training data computed once) and ptcore.engine (the loop). See docs/distill.md.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ptcore import engine
+from ptcore._kd_args import check_float
+from ptcore.cache.build import inference
+from ptcore.engine import distributed as D
+from ptcore.models import freeze
+from ptcore.strategies._distill_data import PseudoLabelData, WithTeacherRows
+from ptcore.strategies._distill_teacher import TeacherView, distill_loss, unpack
+
+__all__ = ["Distill", "DISTILL_MODES"]
+
+DISTILL_MODES = ("online", "offline")
+IGNORE = -100  # the label of unlabelled samples
+
+
+def _size(value, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pair = (value, value) if isinstance(value, int) else \
+        tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                 for v in pair):
+        raise ValueError(f"{name} must be None, a positive int or (height, width), got {value!r}")
+    return pair
+
+
+@contextmanager
+def _count_samples(module: nn.Module):
+    """Counts the samples ``module`` runs on while the block is open."""
+    seen = [0]
+
+    def hook(module, args, output):
+        seen[0] += args[0].shape[0]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+class Distill:
+    """Distil ``teacher`` (frozen here, for good) into ``student``; both map images to logits
+    over the same classes and may differ in architecture and input size.
+
+    loss: per row ``soft_weight·T²·KL(p_t‖p_s) + hard_weight·CE(student, label)``, the hard
+    term on labelled rows only; averaged over the rows that count (see
+    :func:`~ptcore.strategies._distill_teacher.distill_loss`).
+    mode: "online" (the teacher runs every step: eval mode, no grad, under the loop's AMP) or
+    "offline" (its outputs over the training data are computed once into a
+    :class:`ptcore.FeatureCache` and served every epoch; the data must be deterministic).
+    topk: distil against the teacher's K largest logits only (``ptcore.kd_loss_topk``); the
+    offline cache then holds K values + K indices per sample instead of V logits.
+    threshold: unlabelled samples count only where the teacher's top probability (T = 1) is
+    at least this. teacher_input_size: resize inputs (bilinear) for the teacher.
+    cache_dtype: storage of cached full logits (float16, bfloat16, float32, int8); top-k rows
+    are float32. cache_dir: where the offline cache persists and is reused across runs
+    (default ``out_dir/teacher_cache``; in memory without either).
+    The rest go to the AdamW optimizer and :func:`ptcore.engine.fit`.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, *, temperature: float = 4.0,
+                 soft_weight: float = 1.0, hard_weight: float = 1.0, mode: str = "online",
+                 topk: int | None = None, threshold: float | None = None,
+                 teacher_input_size=None, cache_dtype: torch.dtype = torch.float16,
+                 cache_dir=None, lr: float = 1e-3, weight_decay: float = 0.01,
+                 epochs: int = 10, batch_size: int = 64, schedule: str = "cosine",
+                 warmup: float = 0.1, accumulate: int = 1, amp="auto",
+                 grad_clip: float | None = None, seed: int = 0, device=None,
+                 progress: bool = True, num_workers: int = 0):
+        for name, m in (("teacher", teacher), ("student", student)):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
+        if teacher is student:
+            raise ValueError("teacher and student must be different modules")
+        if mode not in DISTILL_MODES:
+            raise ValueError(f"mode must be one of {DISTILL_MODES}, got {mode!r}")
+        self.temperature = check_float(temperature, "temperature", positive=True)
+        self.soft_weight = check_float(soft_weight, "soft_weight", nonneg=True)
+        self.hard_weight = check_float(hard_weight, "hard_weight", nonneg=True)
+        if self.soft_weight == 0 and self.hard_weight == 0:
+            raise ValueError("soft_weight and hard_weight are both 0: nothing to learn from")
+        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+            raise ValueError(f"topk must be None or a positive int, got {topk!r}")
+        if threshold is not None and not 0.0 <= check_float(threshold, "threshold") <= 1.0:
+            raise ValueError(f"threshold must be None or in [0, 1], got {threshold!r}")
+        if cache_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.int8):
+            raise TypeError(f"cache_dtype must be float16, bfloat16, float32 or int8, got "
+                            f"{cache_dtype}")
+        self.mode, self.topk, self.threshold = mode, topk, threshold
+        self.cache_dtype, self.cache_dir = cache_dtype, cache_dir
+        self.teacher = freeze(teacher)  # no grads, eval mode held even under .train()
+        self.student = student
+        self.view = TeacherView(teacher, input_size=_size(teacher_input_size,
+                                                          "teacher_input_size"), topk=topk)
+        self.device = torch.device(device) if device is not None else D.default_device()
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=check_float(
+            lr, "lr", positive=True), weight_decay=check_float(weight_decay, "weight_decay",
+                                                              nonneg=True))
+        self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
+                             warmup=warmup, accumulate=accumulate, amp=amp,
+                             grad_clip=grad_clip, seed=seed, progress=progress,
+                             num_workers=num_workers)
+        self.cache = None  # the offline teacher cache of the last fit
+
+    # -- the teacher's side --------------------------------------------------------------
+    def _cache_path(self, out_dir) -> Path | None:
+        root = self.cache_dir if self.cache_dir is not None else (
+            Path(out_dir) / "teacher_cache" if out_dir is not None else None)
+        if root is None:
+            return None
+        return Path(root) / ("logits" if self.topk is None else f"top{self.topk}")
+
+    def _build_cache(self, data: PseudoLabelData, out_dir):
+        from ptcore.cache import FeatureCache
+
+        if not data.deterministic:
+            raise ValueError(
+                "mode='offline' computes the teacher's outputs once, so the training data must "
+                "be deterministic, and it applies random transforms (or does not say it is "
+                "deterministic: set dataset.deterministic = True if it is). A cached teacher "
+                "output would not match the freshly augmented input the student sees; use "
+                "mode='online' to distil with augmentation")
+        return FeatureCache(self.view, data,
+                            dtype=self.cache_dtype if self.topk is None else torch.float32,
+                            path=self._cache_path(out_dir), device=self.device,
+                            progress=self.fit_args["progress"]).build()
+
+    def _check_classes(self, data: PseudoLabelData) -> None:
+        """Teacher and student must score the same classes; checked before any step."""
+        x = data[0][0].unsqueeze(0).to(self.device)
+        with inference(self.student):
+            classes = self.student(x).shape[-1]
+        if self.cache is not None and self.topk is not None:
+            # Only the kept classes are on record: each must be one of the student's.
+            top = int(self.cache.get(slice(None))[:, self.topk:].max())
+            if top >= classes:
+                raise ValueError(f"the cached teacher ranks class {top} in its top "
+                                 f"{self.topk}, but the student scores {classes} classes")
+            return
+        if self.cache is not None:
+            teacher_classes = self.cache.sample_shape[-1]
+        else:
+            with torch.no_grad():
+                teacher_classes = self.view.logits(x).shape[-1]
+            if self.topk is not None and self.topk > teacher_classes:
+                raise ValueError(f"topk={self.topk} is more than the teacher's "
+                                 f"{teacher_classes} classes")
+        if teacher_classes != classes:
+            raise ValueError(f"the teacher scores {teacher_classes} classes and the student "
+                             f"{classes}; they must score the same classes")
+
+    # -- training ------------------------------------------------------------------------
+    def _step(self, model, batch) -> dict:
+        x, y, *cached = batch
+        if cached:
+            rows = cached[0]
+        else:
+            with torch.no_grad():
+                rows = self.view(x)
+        return distill_loss(model(x), y, unpack(rows, self.topk), temperature=self.temperature,
+                            soft_weight=self.soft_weight, hard_weight=self.hard_weight,
+                            threshold=self.threshold, ignore_index=IGNORE)
+
+    def fit(self, train, unlabelled=None, val=None, *, out_dir=None, resume: bool = False,
+            meta: dict | None = None) -> dict:
+        """Train the student on ``train`` (labelled) and ``unlabelled`` (its labels are never
+        read), validating on ``val`` each epoch. With ``out_dir`` write ``last.pt`` (every
+        epoch), ``metrics.jsonl``, ``model.pt`` (the student) and ``summary.json``. Returns
+        the summary: settings, per-epoch history, final validation metrics, how many samples
+        the teacher ran on during this call and the offline cache."""
+        start_time = time.perf_counter()
+        data = PseudoLabelData(train, unlabelled, ignore_index=IGNORE)
+        if len(data) == 0:
+            raise ValueError("train and unlabelled are both empty: nothing to train on")
+        self.view.to(self.device)
+        self.student.to(self.device)
+        with _count_samples(self.teacher) as teacher_samples:
+            self.cache = self._build_cache(data, out_dir) if self.mode == "offline" else None
+            self._check_classes(data)
+            history = engine.fit(
+                self.student,
+                WithTeacherRows(data, self.cache) if self.cache is not None else data,
+                self.optimizer, step_fn=self._step, val_data=val, out_dir=out_dir,
+                resume=resume, device=self.device, meta=meta, **self.fit_args)
+        summary = {
+            "mode": self.mode, "topk": self.topk, "temperature": self.temperature,
+            "soft_weight": self.soft_weight, "hard_weight": self.hard_weight,
+            "threshold": self.threshold, "labelled": data.num_labelled,
+            "unlabelled": len(data) - data.num_labelled, "teacher_samples": teacher_samples[0],
+            "cache": None if self.cache is None else {
+                "path": self.cache.path, "fingerprint": self.cache.fingerprint,
+                "bytes": self.cache.nbytes, "dtype": str(self.cache.dtype)},
+            "seconds": time.perf_counter() - start_time, "history": history,
+            "final": history[-1] if history else {}}
+        if out_dir is not None and D.is_main():
+            engine.atomic_torch_save(self.student.state_dict(), Path(out_dir) / "model.pt")
+            engine.atomic_write_json(Path(out_dir) / "summary.json", summary)
+        return summary
+
+    def evaluate(self, data, *, batch_size: int = 256) -> dict:
+        """Loss and accuracy of the student on ``data``."""
+        return engine.evaluate(self.student, data, batch_size=batch_size, device=self.device,
+                               amp=self.fit_args["amp"])

@@ -1,0 +1,53 @@
+"""Incremental under DDP (2 processes, gloo on CPU): the head grows before the model is
+wrapped, exemplars and the memory are identical on every rank, the Fisher is reduced over
+the ranks' shards (equal to the Fisher of the whole data in one process), and the ranks
+end with the same model."""
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from test_incremental_helpers import ddp_worker, scenario, tiny_model
+
+from ptcore.strategies._incr_ewc import EWC
+from ptcore.strategies._incr_plan import make_plan
+
+TIMEOUT_S = 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run_agrees_across_ranks(tmp_path):
+    ctx = mp.start_processes(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["head"] == r1["head"] == 6
+    assert r0["memory"] == r1["memory"] and len(r0["memory"]["exemplars"]) == 6
+    assert r0["R"] == r1["R"]
+    for key in ("fisher", "fresh_fisher", "model"):
+        assert r0[key].keys() == r1[key].keys()
+        for n in r0[key]:
+            torch.testing.assert_close(r0[key][n], r1[key][n], msg=f"{key}[{n}] differs")
+    assert all(f.abs().sum() > 0 for f in r0["fisher"].values() if f.dtype.is_floating_point)
+
+    train, test = scenario()
+    model = tiny_model(6)
+    model.load_state_dict(r0["model"])
+    single = EWC(1.0)
+    data = make_plan(list(train[:3]), list(test[:3]), None, 2).remap(train[2])
+    single.update(model, data, F.cross_entropy, device="cpu", progress=False)
+    for n, f in single.fisher.items():
+        torch.testing.assert_close(r0["fresh_fisher"][n], f, rtol=1e-4, atol=1e-9)

@@ -1,0 +1,93 @@
+"""Shared pieces of the Incremental tests (no tests here): the digits scenario, a small
+torchvision model that trains in seconds on a CPU, and runs of each method, cached per
+session because every learning test reads several of them."""
+import functools
+
+import torch
+import torch.nn as nn
+from torchvision.models import MobileNetV3
+from torchvision.models.mobilenetv3 import InvertedResidualConfig
+
+from ptcore import engine
+from ptcore.data import class_tasks, digits_dataset, k_shot, train_val_test_split
+from ptcore.strategies import Incremental
+
+SEED = 0
+SHOTS = 30  # training samples per class: new classes arrive with little labelled data
+
+
+def tiny_model(num_classes: int = 2, seed: int = SEED) -> nn.Module:
+    """A three-block MobileNetV3 (~90k parameters) for 16×16 inputs: a torchvision model,
+    so ptcore.models can split it and grow its head, small enough for CPU tests. BatchNorm
+    momentum is PyTorch's default (torchvision's 0.01 barely moves in a few steps)."""
+    torch.manual_seed(seed)
+    cfg = [InvertedResidualConfig(16, 3, 32, 16, False, "RE", 2, 1, 1.0),
+           InvertedResidualConfig(16, 3, 48, 32, False, "RE", 2, 1, 1.0),
+           InvertedResidualConfig(32, 3, 96, 64, False, "RE", 2, 1, 1.0)]
+    return MobileNetV3(cfg, last_channel=128, num_classes=num_classes,
+                       norm_layer=functools.partial(nn.BatchNorm2d, eps=1e-3))
+
+
+@functools.lru_cache(maxsize=None)
+def scenario(seed: int = SEED, shots: int = SHOTS):
+    """(train tasks, test tasks): digits at 16×16 in 5 tasks of 2 classes, ``shots``
+    training samples per class, a quarter of the images held out for testing."""
+    train, _, test = train_val_test_split(digits_dataset(16), 0.0, 0.25, seed=seed)
+    train_tasks = [k_shot(t, shots, seed=seed)[0] for t in class_tasks(train, 5)]
+    return train_tasks, class_tasks(test, 5)
+
+
+@functools.lru_cache(maxsize=None)
+def pretrained_state(seed: int = SEED) -> dict:
+    """A tiny model trained on all training images of task 1 (digits 0 and 1)."""
+    train, _, _ = train_val_test_split(digits_dataset(16), 0.0, 0.25, seed=seed)
+    model = tiny_model(2, seed)
+    engine.fit(model, class_tasks(train, 5)[0], torch.optim.AdamW(model.parameters(), 3e-3),
+               epochs=5, batch_size=32, seed=seed, progress=False)
+    return model.state_dict()
+
+
+def pretrained(seed: int = SEED) -> nn.Module:
+    model = tiny_model(2, seed)
+    model.load_state_dict(pretrained_state(seed))
+    return model
+
+
+def make(method: str, protocol: str = "class", seed: int = SEED, **kw) -> Incremental:
+    kw = {"classes": [0, 1], "memory": 100, "epochs": 4, "batch_size": 16, "lr": 3e-3,
+          "seed": seed, "progress": False, **kw}
+    return Incremental(pretrained(seed), method=method, protocol=protocol, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def run(method: str, protocol: str = "class", seed: int = SEED) -> dict:
+    """Results of ``method`` over the 5 digit tasks, from the model pretrained on task 1."""
+    return make(method, protocol, seed).fit(*scenario(seed))
+
+
+def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One process of the 2-process gloo test: 3 tasks with replay, LwF and EWC from a
+    fresh model, then what must agree across processes, saved for the test to compare."""
+    import os
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from ptcore.models import get_head
+    from ptcore.strategies._incr_ewc import EWC
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    train, test = scenario()
+    inc = Incremental(tiny_model(2), method="lwf+replay+ewc", memory=12, epochs=1,
+                      batch_size=8, lr=3e-3, seed=SEED, progress=False)
+    res = inc.fit(list(train[:3]), list(test[:3]))
+    fresh = EWC(1.0)  # the Fisher of the last task's data under DDP: sharded, then reduced
+    fresh.update(inc.model, inc.plan.remap(train[2]), F.cross_entropy, device="cpu",
+                 progress=False)
+    torch.save({"memory": inc.memory.state_dict(), "fisher": inc.ewc.fisher,
+                "fresh_fisher": fresh.fisher, "model": inc.model.state_dict(),
+                "R": res["accuracy_matrix"], "head": get_head(inc.model).out_features,
+                "world": dist.get_world_size()}, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
