@@ -1,7 +1,8 @@
 """`ptcore demo` and `ptcore run`: stage configs run as method comparisons, with a report.
 
-:func:`run_demo` runs a preset's stages (see presets.py); :func:`run_config_files` runs
-config files. Both go through :func:`ptcore.demo.pipeline.run_stages`."""
+:func:`ptcore.demo.demo.run_demo` runs a preset's stages (presets.py); `ptcore run` runs
+config files; both go through :func:`run_stages` (pipeline.py), which prepares every stage
+(stages.py) before training any."""
 from ptcore.demo.pipeline import run_stages
 from ptcore.demo.presets import PRESETS, preset_configs
 
