@@ -66,8 +66,8 @@ def bytes_moved(n, v, dtype, pass_):
 def peak_extra_bytes(provider, n, v, dtype_name, pass_, device="cpu"):
     """Peak memory above the inputs during one step (the second, so compilation is excluded).
 
-    CUDA: the caching allocator's peak. CPU: the rise of the process's max RSS, measured in
-    a fresh process so earlier cases cannot hide it."""
+    CUDA: the caching allocator's peak. CPU: the rise of the process's peak RSS, measured
+    in a fresh process so earlier cases cannot hide it."""
     if device == "cuda":
         s, t = make_inputs(n, v, DTYPES[dtype_name], device)
         step(provider, s, t, pass_)
@@ -85,12 +85,25 @@ def peak_extra_bytes(provider, n, v, dtype_name, pass_, device="cpu"):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _high_water_rss():
+    """Peak resident bytes of this process image. VmHWM restarts at exec; ru_maxrss would
+    carry over the (possibly much larger) parent's peak from before the fork."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _measure_rss(provider, n, v, dtype_name, pass_):
     s, t = make_inputs(n, v, DTYPES[dtype_name])
     # A smaller warm-up compiles and allocates once without raising the high-water mark.
     ws, wt = make_inputs(max(1, n // 64), v, DTYPES[dtype_name])
     step(provider, ws, wt, pass_)
     del ws, wt
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _high_water_rss()
     step(provider, s, t, pass_)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    return _high_water_rss() - base
