@@ -115,7 +115,7 @@ def test_merge_fills_options_the_command_line_left_at_default(tmp_path):
     ("stage: distill\n", "a 'distill' config given to `ptcore finetune`"),
     ("methods: {a: {}}\n", "use|run it with `ptcore run"),
     ("data: {tasks: 2}\n", "data.tasks belongs to the incremental stage"),
-    ("strategy: {layer_decay: 0.3}\n", "strategy.layer_decay has no option"),
+    ("model: {kwargs: {width_mult: 0.5}}\n", "model.kwargs has no option"),
     ("engine: {epochs: 1.5}\n", r"engine\.epochs: expected int"),
 ])
 def test_merge_errors(tmp_path, text, message):
@@ -124,6 +124,15 @@ def test_merge_errors(tmp_path, text, message):
     args = _parser().parse_args(["--config", str(path)])
     with pytest.raises(ConfigError, match=message):
         merge_config(args, "finetune")
+
+
+def test_merge_keeps_strategy_keys_without_an_option_for_the_strategy(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("strategy: {layer_decay: 0.3, lr: 0.02}\nengine: {warmup: 0.2}\n"
+                    "model: {kwargs: {}}\n")
+    args = merge_config(_parser().parse_args(["--config", str(path)]), "finetune")
+    assert args.config_options == {"layer_decay": 0.3, "warmup": 0.2}
+    assert args.lr == 0.02  # it has an option: set there
 
 
 def test_merge_without_config_checks_required():

@@ -2,27 +2,33 @@
 and an unlabelled pool (ptcore.strategies.Distill)."""
 import sys
 
+from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
+
 CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
 
 def add_parser(sub):
+    from ptcore.config import add_config_argument
+
     p = sub.add_parser(
         "distill", help="knowledge distillation: a student learns from a frozen teacher",
         description="Split the data into train/val/test, keep --labels-per-class labels of the "
         "training split (the rest is unlabelled: the teacher's soft pseudo-labels only), "
         "distil --teacher into --student, and report the student's test accuracy. Writes "
         "last.pt, metrics.jsonl, model.pt (the student) and summary.json to --out.")
-    p.add_argument("--teacher", required=True, help="model name (see ptcore.models.list_models)")
-    p.add_argument("--teacher-weights", required=True,
+    p.add_argument("--teacher", help="model name (see ptcore.models.list_models); required, "
+                   "here or in --config")
+    p.add_argument("--teacher-weights",
                    help="torchvision weights name or local state_dict / ptcore checkpoint; "
-                   "its head must score the data's classes")
-    p.add_argument("--student", required=True, help="model name")
+                   "its head must score the data's classes (required)")
+    p.add_argument("--student", help="model name (required)")
     p.add_argument("--student-weights", help="initial student weights (default: random init)")
     p.add_argument("--data", default="digits",
                    help="'digits', an ImageFolder directory, or a torchvision dataset name "
                    "with --root")
     p.add_argument("--root", help="where a torchvision dataset's files are")
     p.add_argument("--image-size", type=int, default=32, help="the student's input size")
+    p.add_argument("--classes", help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--teacher-image-size", type=int,
                    help="the teacher's input size (inputs are resized for it)")
     p.add_argument("--labels-per-class", type=int,
@@ -39,23 +45,21 @@ def add_parser(sub):
     p.add_argument("--cache-dtype", choices=CACHE_DTYPES, default="float16",
                    help="storage of the offline cache's full logits")
     p.add_argument("--cache-dir", help="offline cache directory (default: OUT/teacher_cache)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
-    p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: GPU if present)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_engine_arguments(p, epochs=10, batch_size=64)
+    add_config_argument(p, "distill")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ptcore.config import merge_config
+
     try:
+        merge_config(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
+                     aliases={"model.name": "student", "model.weights": "student_weights",
+                              "data.shots": "labels_per_class",
+                              "strategy.teacher_input_size": "teacher_image_size"})
         summary = _distill(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:  # ConfigError is a ValueError
         print(f"ptcore distill: error: {e}", file=sys.stderr)
         return 2
     test = summary["test"]
@@ -72,11 +76,14 @@ def _distill(args) -> dict:
     import torch
 
     from ptcore import engine
-    from ptcore.data import dataset_from_spec, k_shot, targets_of, train_val_test_split
+    from ptcore.data import (class_subset, dataset_from_spec, k_shot, targets_of,
+                             train_val_test_split)
     from ptcore.models import create_model, get_head
     from ptcore.strategies import Distill
 
     data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
+    if args.classes:
+        data = class_subset(data, [int(c) for c in str(args.classes).split(",")])
     classes = len(targets_of(data).unique())
     train, val, test = train_val_test_split(data, args.val, args.test, seed=args.seed)
     labelled, unlabelled = (k_shot(train, args.labels_per_class, seed=args.seed)
@@ -88,13 +95,11 @@ def _distill(args) -> dict:
                          f"{get_head(teacher).out_features} classes; the data has {classes}")
     student = create_model(args.student, num_classes=classes, weights=args.student_weights,
                            progress=progress)
-    strategy = Distill(
-        teacher, student, temperature=args.temperature, soft_weight=args.soft_weight,
+    strategy = Distill(teacher, student, **strategy_kwargs(
+        args, temperature=args.temperature, soft_weight=args.soft_weight,
         hard_weight=args.hard_weight, mode=args.mode, topk=args.topk, threshold=args.threshold,
         teacher_input_size=args.teacher_image_size, cache_dtype=getattr(torch, args.cache_dtype),
-        cache_dir=args.cache_dir, lr=args.lr, weight_decay=args.weight_decay,
-        epochs=args.epochs, batch_size=args.batch_size, amp=args.amp, seed=args.seed,
-        device=args.device, progress=progress)
+        cache_dir=args.cache_dir))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
             "teacher": args.teacher, "image_size": args.image_size}
     summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=args.resume,

@@ -1,14 +1,20 @@
 """`ptcore finetune`: fine-tune a registered model on digits, an image folder or a
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
+import sys
+
+from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
 
 
 def add_parser(sub):
+    from ptcore.config import add_config_argument
+
     p = sub.add_parser("finetune", help="fine-tune a pretrained model (linear probe, partial "
                        "or full)")
-    p.add_argument("--model", required=True, help="registered model name, e.g. resnet50")
+    p.add_argument("--model", help="registered model name, e.g. resnet50 (required, here or "
+                   "in --config)")
     p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) "
                    "or a local state_dict / ptcore checkpoint file")
-    p.add_argument("--data", required=True, help="'digits', an ImageFolder directory, or a "
+    p.add_argument("--data", default="digits", help="'digits', an ImageFolder directory, or a "
                    "torchvision dataset name with --data-root")
     p.add_argument("--data-root", help="root of a torchvision dataset given by name")
     p.add_argument("--image-size", type=int, default=32)
@@ -16,29 +22,37 @@ def add_parser(sub):
     p.add_argument("--shots", type=int, help="labelled samples per class for training")
     p.add_argument("--val", type=float, default=0.15, help="validation fraction")
     p.add_argument("--test", type=float, default=0.15, help="test fraction")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--freeze", help="split point frozen through (partial fine-tuning), "
-                      "e.g. layer3")
-    mode.add_argument("--mode", choices=("linear", "full"), help="linear probe or full")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--freeze", help="split point frozen through (partial fine-tuning), "
+                   "e.g. layer3")
+    p.add_argument("--mode", choices=("linear", "partial", "full"),
+                   help="linear probe, partial (with --freeze) or full; default: partial "
+                   "when --freeze is given, else full")
     p.add_argument("--layer-decay", type=float, default=0.5)
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--unfreeze-every", type=int)
     p.add_argument("--bn", choices=("train", "eval", "frozen"), default="train")
-    p.add_argument("--schedule", default="cosine")
-    p.add_argument("--amp", default="auto")
     p.add_argument("--no-cache", action="store_true", help="do not cache frozen features")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_arguments(p, epochs=10, batch_size=32)
+    add_config_argument(p, "finetune")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import json
+    from ptcore.config import ConfigError, merge_config
+
+    try:
+        merge_config(args, "finetune", required=("model", "out"))
+        summary = _finetune(args)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ptcore finetune: error: {e}", file=sys.stderr)
+        return 2
+    test = summary["test"]
+    if test:
+        print(f"{args.model}: test accuracy {100 * test['accuracy']:.2f}% on {test['count']} "
+              f"samples; results in {args.out}")
+    return 0
+
+
+def _finetune(args) -> dict:
     from pathlib import Path
 
     from ptcore import data as D
@@ -48,23 +62,21 @@ def run(args) -> int:
 
     dataset = D.dataset_from_spec(args.data, image_size=args.image_size, root=args.data_root)
     if args.classes:
-        dataset = D.class_subset(dataset, [int(c) for c in args.classes.split(",")])
+        dataset = D.class_subset(dataset, [int(c) for c in str(args.classes).split(",")])
     train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
     if args.shots:
         train, _ = D.k_shot(train, args.shots, seed=args.seed)
     num_classes = len(D.targets_of(dataset).unique())
-    model = create_model(args.model, num_classes=num_classes, weights=args.weights)
-    ft = FineTune(model, mode="partial" if args.freeze else (args.mode or "full"),
-                  freeze=args.freeze, lr=args.lr, layer_decay=args.layer_decay,
-                  weight_decay=args.weight_decay, unfreeze_every=args.unfreeze_every,
-                  bn=args.bn, cache=not args.no_cache, epochs=args.epochs,
-                  batch_size=args.batch_size, schedule=args.schedule, amp=args.amp,
-                  seed=args.seed, progress=not args.quiet)
+    model = create_model(args.model, num_classes=num_classes, weights=args.weights,
+                         progress=not args.no_progress)
+    mode = args.mode or ("partial" if args.freeze else "full")
+    ft = FineTune(model, **strategy_kwargs(
+        args, mode=mode, freeze=args.freeze, layer_decay=args.layer_decay,
+        unfreeze_every=args.unfreeze_every, bn=args.bn, cache=not args.no_cache))
     meta = {"model": args.model, "num_classes": num_classes, "data": args.data}
     summary = ft.fit(train, val if len(val) else None, out_dir=args.out, resume=args.resume,
                      meta=meta)
     summary["test"] = ft.evaluate(test) if len(test) else {}
     summary["args"] = {k: v for k, v in vars(args).items() if k != "func"}
     atomic_write_json(Path(args.out) / "summary.json", summary)
-    print(json.dumps({"final": summary["final"], "test": summary["test"]}, indent=2))
-    return 0
+    return summary

@@ -1,11 +1,25 @@
 """`ptcore incremental`: learn a sequence of class tasks without forgetting the old ones."""
 
 
+import sys
+
+from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
+
+
 def _int_list(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
+def _tasks(text: str) -> int | list[list[int]]:
+    """``5`` (that many equal tasks) or explicit class lists, ``0,1,2;3,4;5``."""
+    text = str(text)
+    return int(text) if ";" not in text and "," not in text else \
+        [_int_list(t) for t in text.split(";") if t.strip()]
+
+
 def add_parser(sub):
+    from ptcore.config import add_config_argument
+
     p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
                        "NCM, SimpleCIL) and report forgetting")
     p.add_argument("--model", default="resnet18", help="registered model name")
@@ -17,7 +31,10 @@ def add_parser(sub):
                    "torchvision dataset name with --root")
     p.add_argument("--root", help="where a torchvision dataset's files are")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--tasks", type=int, default=5, help="split the classes into this many tasks")
+    p.add_argument("--data-classes", type=_int_list,
+                   help="comma-separated classes of the data to use (default: all)")
+    p.add_argument("--tasks", type=_tasks, default=5, help="a number of equal tasks, or the "
+                   "classes of each task: 0,1,2,3,4;5,6,7;8,9")
     p.add_argument("--shots", type=int, help="training samples per class (default: all)")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--method", default="lwf+replay", help="naive, or lwf/replay/ewc/ncm joined "
@@ -27,13 +44,8 @@ def add_parser(sub):
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
     p.add_argument("--ewc-lambda", type=float, default=1000.0)
     p.add_argument("--freeze", help="split point frozen throughout (e.g. layer2)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs per task")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    add_engine_arguments(p, epochs=5, batch_size=32, weight_decay=0.0, epochs_help="epochs per task")
+    add_config_argument(p, "incremental")
     p.set_defaults(func=run)
 
 
@@ -43,23 +55,37 @@ def _matrix(R) -> str:
 
 
 def run(args) -> int:
-    from ptcore.data import class_tasks, dataset_from_spec, k_shot, train_val_test_split
+    from ptcore.config import ConfigError, merge_config
+
+    try:
+        merge_config(args, "incremental", required=("out",),
+                     aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
+        return _incremental(args)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ptcore incremental: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _incremental(args) -> int:
+    from ptcore.data import (class_subset, class_tasks, dataset_from_spec, k_shot,
+                             train_val_test_split)
     from ptcore.engine import distributed as D
     from ptcore.models import create_model
     from ptcore.strategies import Incremental
 
     data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
+    if args.data_classes:
+        data = class_subset(data, args.data_classes, relabel=False)
     train, _, test = train_val_test_split(data, 0.0, args.test_fraction, seed=args.seed)
     train_tasks = class_tasks(train, args.tasks)
     if args.shots is not None:
         train_tasks = [k_shot(t, args.shots, seed=args.seed)[0] for t in train_tasks]
     test_tasks = class_tasks(test, [t.targets.unique().tolist() for t in train_tasks])
-    model = create_model(args.model, weights=args.weights)
-    strategy = Incremental(model, method=args.method, protocol=args.protocol,
-                           classes=args.classes, memory=args.memory, selection=args.selection,
-                           ewc_lambda=args.ewc_lambda, freeze=args.freeze, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           progress=not args.no_progress)
+    model = create_model(args.model, weights=args.weights, progress=not args.no_progress)
+    strategy = Incremental(model, **strategy_kwargs(
+        args, method=args.method, protocol=args.protocol, classes=args.classes,
+        memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
+        freeze=args.freeze))
     res = strategy.fit(train_tasks, test_tasks, out_dir=args.out, resume=args.resume)
     if D.is_main():
         for proto in ("class", "task"):

@@ -3,8 +3,10 @@
 A subcommand calls :func:`add_config_argument` in its ``add_parser`` and
 :func:`merge_config` first thing in its ``run``. Every key the file gives becomes the value
 of the matching command-line option unless that option was given on the command line
-(options still at their parser default count as not given). See docs/config.md for how keys
-find their options.
+(options still at their parser default count as not given). ``engine`` and ``strategy``
+keys that have no option of their own are kept in ``args.config_options`` for the command
+to pass to its strategy; any other key without an option is an error. See docs/config.md
+for how keys find their options.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str
     names differ, e.g. ``{"data.shots": "labels_per_class", "model.name": "student"}``.
     Raises ConfigError (a ValueError) naming the key on any problem."""
     aliases = aliases or {}
+    args.config_options = {}
     path = getattr(args, "config", None)
     if path:
         doc = read_document(path)
@@ -78,6 +81,11 @@ def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str
         actions = {a.dest: a for a in parser._actions}
         for section, key, value in _leaves(doc):
             found = _dest(section, key, actions, aliases)
+            if found is None and section in ("engine", "strategy"):
+                args.config_options[key] = value  # a strategy argument without an option
+                continue
+            if found is None and key == "kwargs" and not value:
+                continue  # the default: no constructor arguments
             if found is None:
                 where = f"{section}.{key}" if section else key
                 raise ConfigError(f"{path}: {where} has no option in `ptcore {stage}`; use "

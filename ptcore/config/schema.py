@@ -30,7 +30,7 @@ STRATEGY = {"pretrain": "FineTune", "finetune": "FineTune", "incremental": "Incr
             "distill": "Distill"}
 # Strategy keyword arguments that belong in the engine section (the loop's settings).
 ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp", "grad_clip",
-               "device", "progress", "num_workers")
+               "device", "progress", "num_workers", "precise_bn")
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
@@ -130,6 +130,8 @@ _VALUES = {
     "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "accumulate": _POSITIVE_INT,
     "memory": _POSITIVE_INT, "topk": _POSITIVE_INT, "unfreeze_every": _POSITIVE_INT,
     "num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "precise_bn": (lambda v: v >= 0, "an int >= 0 (batches)"),
+    "ewc_samples": _POSITIVE_INT,
     "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
     "warmup": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),

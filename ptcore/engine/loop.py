@@ -9,6 +9,7 @@ a run on N processes sees exactly the batches of one process with N times the ba
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import time
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from ptcore.engine import distributed as D
 from ptcore.engine.checkpoint import load_checkpoint, save_checkpoint
 from ptcore.engine.metrics import MetricsLog
+from ptcore.engine.precise_bn import recompute_bn_stats
 from ptcore.engine.schedules import make_schedule
 
 __all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS"]
@@ -131,6 +133,24 @@ def _loader(data, batch_size, seed, epoch, drop_last, num_workers) -> DataLoader
                       num_workers=num_workers)
 
 
+def check_precise_bn(precise_bn) -> None:
+    if isinstance(precise_bn, bool) or not isinstance(precise_bn, int) or precise_bn < 0:
+        raise ValueError(f"precise_bn must be an int >= 0 (batches), got {precise_bn!r}")
+
+
+def _precise_bn(model, data, batches: int, predict_fn, device, amp_dtype, *, batch_size,
+                seed, epoch) -> None:
+    # The epoch's own sample order (the sampler is seeded by (seed, epoch)), first batches.
+    loader = _loader(data, batch_size, seed, epoch, False, 0)
+    predict_fn = predict_fn or _default_predict
+
+    def forward(batch):
+        with _autocast(device, amp_dtype):
+            predict_fn(model, _to(batch, device))
+
+    recompute_bn_stats(model, itertools.islice(loader, batches), forward)
+
+
 def _unpack(out) -> tuple[torch.Tensor, dict]:
     if isinstance(out, torch.Tensor):
         return out, {}
@@ -147,7 +167,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         accumulate: int = 1, amp="auto", grad_clip: float | None = None,
         on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
         device=None, progress: bool = True, num_workers: int = 0, drop_last: bool = False,
-        meta: dict | None = None) -> list[dict]:
+        precise_bn: int = 0, meta: dict | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
 
     ``train_data`` and ``val_data``: a Dataset, or ``epoch -> Dataset`` (e.g. a feature cache
@@ -158,10 +178,14 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     (``last.pt``) and ``metrics.jsonl`` are written every epoch; ``resume=True`` continues
     from the checkpoint there exactly (model, optimizer, scheduler, scaler, RNG, epoch).
     ``meta`` is stored in checkpoints (e.g. the model name, for reloading).
+    ``precise_bn``: after each epoch, recompute the running statistics of the BatchNorm
+    layers in training mode over this many training batches (see
+    :func:`ptcore.engine.precise_bn.recompute_bn_stats`); 0 keeps the moving averages.
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_precise_bn(precise_bn)
     distributed = D.setup()
     device = torch.device(device) if device is not None else D.default_device()
     amp_dtype = resolve_amp(amp, device)
@@ -240,6 +264,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
                                      for k, v in zip(sums, totals.tolist())},
                   "lr": optimizer.param_groups[0]["lr"]}
+        if precise_bn:
+            _precise_bn(model, epoch_data(epoch), precise_bn, predict_fn, device, amp_dtype,
+                        batch_size=batch_size, seed=seed, epoch=epoch)
         if val_data is not None:
             val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
                            batch_size=max(batch_size, 256),

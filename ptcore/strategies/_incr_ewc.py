@@ -26,12 +26,22 @@ def _grown(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 class EWC:
-    def __init__(self, lam: float, decay: float = 1.0):
+    """``samples``: the Fisher of a task is estimated on at most this many of its samples
+    (a fixed random subset, seeded by ``seed``); None: all. Per-sample gradients of a
+    ResNet-18 cost ~0.1 s each on a 2-core CPU, and the estimate settles within a few
+    hundred samples."""
+
+    def __init__(self, lam: float, decay: float = 1.0, *, samples: int | None = None,
+                 seed: int = 0):
         if not lam >= 0:
             raise ValueError(f"ewc_lambda must be >= 0, got {lam!r}")
         if not 0 <= decay <= 1:
             raise ValueError(f"ewc_decay must be in [0, 1], got {decay!r}")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                    or samples < 1):
+            raise ValueError(f"ewc_samples must be a positive int or None, got {samples!r}")
         self.lam, self.decay = float(lam), float(decay)
+        self.samples, self.seed = samples, seed
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 
@@ -62,7 +72,11 @@ class EWC:
 
         per_sample = vmap(grad(sample_nll), in_dims=(None, 0, 0))
         sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-        shard = Subset(data, range(D.rank(), len(data), D.world_size()))
+        chosen = range(len(data))
+        if self.samples is not None and len(data) > self.samples:
+            g = torch.Generator().manual_seed(self.seed)
+            chosen = sorted(torch.randperm(len(data), generator=g)[:self.samples].tolist())
+        shard = Subset(data, chosen[D.rank()::D.world_size()])
         was_training = model.training
         model.eval()
         for x, y in tqdm(DataLoader(shard, batch_size=batch_size), desc="Fisher", leave=False,

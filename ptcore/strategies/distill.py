@@ -71,7 +71,8 @@ class Distill:
     cache_dtype: storage of cached full logits (float16, bfloat16, float32, int8); top-k rows
     are float32. cache_dir: where the offline cache persists and is reused across runs
     (default ``out_dir/teacher_cache``; in memory without either).
-    The rest go to the AdamW optimizer and :func:`ptcore.engine.fit`.
+    The rest go to the AdamW optimizer and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
+    BatchNorm statistics after each epoch, for short runs and low-momentum BatchNorm).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, *, temperature: float = 4.0,
@@ -82,7 +83,8 @@ class Distill:
                  epochs: int = 10, batch_size: int = 64, schedule: str = "cosine",
                  warmup: float = 0.1, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, seed: int = 0, device=None,
-                 progress: bool = True, num_workers: int = 0):
+                 progress: bool = True, num_workers: int = 0,
+                 precise_bn: int = 0):
         for name, m in (("teacher", teacher), ("student", student)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
@@ -115,7 +117,7 @@ class Distill:
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,
-                             num_workers=num_workers)
+                             num_workers=num_workers, precise_bn=precise_bn)
         self.cache = None  # the offline teacher cache of the last fit
 
     # -- the teacher's side --------------------------------------------------------------

@@ -36,7 +36,8 @@ class FineTune:
     (stats and affine fixed); frozen layers always keep their statistics.
     cache: use ptcore.FeatureCache for the frozen prefix when it is non-empty and the
     training data's transform is deterministic; the cache follows the split as it moves.
-    The rest go to :func:`ptcore.engine.fit`.
+    The rest go to :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
+    BatchNorm statistics after each epoch, for short runs and low-momentum BatchNorm).
     """
 
     def __init__(self, model: nn.Module, *, mode: str = "partial", freeze: str | None = None,
@@ -45,7 +46,8 @@ class FineTune:
                  cache_dtype: torch.dtype = torch.float16, epochs: int = 10,
                  batch_size: int = 32, schedule: str = "cosine", warmup: float = 0.1,
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
-                 seed: int = 0, device=None, progress: bool = True, num_workers: int = 0):
+                 seed: int = 0, device=None, progress: bool = True, num_workers: int = 0,
+                 precise_bn: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "partial") != (freeze is not None):
@@ -69,7 +71,7 @@ class FineTune:
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,
-                             num_workers=num_workers)
+                             num_workers=num_workers, precise_bn=precise_bn)
         self._caches: dict[tuple[int, str], object] = {}
         self._input_start = 0
         self._set_split(self._k0)

@@ -87,7 +87,8 @@ class Incremental:
     classes' logits of a frozen snapshot of the previous model, ``temperature``,
     ``lwf_weight``), "replay" (``memory`` exemplars in all, class-balanced, chosen by
     ``selection``: "herding" or "random"), "ewc" (online diagonal-Fisher penalty,
-    ``ewc_lambda``, ``ewc_decay``), "ncm" (with replay: classify by the nearest mean of
+    ``ewc_lambda``, ``ewc_decay``; the Fisher from at most ``ewc_samples`` samples per
+    task), "ncm" (with replay: classify by the nearest mean of
     exemplars, iCaRL); or "simplecil" alone (frozen backbone, class-mean prototypes).
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
@@ -95,18 +96,19 @@ class Incremental:
     classes: the classes the model's head already holds, in row order (e.g. after
     fine-tuning on the first task, whose training is then skipped); None: the head is sized
     for the first task. freeze: a split point (e.g. "layer2") frozen throughout.
-    The rest go to :func:`ptcore.engine.fit` for every task (AdamW with ``lr``).
+    The rest go to :func:`ptcore.engine.fit` for every task (AdamW with ``lr``; e.g.
+    ``precise_bn`` re-estimates BatchNorm statistics after each epoch).
     """
 
     def __init__(self, model: nn.Module, *, method: str = "naive", protocol: str = "class",
                  classes: list[int] | None = None, memory: int = 200,
                  selection: str = "herding", temperature: float = 2.0,
                  lwf_weight: float = 1.0, ewc_lambda: float = 1000.0, ewc_decay: float = 1.0,
-                 freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
+                 ewc_samples: int | None = 200, freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
-                 warmup: float = 0.0, amp="auto", grad_clip: float | None = None,
-                 cache: bool = True, seed: int = 0, device=None, progress: bool = True,
-                 num_workers: int = 0):
+                 warmup: float = 0.0, accumulate: int = 1, amp="auto",
+                 grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
+                 progress: bool = True, num_workers: int = 0, precise_bn: int = 0):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -126,15 +128,17 @@ class Incremental:
         self.protocol, self.initial_classes = protocol, None if classes is None else list(classes)
         self.temperature, self.lwf_weight = float(temperature), float(lwf_weight)
         self.memory = ExemplarMemory(memory, selection, seed) if "replay" in self.parts else None
-        self.ewc = EWC(ewc_lambda, ewc_decay) if "ewc" in self.parts else None
+        self.ewc = (EWC(ewc_lambda, ewc_decay, samples=ewc_samples, seed=seed)
+                    if "ewc" in self.parts else None)
         if freeze is not None:
             freeze_module(nn.ModuleList(
                 s.module for s in stages(self.model)[:split_index(self.model, freeze)]))
         self.lr, self.weight_decay, self.cache, self.seed = lr, weight_decay, cache, seed
         self.device = torch.device(device) if device is not None else D.default_device()
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
-                             warmup=warmup, amp=amp, grad_clip=grad_clip, progress=progress,
-                             num_workers=num_workers)
+                             warmup=warmup, accumulate=accumulate, amp=amp,
+                             grad_clip=grad_clip, progress=progress,
+                             num_workers=num_workers, precise_bn=precise_bn)
         self.plan: Plan | None = None
         self.means: torch.Tensor | None = None  # class means (ncm, simplecil), head-row order
         self.R: dict[str, list[list[float | None]]] = {"class": [], "task": []}
@@ -224,7 +228,7 @@ class Incremental:
         rows = list(range(*self.plan.spans[t]))
         if self.memory is not None:
             self.memory.add(self.model, t, train[t], rows, device=self.device)
-        if self.ewc is not None:
+        if self.ewc is not None and t < len(train) - 1:  # no task follows the last one
             row_task = self.plan.row_task().to(self.device)
             self.ewc.update(self.model, train[t],
                             lambda z, y: F.cross_entropy(self._restrict(z, y, row_task), y),

@@ -64,3 +64,23 @@ def test_cli_rejects_a_teacher_for_other_classes(tmp_path, capsys):
     assert "head of 7 classes; the data has 10" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+
+
+def test_cli_from_a_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"stage: distill\nout: {out}\n"
+                   f"teacher: {{name: resnet18, weights: {_teacher_file(tmp_path, classes=3)}}}\n"
+                   "model: {name: mobilenet_v3_small}\n"
+                   "data: {image_size: 16, classes: [0, 1, 2], shots: 3}\n"
+                   "engine: {epochs: 1, batch_size: 128, precise_bn: 2}\n"
+                   "strategy: {mode: offline, topk: 2, temperature: 2.0}\n")
+    assert main(["distill", "--config", str(cfg), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "offline" and summary["topk"] == 2
+    assert summary["temperature"] == 2.0 and summary["labelled"] == 9
+
+
+def test_cli_names_what_is_missing(tmp_path, capsys):
+    assert main(["distill", "--student", "resnet18", "--out", str(tmp_path / "run")]) == 2
+    assert "needs --teacher, --teacher-weights" in capsys.readouterr().err

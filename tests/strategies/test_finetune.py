@@ -165,3 +165,32 @@ def test_cli_finetune_writes_outputs_and_resumes(tmp_path, capsys):
     assert summary["test"]["count"] > 0 and summary["args"]["freeze"] == "layer3"
     reloaded = create_model("resnet18", weights=out / "model.pt")
     assert reloaded.fc.out_features == 3
+
+
+def test_cli_finetune_from_a_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(f"stage: finetune\nout: {out}\nmodel: {{name: resnet18}}\n"
+                   f"data: {{dataset: digits, image_size: {SIZE}, classes: [0, 1, 2], shots: 2}}\n"
+                   "engine: {epochs: 3, batch_size: 6, warmup: 0.0}\n"
+                   "strategy: {mode: partial, freeze: layer3, layer_decay: 0.7}\n")
+    assert main(["finetune", "--config", str(cfg), "--epochs", "1", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["history"]) == 1  # the command line wins over the file
+    assert summary["frozen_through"] == "layer3" and summary["test"]["count"] > 0
+    assert summary["args"]["classes"] == "0,1,2" and summary["args"]["shots"] == 2
+    assert summary["args"]["config_options"] == {"warmup": 0.0}  # no option: passed through
+    assert summary["args"]["layer_decay"] == 0.7
+
+
+@pytest.mark.parametrize("text, extra, message", [
+    ("engine: {epochs: 0}\n", ["--model", "resnet18"], "engine.epochs must be a positive int"),
+    ("data: {shots: 2}\n", [], "needs --model"),
+    ("stage: distill\n", [], "a 'distill' config given to `ptcore finetune`"),
+])
+def test_cli_finetune_config_errors_before_training(tmp_path, capsys, text, extra, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert main(["finetune", "--config", str(cfg), "--out", str(tmp_path / "run"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -150,6 +150,26 @@ def test_ewc_fisher_is_the_mean_squared_per_sample_gradient_accumulated_online()
         torch.testing.assert_close(ewc.anchor[n], p.detach())
 
 
+def test_ewc_samples_estimates_the_fisher_on_a_seeded_subset():
+    model = small_net()
+    g = torch.Generator().manual_seed(3)
+    data = torch.utils.data.TensorDataset(torch.randn(20, 4, generator=g),
+                                          torch.randint(0, 3, (20,), generator=g))
+    capped = EWC(1.0, samples=6, seed=5)
+    capped.update(model, data, F.cross_entropy, device="cpu", batch_size=4, progress=False)
+    chosen = sorted(torch.randperm(20, generator=torch.Generator().manual_seed(5))[:6].tolist())
+    full = EWC(1.0)
+    full.update(model, torch.utils.data.Subset(data, chosen), F.cross_entropy, device="cpu",
+                batch_size=4, progress=False)
+    for n in full.fisher:
+        torch.testing.assert_close(capped.fisher[n], full.fisher[n])
+    everything = EWC(1.0, samples=6)
+    everything.update(model, torch.utils.data.Subset(data, range(5)), F.cross_entropy,
+                      device="cpu", progress=False)  # fewer samples than the cap: all used
+    with pytest.raises(ValueError, match="ewc_samples"):
+        EWC(1.0, samples=0)
+
+
 # -- bad input: clear errors before any training -------------------------------------------
 @pytest.mark.parametrize("method, error, match", [
     ("lwf+foo", ValueError, "parts must be distinct"),

@@ -76,3 +76,17 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     assert main(args + ["--resume"]) == 0  # everything is done: nothing is trained again
     assert json.loads((tmp_path / "results.json").read_text())["accuracy_matrix"] == \
         res["accuracy_matrix"]
+
+
+def test_cli_from_a_toml_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "inc.toml"
+    cfg.write_text(f'stage = "incremental"\nout = "{out}"\n[model]\nname = "mobilenet_v3_small"\n'
+                   "[data]\nimage_size = 16\nclasses = [0, 1, 2, 3]\nshots = 4\n"
+                   "tasks = [[0, 1], [2, 3]]\ntest = 0.05\n"
+                   "[engine]\nepochs = 1\nbatch_size = 16\n"
+                   '[strategy]\nmethod = "replay"\nmemory = 8\ntemperature = 3.0\n')
+    assert main(["incremental", "--config", str(cfg), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["tasks"] == [[0, 1], [2, 3]] and res["exemplars"] == 8
+    assert "class-incremental accuracy matrix" in capsys.readouterr().out

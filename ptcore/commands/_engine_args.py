@@ -1,0 +1,52 @@
+"""The training-loop options every strategy subcommand shares (`ptcore finetune`,
+`incremental`, `distill`): one spelling, one help text, one mapping to strategy keywords."""
+from __future__ import annotations
+
+import argparse
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
+                         lr: float = 1e-3, weight_decay: float = 0.01,
+                         epochs_help: str = "training epochs") -> None:
+    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --device --seed --out
+    --resume --no-progress. ``--out`` is not required here: a --config may give it."""
+    from ptcore.engine.schedules import SCHEDULES
+
+    g = p.add_argument_group("training loop")
+    g.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    g.add_argument("--batch-size", type=int, default=batch_size)
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=weight_decay,
+                   help="AdamW weight decay (never on norms and biases)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="learning-rate schedule")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="mixed precision; auto: bf16 on a GPU that has it, off on CPU")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if present)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="output directory (required, here or in --config)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    # --quiet: the spelling `ptcore finetune` had first; kept so old scripts still run.
+    g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bars")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The strategy keyword arguments of the options above (all but --out/--resume)."""
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "weight_decay": args.weight_decay, "schedule": args.schedule, "amp": args.amp,
+            "device": args.device, "seed": args.seed, "progress": not args.no_progress}
+
+
+def strategy_kwargs(args: argparse.Namespace, **options) -> dict:
+    """The strategy's keyword arguments: the config's options without a command-line option
+    (``args.config_options``, see ptcore/config/cli.py), then the engine options, then the
+    command's own ``options``."""
+    import torch
+
+    kw = {**getattr(args, "config_options", {}), **engine_kwargs(args), **options}
+    if isinstance(kw.get("cache_dtype"), str):
+        kw["cache_dtype"] = getattr(torch, kw["cache_dtype"])
+    return kw
