@@ -18,3 +18,13 @@ TOL = {
 
 requires_native = pytest.mark.skipif(
     not ptcore.has_native(), reason=f"native library not loaded: {ptcore._extension.load_error()}")
+
+
+def stage_config(directory, stage: str, out, **sections) -> str:
+    """Write a YAML stage config (``sections``: model=, data=, engine=, ...) into
+    ``directory`` for the `--config` tests; returns its path."""
+    import yaml
+
+    path = directory / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump({"stage": stage, "out": str(out), **sections}))
+    return str(path)

@@ -10,8 +10,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
                          lr: float = 1e-3, weight_decay: float = 0.01,
                          epochs_help: str = "training epochs") -> None:
-    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --device --seed --out
-    --resume --no-progress. ``--out`` is not required here: a --config may give it."""
+    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --device
+    --seed --out --resume --no-progress. ``--out`` is not required here: a --config may give it."""
     from ptcore.engine.schedules import SCHEDULES
 
     g = p.add_argument_group("training loop")
@@ -24,6 +24,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
                    help="learning-rate schedule")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="mixed precision; auto: bf16 on a GPU that has it, off on CPU")
+    g.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                   help="recompute BatchNorm statistics over N training batches after each "
+                   "epoch (short runs; MobileNetV3 students need it)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if present)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="output directory (required, here or in --config)")
@@ -37,7 +40,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     """The strategy keyword arguments of the options above (all but --out/--resume)."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "schedule": args.schedule, "amp": args.amp,
-            "device": args.device, "seed": args.seed, "progress": not args.no_progress}
+            "precise_bn": args.precise_bn, "device": args.device, "seed": args.seed,
+            "progress": not args.no_progress}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

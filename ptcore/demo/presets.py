@@ -24,7 +24,7 @@ PRESETS = {
     "quick": {"backbone": "resnet18", "student": ("mobilenet_v3_small", {}),
               "teacher": "resnet18", "extra": [], "image_size": 16,
               "pretrain_epochs": 3, "finetune_epochs": 8, "probe_epochs": 100,
-              "incremental_epochs": 2, "incremental_shots": 20, "distill_epochs": 3,
+              "incremental_epochs": 2, "incremental_shots": 20, "distill_epochs": 2,
               "shots": 5, "distill_shots": 5},
     # The seed document's architectures (ResNet-50 and AlexNet fine-tuning, ResNet-50
     # incremental, VGG-19 -> ResNet-50 distillation) at a reduced input size and epochs.

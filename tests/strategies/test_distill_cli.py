@@ -10,6 +10,7 @@ from ptcore.models import create_model
 from ptcore.strategies import Distill
 
 from test_distill import one_thread  # noqa: F401  (autouse: the same thread setting)
+from tests.helpers import stage_config
 
 
 def test_vgg19_to_resnet50_smoke():
@@ -65,17 +66,14 @@ def test_cli_rejects_a_teacher_for_other_classes(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-
 def test_cli_from_a_config(tmp_path, capsys):
     out = tmp_path / "run"
-    cfg = tmp_path / "d.yaml"
-    cfg.write_text(f"stage: distill\nout: {out}\n"
-                   f"teacher: {{name: resnet18, weights: {_teacher_file(tmp_path, classes=3)}}}\n"
-                   "model: {name: mobilenet_v3_small}\n"
-                   "data: {image_size: 16, classes: [0, 1, 2], shots: 3}\n"
-                   "engine: {epochs: 1, batch_size: 128, precise_bn: 2}\n"
-                   "strategy: {mode: offline, topk: 2, temperature: 2.0}\n")
-    assert main(["distill", "--config", str(cfg), "--no-progress"]) == 0
+    cfg = stage_config(tmp_path, "distill", out, model={"name": "mobilenet_v3_small"},
+                       teacher={"name": "resnet18", "weights": _teacher_file(tmp_path, 3)},
+                       data={"image_size": 16, "classes": [0, 1, 2], "shots": 3},
+                       engine={"epochs": 1, "batch_size": 128, "precise_bn": 2},
+                       strategy={"mode": "offline", "topk": 2, "temperature": 2.0})
+    assert main(["distill", "--config", cfg, "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "offline" and summary["topk"] == 2
     assert summary["temperature"] == 2.0 and summary["labelled"] == 9

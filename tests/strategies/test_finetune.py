@@ -11,6 +11,7 @@ from ptcore.data import class_subset, digits_dataset, k_shot, train_val_test_spl
 from ptcore.engine import fit, read_metrics
 from ptcore.models import create_model, split_model
 from ptcore.strategies import FineTune
+from tests.helpers import stage_config
 
 SIZE = 16  # digits are 8×8: 16×16 keeps the tests fast and still has room for ResNet's strides
 
@@ -169,12 +170,12 @@ def test_cli_finetune_writes_outputs_and_resumes(tmp_path, capsys):
 
 def test_cli_finetune_from_a_config(tmp_path, capsys):
     out = tmp_path / "run"
-    cfg = tmp_path / "ft.yaml"
-    cfg.write_text(f"stage: finetune\nout: {out}\nmodel: {{name: resnet18}}\n"
-                   f"data: {{dataset: digits, image_size: {SIZE}, classes: [0, 1, 2], shots: 2}}\n"
-                   "engine: {epochs: 3, batch_size: 6, warmup: 0.0}\n"
-                   "strategy: {mode: partial, freeze: layer3, layer_decay: 0.7}\n")
-    assert main(["finetune", "--config", str(cfg), "--epochs", "1", "--no-progress"]) == 0
+    cfg = stage_config(tmp_path, "finetune", out, model={"name": "resnet18"},
+                       data={"dataset": "digits", "image_size": SIZE, "classes": [0, 1, 2],
+                             "shots": 2},
+                       engine={"epochs": 3, "batch_size": 6, "warmup": 0.0},
+                       strategy={"mode": "partial", "freeze": "layer3", "layer_decay": 0.7})
+    assert main(["finetune", "--config", cfg, "--epochs", "1", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["history"]) == 1  # the command line wins over the file
     assert summary["frozen_through"] == "layer3" and summary["test"]["count"] > 0
