@@ -1,6 +1,9 @@
-"""Benchmark cases for ptcore.kd_loss: providers, shapes, and how each is timed and measured.
+"""Benchmark cases for ptcore.kd_loss and ptcore.kd_loss_topk: providers, shapes, and how
+each is timed and measured.
 
-Shared by the pytest-benchmark suite (bench_kd_loss.py) and the ratio table (kd_table.py)."""
+A case's teacher is a full [N, V] tensor (kd_loss) or, with ``topk=K``, the pair (values
+[N, K], indices [N, K]) of the teacher's K largest logits (kd_loss_topk). Shared by the
+pytest-benchmark suite (bench_kd_loss.py) and the ratio table (kd_table.py)."""
 from __future__ import annotations
 
 import functools
@@ -20,56 +23,70 @@ SHAPES = {"small": (256, 1000), "vocab32k": (4096, 32000), "vocab128k": (1024, 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PASSES = ("fwd", "fwd+bwd")
 PROVIDERS = ("ptcore", "eager", "compile")
+TOPK = (8, 64)  # teacher logits kept by the kd_loss_topk cases
 TEMPERATURE = 2.0
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled():
-    return torch.compile(reference.kd_loss)
+def _compiled(topk: bool):
+    return torch.compile(reference.kd_loss_topk if topk else reference.kd_loss)
 
 
-def loss_fn(provider):
+def loss_fn(provider, topk: bool = False):
     if provider == "ptcore":
-        return ptcore.kd_loss
+        return ptcore.kd_loss_topk if topk else ptcore.kd_loss
     if provider == "eager":
-        return reference.kd_loss
+        return reference.kd_loss_topk if topk else reference.kd_loss
     if provider == "compile":
-        return _compiled()
+        return _compiled(topk)
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def make_inputs(n, v, dtype, device="cpu", seed=0):
+def make_inputs(n, v, dtype, device="cpu", seed=0, topk=None):
+    """(student, teacher): the teacher is [N, V], or (values, indices) of its top ``topk``."""
+    # Generated in their own dtype and shape: no freed temporaries to raise the process's
+    # peak memory before a step is measured (peak_extra_bytes).
     g = torch.Generator(device=device).manual_seed(seed)
-    s = torch.randn(n, v, generator=g, device=device, dtype=torch.float32).mul_(2).to(dtype)
-    t = torch.randn(n, v, generator=g, device=device, dtype=torch.float32).mul_(2).to(dtype)
-    return s, t
+    s = torch.randn(n, v, generator=g, device=device, dtype=dtype).mul_(2)
+    if topk:  # K distinct classes per row (one per stride of V // K), values descending
+        values = torch.randn(n, topk, generator=g, device=device, dtype=dtype).mul_(2)
+        values = values.sort(dim=-1, descending=True).values
+        stride = v // topk
+        indices = torch.randint(0, stride, (n, topk), generator=g, device=device) \
+            + torch.arange(topk, device=device) * stride
+        return s, (values, indices)
+    return s, torch.randn(n, v, generator=g, device=device, dtype=dtype).mul_(2)
 
 
 def step(provider, s, t, pass_):
     """One forward (and backward) of the loss; returns the loss."""
-    fn = loss_fn(provider)
+    teacher = t if isinstance(t, tuple) else (t,)
+    fn = loss_fn(provider, topk=isinstance(t, tuple))
     if pass_ == "fwd":
         with torch.no_grad():
-            return fn(s, t, temperature=TEMPERATURE)
+            return fn(s, *teacher, temperature=TEMPERATURE)
     x = s.detach().requires_grad_()
-    loss = fn(x, t, temperature=TEMPERATURE)
+    loss = fn(x, *teacher, temperature=TEMPERATURE)
     loss.backward()
     return loss
 
 
-def bytes_moved(n, v, dtype, pass_):
-    """Compulsory traffic: fwd reads s and t; backward reads them again and writes the grad."""
-    per = torch.tensor([], dtype=dtype).element_size() * n * v
-    return 2 * per if pass_ == "fwd" else 5 * per
+def bytes_moved(n, v, dtype, pass_, topk=None):
+    """Compulsory traffic. Full teacher: fwd reads s and t; backward reads them again and
+    writes the grad. Top-k: the teacher is K values and int64 indices per row instead."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    student = size * n * v
+    teacher = n * topk * (size + 8) if topk else student
+    return student + teacher if pass_ == "fwd" else 3 * student + 2 * teacher
 
 
-def peak_extra_bytes(provider, n, v, dtype_name, pass_, device="cpu"):
+def peak_extra_bytes(provider, n, v, dtype_name, pass_, device="cpu", topk=None):
     """Peak memory above the inputs during one step (the second, so compilation is excluded).
 
     CUDA: the caching allocator's peak. CPU: the rise of the process's peak RSS, measured
     in a fresh process so earlier cases cannot hide it."""
     if device == "cuda":
-        s, t = make_inputs(n, v, DTYPES[dtype_name], device)
+        s, t = make_inputs(n, v, DTYPES[dtype_name], device, topk=topk)
         step(provider, s, t, pass_)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -79,8 +96,9 @@ def peak_extra_bytes(provider, n, v, dtype_name, pass_, device="cpu"):
         return torch.cuda.max_memory_allocated() - base
     code = (
         "import json, sys; sys.path.insert(0, %r)\n"
-        "from kd_cases import _measure_rss; print(json.dumps(_measure_rss(%r, %d, %d, %r, %r)))"
-        % (os.path.dirname(os.path.abspath(__file__)), provider, n, v, dtype_name, pass_))
+        "from kd_cases import _measure_rss; "
+        "print(json.dumps(_measure_rss(%r, %d, %d, %r, %r, %r)))"
+        % (os.path.dirname(os.path.abspath(__file__)), provider, n, v, dtype_name, pass_, topk))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -98,10 +116,10 @@ def _high_water_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _measure_rss(provider, n, v, dtype_name, pass_):
-    s, t = make_inputs(n, v, DTYPES[dtype_name])
+def _measure_rss(provider, n, v, dtype_name, pass_, topk=None):
+    s, t = make_inputs(n, v, DTYPES[dtype_name], topk=topk)
     # A smaller warm-up compiles and allocates once without raising the high-water mark.
-    ws, wt = make_inputs(max(1, n // 64), v, DTYPES[dtype_name])
+    ws, wt = make_inputs(max(1, n // 64), v, DTYPES[dtype_name], topk=topk)
     step(provider, ws, wt, pass_)
     del ws, wt
     base = _high_water_rss()

@@ -53,7 +53,7 @@ def _hard_term(loss, s, labels, hard_weight, ignore_index):
         valid = labels != ignore_index
         V = s.shape[-1]
         bad = valid & ((labels < 0) | (labels >= V))
-        if bool(bad.any()):
+        if not torch.compiler.is_compiling() and bool(bad.any()):
             raise ValueError(f"labels must be in [0, {V}) or ignore_index={ignore_index}, got "
                              f"{labels[bad][0].item()}")
         if hard_weight != 0.0:
@@ -71,10 +71,13 @@ def kd_loss_topk_rows(student, teacher_values, teacher_indices, labels, temperat
     s = student.to(acc)
     V = s.shape[-1]
     idx = teacher_indices
-    if bool(((idx < 0) | (idx >= V)).any()):
-        raise ValueError(f"teacher_indices must be in [0, {V})")
-    if idx.shape[-1] > 1 and bool((idx.sort(dim=-1).values.diff(dim=-1) == 0).any()):
-        raise ValueError("teacher_indices must not repeat a class within a row")
+    # Data-dependent checks read values back to Python: under torch.compile they would
+    # break the graph, so a compiled reference (the benchmarks' baseline) skips them.
+    if not torch.compiler.is_compiling():
+        if bool(((idx < 0) | (idx >= V)).any()):
+            raise ValueError(f"teacher_indices must be in [0, {V})")
+        if idx.shape[-1] > 1 and bool((idx.sort(dim=-1).values.diff(dim=-1) == 0).any()):
+            raise ValueError("teacher_indices must not repeat a class within a row")
     log_pt = _log_softmax(teacher_values.detach().to(acc), temperature)
     log_ps = _log_softmax(s, temperature).gather(-1, idx)
     loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * _kl(log_pt, log_ps)

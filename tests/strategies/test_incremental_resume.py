@@ -90,3 +90,11 @@ def test_cli_from_a_toml_config(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["tasks"] == [[0, 1], [2, 3]] and res["exemplars"] == 8
     assert "class-incremental accuracy matrix" in capsys.readouterr().out
+
+
+def test_cli_tasks_are_a_count_or_class_lists():
+    from ptcore.commands.incremental import _tasks
+
+    assert _tasks("5") == 5
+    assert _tasks("0,1,2;3,4") == [[0, 1, 2], [3, 4]]
+    assert _tasks("7,8") == [[7, 8]]
