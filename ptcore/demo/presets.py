@@ -17,10 +17,11 @@ TARGET = [5, 6, 7, 8, 9]
 # Per preset: the architectures, input size and how long each stage trains. `extra`
 # architectures are pretrained too and fine-tuned (partial, full) beside the backbone.
 PRESETS = {
-    # Sized to finish in about two minutes on a 2-core CPU: ResNet-18 steps at 16×16 cost
-    # ~0.3 s (batch 32), MobileNetV3-small ones ~0.15 s; EWC's per-sample gradients ~0.1 s
-    # a sample. The student's BatchNorm (momentum 0.01) is re-estimated after every epoch
-    # (engine `precise_bn`): without it the student scored at chance in eval mode.
+    # Sized to finish in about 90 s on a 2-core CPU (91-94 s measured): ResNet-18 steps at
+    # 16×16 cost ~0.3 s (batch 32), MobileNetV3-small ones ~0.15 s; EWC's per-sample
+    # gradients ~0.1 s a sample. The student's BatchNorm (momentum 0.01) is re-estimated
+    # after every epoch (engine `precise_bn`): without it the student scored at chance in
+    # eval mode.
     "quick": {"backbone": "resnet18", "student": ("mobilenet_v3_small", {}),
               "teacher": "resnet18", "extra": [], "image_size": 16,
               "pretrain_epochs": 3, "finetune_epochs": 8, "probe_epochs": 100,

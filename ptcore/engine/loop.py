@@ -229,7 +229,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
             wrapped_for = _trainable(model)
             wrapped = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        loader = _loader(epoch_data(epoch), batch_size, seed, epoch, drop_last, num_workers)
+        data = epoch_data(epoch)
+        loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers)
         model.train()
         sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
@@ -265,7 +266,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                                      for k, v in zip(sums, totals.tolist())},
                   "lr": optimizer.param_groups[0]["lr"]}
         if precise_bn:
-            _precise_bn(model, epoch_data(epoch), precise_bn, predict_fn, device, amp_dtype,
+            _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
                         batch_size=batch_size, seed=seed, epoch=epoch)
         if val_data is not None:
             val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
