@@ -175,4 +175,27 @@ inline at::ScalarType acc_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// A forward's outputs, in the accumulation dtype `acc`: the loss of each row [N] and the
+// row statistics [N, kStats] that the backward reuses.
+struct RowOutputs {
+  at::Tensor rows, stats;
+};
+
+inline RowOutputs empty_row_outputs(const at::Tensor& student, at::ScalarType acc) {
+  const auto options = student.options().dtype(acc);
+  return {at::empty({student.size(0)}, options), at::empty({student.size(0), kStats}, options)};
+}
+
+// A backward's per-row inputs, checked and contiguous: the gradient of each row's loss as
+// [N] in `acc`, and the forward's statistics.
+struct RowGradInputs {
+  at::Tensor grad_rows, stats;
+};
+
+inline RowGradInputs backward_row_inputs(const at::Tensor& grad_rows, const at::Tensor& stats,
+                                         int64_t N, at::ScalarType acc) {
+  check_backward_args(grad_rows, stats, N, acc);
+  return {grad_rows.reshape({N}).to(acc).contiguous(), stats.contiguous()};
+}
+
 }  // namespace ptcore::kd

@@ -139,15 +139,13 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cpu(
   const Options o = options_for(student_in, teacher_in, labels, temperature, divergence, beta,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
-  const auto acc = kd::acc_dtype(student);
-  at::Tensor rows = at::empty({student.size(0)}, student.options().dtype(acc));
-  at::Tensor stats = at::empty({student.size(0), kd::kStats}, student.options().dtype(acc));
+  kd::RowOutputs out = kd::empty_row_outputs(student, kd::acc_dtype(student));
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_rows_cpu", [&] {
-    forward_impl<scalar_t>(student, teacher, lp, o, rows, stats);
+    forward_impl<scalar_t>(student, teacher, lp, o, out.rows, out.stats);
   });
-  return {rows, stats};
+  return {out.rows, out.stats};
 }
 
 at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& student_in,
@@ -158,16 +156,14 @@ at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& s
                                 bool scale_by_t2) {
   const Options o = options_for(student_in, teacher_in, labels, temperature, divergence, beta,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
-  const int64_t N = student_in.size(0);
-  const auto acc = kd::acc_dtype(student_in);
-  kd::check_backward_args(grad_rows, stats, N, acc);
+  const kd::RowGradInputs in =
+      kd::backward_row_inputs(grad_rows, stats, student_in.size(0), kd::acc_dtype(student_in));
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
-  const at::Tensor gr = grad_rows.reshape({N}).to(acc).contiguous(), st = stats.contiguous();
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_backward_cpu", [&] {
-    backward_impl<scalar_t>(gr, student, teacher, lp, st, o, grad);
+    backward_impl<scalar_t>(in.grad_rows, student, teacher, lp, in.stats, o, grad);
   });
   return grad;
 }

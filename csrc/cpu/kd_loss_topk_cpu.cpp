@@ -159,14 +159,13 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows_cpu(
   const at::Tensor student = student_in.contiguous();
   const auto acc = kd::acc_dtype(student);
   const at::Tensor values = values_in.to(acc).contiguous(), indices = indices_in.contiguous();
-  at::Tensor rows = at::empty({student.size(0)}, student.options().dtype(acc));
-  at::Tensor stats = at::empty({student.size(0), kd::kStats}, student.options().dtype(acc));
+  kd::RowOutputs out = kd::empty_row_outputs(student, acc);
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_topk_rows_cpu", [&] {
-    forward_impl<scalar_t>(student, values, indices, lp, o, rows, stats);
+    forward_impl<scalar_t>(student, values, indices, lp, o, out.rows, out.stats);
   });
-  return {rows, stats};
+  return {out.rows, out.stats};
 }
 
 at::Tensor kd_loss_topk_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& student_in,
@@ -178,15 +177,14 @@ at::Tensor kd_loss_topk_backward_cpu(const at::Tensor& grad_rows, const at::Tens
   const Options o = options_for(student_in, values_in, indices_in, labels, temperature,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const auto acc = kd::acc_dtype(student_in);
-  kd::check_backward_args(grad_rows, stats, student_in.size(0), acc);
+  const kd::RowGradInputs in = kd::backward_row_inputs(grad_rows, stats, student_in.size(0), acc);
   const at::Tensor student = student_in.contiguous();
   const at::Tensor values = values_in.to(acc).contiguous(), indices = indices_in.contiguous();
-  const at::Tensor gr = grad_rows.reshape({student.size(0)}).to(acc).contiguous();
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_topk_backward_cpu", [&] {
-    backward_impl<scalar_t>(gr, student, values, indices, lp, stats.contiguous(), o, grad);
+    backward_impl<scalar_t>(in.grad_rows, student, values, indices, lp, in.stats, o, grad);
   });
   return grad;
 }

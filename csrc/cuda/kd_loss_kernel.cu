@@ -146,9 +146,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cuda(
   const c10::cuda::CUDAGuard guard(student_in.device());
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
   const int64_t N = student.size(0), V = student.size(1);
-  at::Tensor rows = at::empty({N}, student.options().dtype(at::kFloat));
-  at::Tensor stats = at::empty({N, kd::kStats}, student.options().dtype(at::kFloat));
-  if (N == 0) return {rows, stats};
+  const kd::RowOutputs out = kd::empty_row_outputs(student, at::kFloat);
+  if (N == 0) return {out.rows, out.stats};
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
   const bool aligned = rows_aligned(student) && rows_aligned(teacher);
@@ -158,9 +157,10 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cuda(
     auto launch = [&](auto kernel) {
       kernel<<<N, threads, 0, stream>>>(
           student.const_data_ptr<scalar_t>(), teacher.const_data_ptr<scalar_t>(), lp,
-          rows.data_ptr<float>(), stats.data_ptr<float>(), V, static_cast<float>(o.inv_t), o.div,
-          static_cast<float>(o.beta), static_cast<float>(o.soft_coef),
-          static_cast<float>(o.hard_coef), o.ignore_index, aligned);
+          out.rows.data_ptr<float>(), out.stats.data_ptr<float>(), V,
+          static_cast<float>(o.inv_t), o.div, static_cast<float>(o.beta),
+          static_cast<float>(o.soft_coef), static_cast<float>(o.hard_coef), o.ignore_index,
+          aligned);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (o.hard_coef != 0) {
@@ -169,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows_cuda(
       launch(kd_forward_kernel<scalar_t, false>);
     }
   });
-  return {rows, stats};
+  return {out.rows, out.stats};
 }
 
 at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& student_in,
@@ -182,10 +182,8 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const c10::cuda::CUDAGuard guard(student_in.device());
   const int64_t N = student_in.size(0), V = student_in.size(1);
-  kd::check_backward_args(grad_rows, stats_in, N, at::kFloat);
+  const kd::RowGradInputs in = kd::backward_row_inputs(grad_rows, stats_in, N, at::kFloat);
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
-  const at::Tensor gr = grad_rows.reshape({N}).to(at::kFloat).contiguous();
-  const at::Tensor stats = stats_in.contiguous();
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   if (N == 0) return grad;
   at::Tensor lab;
@@ -194,8 +192,8 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_backward_cuda", [&] {
     kd_backward_kernel<scalar_t><<<N, threads_for(V, pack_size<scalar_t>()), 0, stream>>>(
-        gr.const_data_ptr<float>(), student.const_data_ptr<scalar_t>(),
-        teacher.const_data_ptr<scalar_t>(), lp, stats.const_data_ptr<float>(),
+        in.grad_rows.const_data_ptr<float>(), student.const_data_ptr<scalar_t>(),
+        teacher.const_data_ptr<scalar_t>(), lp, in.stats.const_data_ptr<float>(),
         grad.data_ptr<scalar_t>(), V, static_cast<float>(o.inv_t), o.div,
         static_cast<float>(o.beta), static_cast<float>(o.soft_coef),
         static_cast<float>(o.hard_coef), o.ignore_index, aligned);
