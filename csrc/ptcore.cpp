@@ -1,7 +1,19 @@
 // The ptcore operator library: every op schema, and the module's build info.
 #include <torch/extension.h>
 
+#include <atomic>
+
+#include "data_checks.h"
 #include "generated/build_info.h"
+
+namespace ptcore {
+namespace {
+std::atomic<bool> g_input_checks{true};
+}  // namespace
+
+bool input_checks_enabled() { return g_input_checks.load(std::memory_order_relaxed); }
+
+}  // namespace ptcore
 
 TORCH_LIBRARY(ptcore, m) {
   // Fused temperature-softmax distillation loss over rows of [N, V] logits.
@@ -51,4 +63,7 @@ py::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ptcore native kernels (ops are registered under torch.ops.ptcore)";
   m.def("build_info", &build_info, "What this library was built against and with");
+  m.def("_set_input_checks", [](bool on) { return ptcore::g_input_checks.exchange(on); },
+        "Turn the data-dependent input checks of the CUDA kernels on or off; returns the "
+        "previous setting");
 }

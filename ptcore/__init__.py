@@ -9,11 +9,12 @@ __version__ = "0.1.0"
 from ptcore._extension import build_info, has_cuda_kernels, has_native, info  # noqa: E402
 from ptcore import ops, reference  # noqa: E402
 from ptcore import nn  # noqa: E402
-from ptcore.ops import kd_loss, kd_loss_topk  # noqa: E402
+from ptcore.ops import input_checks, kd_loss, kd_loss_topk, set_input_checks  # noqa: E402
 
 __all__ = [
     "__version__", "info", "build_info", "has_native", "has_cuda_kernels",
-    "ops", "nn", "reference", "kd_loss", "kd_loss_topk", "FeatureCache",
+    "ops", "nn", "reference", "kd_loss", "kd_loss_topk", "FeatureCache", "set_input_checks",
+    "input_checks",
 ]
 
 # Heavier parts (torchvision, training code) load on first use, keeping `import ptcore` quick.

@@ -54,6 +54,11 @@ def has_native() -> bool:
     return _lib is not None
 
 
+def native_library():
+    """The loaded ptcore._C module (None when it did not load)."""
+    return _lib
+
+
 def load_error() -> str | None:
     """Why the native library did not load, or None."""
     return _error

@@ -1,6 +1,8 @@
 """Typed functional API over the native ops (torch.ops.ptcore.*)."""
 from ptcore.ops.cache_ops import gather_rows, quantize_rows
+from ptcore.ops.checks import input_checks, set_input_checks
 from ptcore.ops.kd_loss import kd_loss
 from ptcore.ops.kd_loss_topk import kd_loss_topk
 
-__all__ = ["kd_loss", "kd_loss_topk", "quantize_rows", "gather_rows"]
+__all__ = ["kd_loss", "kd_loss_topk", "quantize_rows", "gather_rows", "set_input_checks",
+           "input_checks"]
