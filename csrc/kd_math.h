@@ -65,6 +65,13 @@ C10_HOST_DEVICE inline T mul0(T f, T x) {
   return f == T(0) ? T(0) : f * x;
 }
 
+// An infinite gradient on a row's loss has no meaningful gradient for its logits (the
+// reference's autograd gives NaN through the softmax): NaN, for the whole row.
+template <typename T>
+C10_HOST_DEVICE inline T finite_or_nan(T g) {
+  return (g - g == T(0)) ? g : std::numeric_limits<T>::quiet_NaN();
+}
+
 // new_max - old_max, with -inf - -inf = 0 (an empty or fully masked slice stays so).
 template <typename T>
 C10_HOST_DEVICE inline T shift(T new_max, T old_max) {
@@ -107,6 +114,19 @@ struct RowAcc {
     w += o.w;
   }
 };
+
+// log(β e^x + (1-β) e^y) in log space (log_b = log β, log_b1 = log(1-β)): the JSD
+// mixture of two subnormal probabilities rounds to 0 in linear space, its log does not.
+// Both -inf gives -inf; NaN propagates.
+template <typename T>
+C10_HOST_DEVICE inline T log_mix(T x, T y, T log_b, T log_b1) {
+  x += log_b;
+  y += log_b1;
+  const T m = x > y ? x : y;
+  if (m == -std::numeric_limits<T>::infinity()) return m;
+  const T d = x > y ? x - y : y - x;
+  return m + std::log1p(std::exp(-d));
+}
 
 // Finishes a row: fills stats (except kDiv for JSD, which needs a second pass) and
 // returns the divergence for forward/reverse KL.
@@ -163,7 +183,10 @@ inline void check_topk_inputs(const at::Tensor& student, const at::Tensor& value
 
 // The backward's own inputs: one gradient per row, and the forward's statistics.
 inline void check_backward_args(const at::Tensor& grad_rows, const at::Tensor& stats, int64_t N,
-                                at::ScalarType acc) {
+                                at::ScalarType acc, const at::Device& device) {
+  TORCH_CHECK(grad_rows.device() == device, "grad_rows must be on ", device, ", got ",
+              grad_rows.device());
+  TORCH_CHECK(stats.device() == device, "stats must be on ", device, ", got ", stats.device());
   TORCH_CHECK_VALUE(grad_rows.numel() == N, "grad_rows must have ", N, " entries, got ",
                     grad_rows.numel());
   TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStats &&
@@ -175,15 +198,19 @@ inline at::ScalarType acc_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// A forward's outputs, in the accumulation dtype `acc`: the loss of each row [N] and the
-// row statistics [N, kStats] that the backward reuses.
+// A forward's outputs: the loss of each row [N] and the row statistics [N, kStats] that
+// the backward reuses, in the accumulation dtype `acc`; and the student's gradient [N, V]
+// in its own dtype when the forward computes it, else an empty [0] tensor.
 struct RowOutputs {
-  at::Tensor rows, stats;
+  at::Tensor rows, stats, grad;
 };
 
-inline RowOutputs empty_row_outputs(const at::Tensor& student, at::ScalarType acc) {
+inline RowOutputs empty_row_outputs(const at::Tensor& student, at::ScalarType acc,
+                                    bool with_grad) {
   const auto options = student.options().dtype(acc);
-  return {at::empty({student.size(0)}, options), at::empty({student.size(0), kStats}, options)};
+  return {at::empty({student.size(0)}, options), at::empty({student.size(0), kStats}, options),
+          with_grad ? at::empty_like(student, at::MemoryFormat::Contiguous)
+                    : at::empty({0}, student.options())};
 }
 
 // A backward's per-row inputs, checked and contiguous: the gradient of each row's loss as
@@ -193,8 +220,9 @@ struct RowGradInputs {
 };
 
 inline RowGradInputs backward_row_inputs(const at::Tensor& grad_rows, const at::Tensor& stats,
-                                         int64_t N, at::ScalarType acc) {
-  check_backward_args(grad_rows, stats, N, acc);
+                                         const at::Tensor& student, at::ScalarType acc) {
+  const int64_t N = student.size(0);
+  check_backward_args(grad_rows, stats, N, acc, student.device());
   return {grad_rows.reshape({N}).to(acc).contiguous(), stats.contiguous()};
 }
 

@@ -17,11 +17,14 @@ bool input_checks_enabled() { return g_input_checks.load(std::memory_order_relax
 
 TORCH_LIBRARY(ptcore, m) {
   // Fused temperature-softmax distillation loss over rows of [N, V] logits.
-  // Returns per-row losses [N] (float32) and per-row statistics [N, 6] for backward.
+  // Returns per-row losses [N] (float32), per-row statistics [N, 6] for backward, and, when
+  // compute_grad, the student's gradient [N, V] for a gradient of grad_scale on every row's
+  // loss (else an empty tensor): the backward then only rescales it.
   m.def(
       "kd_loss_rows(Tensor student, Tensor teacher, Tensor? labels, float temperature, "
       "str divergence, float beta, float hard_weight, float soft_weight, int ignore_index, "
-      "bool scale_by_t2) -> (Tensor, Tensor)");
+      "bool scale_by_t2, float grad_scale=1.0, bool compute_grad=False) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "_kd_loss_rows_backward(Tensor grad_rows, Tensor student, Tensor teacher, Tensor? labels, "
       "Tensor stats, float temperature, str divergence, float beta, float hard_weight, "
@@ -30,7 +33,8 @@ TORCH_LIBRARY(ptcore, m) {
   m.def(
       "kd_loss_topk_rows(Tensor student, Tensor teacher_values, Tensor teacher_indices, "
       "Tensor? labels, float temperature, float hard_weight, float soft_weight, "
-      "int ignore_index, bool scale_by_t2) -> (Tensor, Tensor)");
+      "int ignore_index, bool scale_by_t2, float grad_scale=1.0, bool compute_grad=False) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "_kd_loss_topk_rows_backward(Tensor grad_rows, Tensor student, Tensor teacher_values, "
       "Tensor teacher_indices, Tensor? labels, Tensor stats, float temperature, "

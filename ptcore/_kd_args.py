@@ -46,13 +46,14 @@ def check_hyper(temperature, reduction, divergence, beta, hard_weight, soft_weig
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
 
 
-def _check_logits(x, name: str) -> None:
+def _check_logits(x, name: str, min_classes: int = 1) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] < 1:
-        raise ValueError(f"{name} must have shape [..., V] with V >= 1, got {tuple(x.shape)}")
+    if x.dim() < 1 or x.shape[-1] < min_classes:
+        raise ValueError(f"{name} must have shape [..., V] with V >= {min_classes}, got "
+                         f"{tuple(x.shape)}")
 
 
 def flatten(student, teacher, labels, name_s="student_logits", name_t="teacher_logits") -> KDRows:
@@ -77,7 +78,7 @@ def flatten_topk(student, values, indices, labels):
     """Checks for the top-k loss; returns [N, V] student, [N, K] values (in the student's
     float precision) and indices, [N] labels and the leading shape."""
     _check_logits(student, "student_logits")
-    _check_logits(values, "teacher_values")
+    _check_logits(values, "teacher_values", min_classes=0)  # K = 0: a teacher that kept nothing
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
         raise TypeError("teacher_indices must be an int64 tensor, got "
                         f"{getattr(indices, 'dtype', type(indices).__name__)}")
@@ -96,7 +97,8 @@ def flatten_topk(student, values, indices, labels):
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     if labels is not None:
         labels = check_labels(labels, lead, student.device)
-    return (student.reshape(-1, V), values.reshape(-1, K).to(acc), indices.reshape(-1, K),
+    n = student.numel() // V
+    return (student.reshape(n, V), values.reshape(n, K).to(acc), indices.reshape(n, K),
             labels, lead)
 
 

@@ -21,10 +21,22 @@ def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row, with 0 · log 0 = 0 (masked entries contribute nothing)."""
-    has_mass = log_p > -math.inf
+    """KL(p || q) per row, with 0 · log 0 = 0 (masked entries contribute nothing; a NaN
+    probability is not masked: NaN in, NaN out, in the loss and in its gradient)."""
+    has_mass = log_p != -math.inf
     diff = torch.where(has_mass, log_p - log_q, torch.zeros_like(log_p))
     return (log_p.exp() * diff).sum(dim=-1)
+
+
+def _log_mixture(log_pt: torch.Tensor, log_ps: torch.Tensor, beta: float) -> torch.Tensor:
+    """log(β p_t + (1-β) p_s) in log space: in linear space two subnormal probabilities mix
+    to 0 and their KL terms become infinite. Entries where both are 0 give -inf, with a
+    zero (not NaN) gradient."""
+    a = math.log(beta) + log_pt
+    b = math.log1p(-beta) + log_ps
+    empty = (a == -math.inf) & (b == -math.inf)
+    log_m = torch.logaddexp(a.masked_fill(empty, 0.0), b.masked_fill(empty, 0.0))
+    return log_m.masked_fill(empty, -math.inf)
 
 
 def kd_loss_rows(student, teacher, labels, temperature, divergence, beta, hard_weight,
@@ -40,8 +52,7 @@ def kd_loss_rows(student, teacher, labels, temperature, divergence, beta, hard_w
     elif divergence == "reverse_kl":
         div = _kl(log_ps, log_pt)
     else:
-        m = beta * log_pt.exp() + (1.0 - beta) * log_ps.exp()
-        log_m = torch.log(torch.where(m > 0, m, torch.ones_like(m)))
+        log_m = _log_mixture(log_pt, log_ps, beta)
         div = beta * _kl(log_pt, log_m) + (1.0 - beta) * _kl(log_ps, log_m)
     loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * div
     return _hard_term(loss, s, labels, hard_weight, ignore_index)
@@ -78,9 +89,12 @@ def kd_loss_topk_rows(student, teacher_values, teacher_indices, labels, temperat
             raise ValueError(f"teacher_indices must be in [0, {V})")
         if idx.shape[-1] > 1 and bool((idx.sort(dim=-1).values.diff(dim=-1) == 0).any()):
             raise ValueError("teacher_indices must not repeat a class within a row")
-    log_pt = _log_softmax(teacher_values.detach().to(acc), temperature)
-    log_ps = _log_softmax(s, temperature).gather(-1, idx)
-    loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * _kl(log_pt, log_ps)
+    if idx.shape[-1] == 0:  # a teacher that kept no class teaches nothing
+        div = s[..., :0].sum(dim=-1)  # zeros, with a (zero) gradient
+    else:
+        log_pt = _log_softmax(teacher_values.detach().to(acc), temperature)
+        div = _kl(log_pt, _log_softmax(s, temperature).gather(-1, idx))
+    loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * div
     return _hard_term(loss, s, labels, hard_weight, ignore_index)
 
 

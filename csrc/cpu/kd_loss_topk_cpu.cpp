@@ -1,8 +1,11 @@
-// CPU kernels of the KD loss against a top-K teacher: one pass over each student row.
+// CPU kernels of the KD loss against a top-K teacher: one pass over each student row, and
+// the student's gradient written in the same call when autograd will want it.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "cpu/kd_row.h"
@@ -10,27 +13,30 @@
 namespace ptcore::cpu {
 namespace {
 
-// Every row's K classes in [0, V) and distinct: the scatter in backward relies on it.
+// Every row's K classes in [0, V) and distinct (the gradient's scatter relies on it):
+// rows checked in parallel, O(K log K) each; the first bad row raises.
 void check_topk_indices(const at::Tensor& idx, int64_t V) {
   const int64_t N = idx.size(0), K = idx.size(1);
+  if (K == 0) return;
   const int64_t* p = idx.const_data_ptr<int64_t>();
-  std::vector<int64_t> row(K);
-  for (int64_t i = 0; i < N; ++i) {
-    std::copy(p + i * K, p + (i + 1) * K, row.begin());
+  const int64_t bad = first_bad_row(N, std::max<int64_t>(1, 4096 / K), [&](int64_t i) {
+    thread_local std::vector<int64_t> row;
+    row.assign(p + i * K, p + (i + 1) * K);
     std::sort(row.begin(), row.end());
-    TORCH_CHECK_VALUE(K == 0 || (row.front() >= 0 && row.back() < V),
-                      "teacher_indices must be in [0, ", V, "), got ",
-                      row.front() < 0 ? row.front() : row.back(), " in row ", i);
-    TORCH_CHECK_VALUE(std::adjacent_find(row.begin(), row.end()) == row.end(),
-                      "teacher_indices must not repeat a class within a row (row ", i, ")");
+    return row.front() < 0 || row.back() >= V ||
+           std::adjacent_find(row.begin(), row.end()) != row.end();
+  });
+  if (bad >= 0) {
+    std::vector<int64_t> scratch;
+    check_topk_row(p + bad * K, K, bad, V, scratch);
   }
 }
 
-// The teacher's softmax over its K logits: fills stats kMaxT and kLogZT.
+// The teacher's softmax over its K logits: fills stats kMaxT and kLogZT (-inf for K = 0).
 template <typename A>
 void teacher_stats(const A* v, int64_t K, A inv_t, A* st) {
   A m = -std::numeric_limits<A>::infinity();
-  for (int64_t k = 0; k < K; ++k) m = std::max(m, v[k]);
+  for (int64_t k = 0; k < K; ++k) m = (std::isnan(v[k]) || v[k] > m) ? v[k] : m;  // NaN wins
   A z = 0;
   for (int64_t k = 0; k < K; ++k) z += std::exp((v[k] - base(m)) * inv_t);
   st[kd::kMaxT] = m;
@@ -47,9 +53,52 @@ A log_ps(scalar_t s, A inv_t, const A* st) {
   return (static_cast<A>(s) - base(st[kd::kMaxS])) * inv_t - st[kd::kLogZS];
 }
 
+// One row's gradient for a row-loss gradient gr: c_soft (p_s − q) + c_hard (softmax(s) −
+// onehot(label)), q zero off the K classes. K = 0 keeps no teacher mass: no soft gradient.
+template <typename scalar_t>
+void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, int64_t V,
+              int64_t K, const acc_t<scalar_t>* sti, acc_t<scalar_t> gr, int64_t label,
+              const Options& o, scalar_t* gi) {
+  using A = acc_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  const A inv_t = static_cast<A>(o.inv_t);
+  gr = kd::finite_or_nan(gr);
+  const A c_soft = K == 0        ? A(0)
+                   : nan_row(sti) ? std::numeric_limits<A>::quiet_NaN()
+                                  : gr * static_cast<A>(o.soft_coef) * inv_t;
+  const A c_hard = gr * static_cast<A>(o.hard_coef);
+  const bool hard = o.hard_coef != 0;
+  // Dense part, c_soft · p_s + c_hard · softmax(s).
+  const Vec vc_soft(c_soft), vc_hard(c_hard), vinv(inv_t);
+  const Vec ms(base(sti[kd::kMaxS])), lzs(sti[kd::kLogZS]), lse1(sti[kd::kLse1]);
+  for_each_vec(0, V, [&](int64_t j, int64_t n, const Vec& vs) {
+    Vec out = vexp((vs - ms) * vinv - lzs) * vc_soft;
+    if (hard) out += vexp(vs - lse1) * vc_hard;
+    if (n == lanes<scalar_t>()) {
+      store(gi + j, out);
+    } else {
+      store_partial(gi + j, out, n);
+    }
+  }, si);
+  // The K teacher classes and the label, recomputed exactly rather than patched.
+  auto exact = [&](int64_t j, A q) {
+    A val = c_soft * (std::exp(log_ps<A>(si[j], inv_t, sti)) - q);
+    if (hard) val += c_hard * (std::exp(static_cast<A>(si[j]) - sti[kd::kLse1]) - A(j == label));
+    gi[j] = static_cast<scalar_t>(val);
+  };
+  bool label_done = !hard;
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t j = idx[k];
+    exact(j, std::exp(log_q(v[k], inv_t, sti)));
+    label_done = label_done || j == label;
+  }
+  if (!label_done) exact(label, 0);
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& student, const at::Tensor& values, const at::Tensor& indices,
-                  const int64_t* labels, const Options& o, at::Tensor& rows, at::Tensor& stats) {
+                  const int64_t* labels, const Options& o, at::Tensor& rows, at::Tensor& stats,
+                  scalar_t* grad, double grad_scale) {
   using A = acc_t<scalar_t>;
   const int64_t N = student.size(0), V = student.size(1), K = values.size(1);
   const scalar_t* s = student.const_data_ptr<scalar_t>();
@@ -68,14 +117,23 @@ void forward_impl(const at::Tensor& student, const at::Tensor& values, const at:
                             : accumulate_row<scalar_t, false>(V, inv_t, Div::JSD, si);
       kd::finish_row(acc, Div::JSD, sti);
       teacher_stats(v + i * K, K, inv_t, sti);
-      A d = 0;  // Σ q_k (log q_k − log p_s[i_k]), with 0 · log 0 = 0
+      A d = 0;  // Σ q_k (log q_k − log p_s[i_k]), with 0 · log 0 = 0 (NaN q stays NaN)
       for (int64_t k = 0; k < K; ++k) {
         const A lq = log_q(v[i * K + k], inv_t, sti), q = std::exp(lq);
-        if (q > 0) d += q * (lq - log_ps<A>(si[idx[i * K + k]], inv_t, sti));
+        if (q != 0) d += q * (lq - log_ps<A>(si[idx[i * K + k]], inv_t, sti));
       }
       sti[kd::kDiv] = d;
+      const bool counts = row_counts(labels, i, o);
+      if (grad != nullptr) {
+        if (counts) {
+          grad_row(si, v + i * K, idx + i * K, V, K, sti, static_cast<A>(grad_scale),
+                   hard ? labels[i] : -1, o, grad + i * V);
+        } else {
+          std::fill(grad + i * V, grad + (i + 1) * V, scalar_t(0));
+        }
+      }
       A loss = 0;
-      if (row_counts(labels, i, o)) {
+      if (counts) {
         loss = static_cast<A>(o.soft_coef) * d;
         if (hard) loss += static_cast<A>(o.hard_coef) * (sti[kd::kLse1] - static_cast<A>(si[labels[i]]));
       }
@@ -89,7 +147,6 @@ void backward_impl(const at::Tensor& grad_rows, const at::Tensor& student,
                    const at::Tensor& values, const at::Tensor& indices, const int64_t* labels,
                    const at::Tensor& stats, const Options& o, at::Tensor& grad) {
   using A = acc_t<scalar_t>;
-  using Vec = AccVec<scalar_t>;
   const int64_t N = student.size(0), V = student.size(1), K = values.size(1);
   const scalar_t* s = student.const_data_ptr<scalar_t>();
   const A* v = values.const_data_ptr<A>();
@@ -97,44 +154,16 @@ void backward_impl(const at::Tensor& grad_rows, const at::Tensor& student,
   const A* gr = grad_rows.const_data_ptr<A>();
   const A* st = stats.const_data_ptr<A>();
   scalar_t* g = grad.data_ptr<scalar_t>();
-  const A inv_t = static_cast<A>(o.inv_t);
+  const bool hard = o.hard_coef != 0;  // never decided from the (possibly NaN) gradient
   at::parallel_for(0, N, grain(V), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       scalar_t* gi = g + i * V;
-      const scalar_t* si = s + i * V;
       if (!row_counts(labels, i, o)) {
         std::fill(gi, gi + V, scalar_t(0));
         continue;
       }
-      const A* sti = st + i * kd::kStats;
-      const A c_soft = gr[i] * static_cast<A>(o.soft_coef) * inv_t;
-      const A c_hard = gr[i] * static_cast<A>(o.hard_coef);
-      // Dense part, c_soft · p_s + c_hard · softmax(s): the teacher is zero off its K classes.
-      const Vec vc_soft(c_soft), vc_hard(c_hard), vinv(inv_t);
-      const Vec ms(base(sti[kd::kMaxS])), lzs(sti[kd::kLogZS]), lse1(sti[kd::kLse1]);
-      for_each_vec(0, V, [&](int64_t j, int64_t n, const Vec& vs) {
-        Vec out = vexp((vs - ms) * vinv - lzs) * vc_soft;
-        if (c_hard != 0) out += vexp(vs - lse1) * vc_hard;
-        if (n == lanes<scalar_t>()) {
-          store(gi + j, out);
-        } else {
-          store_partial(gi + j, out, n);
-        }
-      }, si);
-      // The K teacher classes and the label, recomputed exactly rather than patched.
-      const int64_t label = c_hard != 0 ? labels[i] : -1;
-      auto exact = [&](int64_t j, A q) {
-        A val = c_soft * (std::exp(log_ps<A>(si[j], inv_t, sti)) - q);
-        if (c_hard != 0) val += c_hard * (std::exp(static_cast<A>(si[j]) - sti[kd::kLse1]) - A(j == label));
-        gi[j] = static_cast<scalar_t>(val);
-      };
-      bool label_done = label < 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t j = idx[i * K + k];
-        exact(j, std::exp(log_q(v[i * K + k], inv_t, sti)));
-        label_done = label_done || j == label;
-      }
-      if (!label_done) exact(label, 0);
+      grad_row(s + i * V, v + i * K, idx + i * K, V, K, st + i * kd::kStats, gr[i],
+               hard ? labels[i] : -1, o, gi);
     }
   });
 }
@@ -144,30 +173,33 @@ Options options_for(const at::Tensor& student, const at::Tensor& values,
                     double temperature, double hard_weight, double soft_weight,
                     int64_t ignore_index, bool scale_by_t2) {
   kd::check_topk_inputs(student, values, indices, labels);
-  check_topk_indices(indices.contiguous(), student.size(1));
-  if (labels.has_value()) check_label_range(labels->contiguous(), student.size(1), ignore_index);
   return kd::make_options(temperature, "forward_kl", 0.5, hard_weight, soft_weight, ignore_index,
                           scale_by_t2, labels.has_value());
 }
 
-std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows_cpu(
     const at::Tensor& student_in, const at::Tensor& values_in, const at::Tensor& indices_in,
     const std::optional<at::Tensor>& labels, double temperature, double hard_weight,
-    double soft_weight, int64_t ignore_index, bool scale_by_t2) {
+    double soft_weight, int64_t ignore_index, bool scale_by_t2, double grad_scale,
+    bool compute_grad) {
   const Options o = options_for(student_in, values_in, indices_in, labels, temperature,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const at::Tensor student = student_in.contiguous();
   const auto acc = kd::acc_dtype(student);
   const at::Tensor values = values_in.to(acc).contiguous(), indices = indices_in.contiguous();
-  kd::RowOutputs out = kd::empty_row_outputs(student, acc);
+  check_topk_indices(indices, student.size(1));
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
+  if (lp != nullptr) check_label_range(lab, student.size(1), ignore_index);
+  kd::RowOutputs out = kd::empty_row_outputs(student, acc, compute_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_topk_rows_cpu", [&] {
-    forward_impl<scalar_t>(student, values, indices, lp, o, out.rows, out.stats);
+    scalar_t* g = compute_grad ? out.grad.data_ptr<scalar_t>() : nullptr;
+    forward_impl<scalar_t>(student, values, indices, lp, o, out.rows, out.stats, g, grad_scale);
   });
-  return {out.rows, out.stats};
+  return {out.rows, out.stats, out.grad};
 }
 
+// The forward validated the indices and labels; the backward gets the same tensors.
 at::Tensor kd_loss_topk_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& student_in,
                                      const at::Tensor& values_in, const at::Tensor& indices_in,
                                      const std::optional<at::Tensor>& labels,
@@ -177,7 +209,7 @@ at::Tensor kd_loss_topk_backward_cpu(const at::Tensor& grad_rows, const at::Tens
   const Options o = options_for(student_in, values_in, indices_in, labels, temperature,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const auto acc = kd::acc_dtype(student_in);
-  const kd::RowGradInputs in = kd::backward_row_inputs(grad_rows, stats, student_in.size(0), acc);
+  const kd::RowGradInputs in = kd::backward_row_inputs(grad_rows, stats, student_in, acc);
   const at::Tensor student = student_in.contiguous();
   const at::Tensor values = values_in.to(acc).contiguous(), indices = indices_in.contiguous();
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);

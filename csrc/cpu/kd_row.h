@@ -1,10 +1,15 @@
 // Row-level pieces of the CPU KD kernels, shared by kd_loss and kd_loss_topk.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 
 #include "cpu/row_loop.h"
 #include "cpu/vec_io.h"
+#include "data_checks.h"
 #include "kd_math.h"
 
 namespace ptcore::cpu {
@@ -40,9 +45,9 @@ RowAcc<acc_t<scalar_t>> accumulate_row(int64_t V, acc_t<scalar_t> inv_t, Div div
     auto teacher_terms = [&](const Vec& b, const Vec& eb, const Vec& vt) {
       const Vec a = (vt - mt) * vinv, ea = vexp(a);
       zt += ea;
-      // Masked entries (weight 0) must add 0, not 0 · inf = NaN.
-      if (div == Div::Forward) w += Vec::blendv(zero, ea * (a - b), ea > zero);
-      if (div == Div::Reverse) w += Vec::blendv(zero, eb * (b - a), eb > zero);
+      // Masked entries (weight 0) must add 0, not 0 · inf = NaN; a NaN weight stays.
+      if (div == Div::Forward) w += Vec::blendv(zero, ea * (a - b), ea != zero);
+      if (div == Div::Reverse) w += Vec::blendv(zero, eb * (b - a), eb != zero);
     };
     for_each_vec(c, ce, [&](int64_t, int64_t, const Vec& vs, const auto&... vt) {
       const Vec b = (vs - ms) * vinv, eb = vexp(b);
@@ -58,16 +63,53 @@ RowAcc<acc_t<scalar_t>> accumulate_row(int64_t V, acc_t<scalar_t> inv_t, Div div
   return r;
 }
 
+// log(β e^x + (1-β) e^y) per lane, in log space (see kd::log_mix).
+template <typename Vec>
+inline Vec vlog_mix(const Vec& x0, const Vec& y0, const Vec& log_b, const Vec& log_b1) {
+  const Vec x = x0 + log_b, y = y0 + log_b1;
+  const Vec m = at::vec::maximum(x, y);  // NaN propagates
+  const Vec ninf(-std::numeric_limits<typename Vec::value_type>::infinity());
+  return Vec::blendv(m + vexp(Vec(0) - (x - y).abs()).log1p(), m, m == ninf);
+}
+
 inline bool row_counts(const int64_t* labels, int64_t i, const Options& o) {
   return labels == nullptr || labels[i] != o.ignore_index;
 }
 
+// The first row in [0, n) for which bad(i) holds, or -1; rows are scanned in parallel.
+template <typename F>
+int64_t first_bad_row(int64_t n, int64_t grain, const F& bad) {
+  std::atomic<int64_t> first{std::numeric_limits<int64_t>::max()};
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end && i < first.load(std::memory_order_relaxed); ++i) {
+      if (bad(i)) {
+        int64_t cur = first.load();
+        while (i < cur && !first.compare_exchange_weak(cur, i)) {
+        }
+        return;
+      }
+    }
+  });
+  const int64_t row = first.load();
+  return row == std::numeric_limits<int64_t>::max() ? -1 : row;
+}
+
+// Labels in [0, V) or ignore_index, whatever hard_weight is (as on CUDA).
 inline void check_label_range(const at::Tensor& labels, int64_t V, int64_t ignore_index) {
-  const int64_t* p = labels.data_ptr<int64_t>();
-  for (int64_t i = 0; i < labels.numel(); ++i) {
-    TORCH_CHECK_VALUE(p[i] == ignore_index || (p[i] >= 0 && p[i] < V), "labels must be in [0, ",
-                      V, ") or ignore_index=", ignore_index, ", got ", p[i], " at row ", i);
-  }
+  const int64_t* p = labels.const_data_ptr<int64_t>();
+  const int64_t bad = first_bad_row(labels.numel(), 4096, [&](int64_t i) {
+    return p[i] != ignore_index && (p[i] < 0 || p[i] >= V);
+  });
+  if (bad >= 0) check_label(p[bad], bad, V, ignore_index);
+}
+
+// Whether a row's statistics hold a NaN: its loss is NaN, and so is all of its gradient
+// (as the reference's autograd gives), not only the entries the NaN touches.
+template <typename A>
+inline bool nan_row(const A* st) {
+  bool nan = false;
+  for (int k = 0; k < kd::kStats; ++k) nan = nan || std::isnan(st[k]);
+  return nan;
 }
 
 inline int64_t grain(int64_t V) { return std::max<int64_t>(1, 16384 / V); }

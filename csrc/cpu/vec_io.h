@@ -75,8 +75,15 @@ inline A hmax(const Vectorized<A>& v) {
       [](Vectorized<A>& x, Vectorized<A>& y) { return at::vec::maximum(x, y); }, v);
 }
 
-// exp with the accuracy torch's own CPU softmax uses (exp_u20 for float).
-inline Vectorized<float> vexp(const Vectorized<float>& x) { return x.exp_u20(); }
+// exp with the accuracy torch's own CPU softmax uses (exp_u20 for float). exp_u20 clamps
+// its input, which turns NaN and x > log(FLT_MAX) into finite numbers: those lanes get
+// x + inf instead (NaN stays NaN, overflow becomes inf), one compare and one blend.
+// Below log(FLT_MIN) it returns 0 rather than a subnormal; sums over a row (whose max
+// term is 1) cannot tell.
+inline Vectorized<float> vexp(const Vectorized<float>& x) {
+  const Vectorized<float> in_range = x <= Vectorized<float>(88.3762626647949f);
+  return Vectorized<float>::blendv(x + Vectorized<float>(INFINITY), x.exp_u20(), in_range);
+}
 inline Vectorized<double> vexp(const Vectorized<double>& x) { return x.exp(); }
 
 }  // namespace ptcore::cpu

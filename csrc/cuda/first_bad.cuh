@@ -8,22 +8,31 @@
 
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace ptcore::cuda {
 
 constexpr int64_t kNoBadRow = std::numeric_limits<int64_t>::max();
 
 struct FirstBad {
-  at::Tensor buf;  // [1] int64 on the device; kNoBadRow while every row is fine
+  at::Tensor buf;  // [slots] int64 on the device; kNoBadRow while every row is fine
 
-  explicit FirstBad(const at::Tensor& like)
-      : buf(at::full({1}, kNoBadRow, like.options().dtype(at::kLong))) {}
-  unsigned long long* ptr() { return reinterpret_cast<unsigned long long*>(buf.data_ptr<int64_t>()); }
-  // The one device-to-host read: the first bad row, or -1 when there is none.
-  int64_t read() const {
-    const int64_t row = buf.item<int64_t>();
-    return row == kNoBadRow ? -1 : row;
+  explicit FirstBad(const at::Tensor& like, int64_t slots = 1)
+      : buf(at::full({slots}, kNoBadRow, like.options().dtype(at::kLong))) {}
+  unsigned long long* ptr(int64_t slot = 0) {
+    return reinterpret_cast<unsigned long long*>(buf.data_ptr<int64_t>() + slot);
   }
+  // The one device-to-host read: the first bad row of each slot, or -1 where there is none.
+  std::vector<int64_t> read_all() const {
+    const at::Tensor host = buf.cpu();
+    std::vector<int64_t> rows(host.numel());
+    for (int64_t k = 0; k < host.numel(); ++k) {
+      const int64_t row = host.const_data_ptr<int64_t>()[k];
+      rows[k] = row == kNoBadRow ? -1 : row;
+    }
+    return rows;
+  }
+  int64_t read() const { return read_all()[0]; }
 };
 
 __device__ __forceinline__ void report_bad(unsigned long long* first, int64_t row) {

@@ -30,9 +30,9 @@ __device__ __forceinline__ void accumulate(Acc& r, const Floats<P>& sv, const Fl
     if (kTeacher) {
       const float a = (tv[e] - bt) * inv_t, ea = expf(a);
       r.z_t += ea;
-      // Masked entries (weight 0) add 0, not 0 · inf = NaN.
-      if (div == kd::Div::Forward && ea > 0.f) r.w += ea * (a - b);
-      if (div == kd::Div::Reverse && eb > 0.f) r.w += eb * (b - a);
+      // Masked entries (weight 0) add 0, not 0 · inf = NaN; a NaN weight stays.
+      if (div == kd::Div::Forward && ea != 0.f) r.w += ea * (a - b);
+      if (div == kd::Div::Reverse && eb != 0.f) r.w += eb * (b - a);
     }
   }
 }
@@ -41,6 +41,24 @@ __device__ __forceinline__ void accumulate(Acc& r, const Floats<P>& sv, const Fl
 __device__ __forceinline__ Acc row_allreduce(const Acc& r, float inv_t, kd::Div div, Acc* smem) {
   return block_allreduce(
       r, [=](Acc x, const Acc& y) { x.merge(y, inv_t, div); return x; }, Acc{}, smem);
+}
+
+// A row's gradient coefficients for a row-loss gradient gr: c_soft multiplies ∂D/∂(s/T),
+// c_hard the hard term. An infinite gr, or a NaN among the row's statistics, makes the
+// whole row's gradient NaN (as the reference's autograd does); rows that do not count
+// (ignore_index) get exactly zero.
+struct GradCoefs {
+  float c_soft, c_hard;
+};
+
+__device__ __forceinline__ GradCoefs grad_coefs(float gr, bool counts, const float* st,
+                                                float soft_coef, float hard_coef, float inv_t) {
+  if (!counts) return {0.f, 0.f};
+  gr = kd::finite_or_nan(gr);
+  bool nan = false;
+#pragma unroll
+  for (int k = 0; k < kd::kStats; ++k) nan = nan || isnan(st[k]);
+  return {nan ? NAN : gr * soft_coef * inv_t, gr * hard_coef};
 }
 
 // __shared__ variables cannot have constructors (Acc has initializers): raw storage.

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <type_traits>
 
@@ -40,40 +41,64 @@ __device__ __forceinline__ Floats<P> load_pack(const scalar_t* row, int64_t k) {
 }
 
 // Visits this thread's share of one or more rows of length V: f(j, n, x...) gets n (a
-// compile-time constant) consecutive elements from column j of each row, as floats. Rows
-// whose start is 16-byte aligned are read in packs of 16 bytes; others (and the tail) one
-// element at a time.
+// compile-time constant) consecutive elements from column j of each row, as floats. With
+// `vec` (every row pointer has the same offset modulo 16 bytes), a row is read as a scalar
+// head up to its first 16-byte boundary, 16-byte packs, and a scalar tail, so odd V and
+// misaligned rows keep vector loads; without it, one element at a time.
 template <typename F, typename scalar_t, typename... More>
-__device__ __forceinline__ void for_each_pack(int64_t V, bool aligned, F&& f,
-                                              const scalar_t* row, const More*... more) {
+__device__ __forceinline__ void for_each_pack(int64_t V, bool vec, F&& f, const scalar_t* row,
+                                              const More*... more) {
   constexpr int P = pack_size<scalar_t>();
-  int64_t start = 0;
-  if (aligned) {
-    const int64_t packs = V / P;
-    for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      f(k * P, std::integral_constant<int, P>{}, load_pack<P>(row, k), load_pack<P>(more, k)...);
-    }
-    start = packs * P;
+  int64_t head = V, packs = 0;
+  if (vec) {
+    const auto mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % kVecBytes);
+    head = mis == 0 ? 0 : (kVecBytes - mis) / static_cast<int64_t>(sizeof(scalar_t));
+    head = head < V ? head : V;
+    packs = (V - head) / P;
   }
-  for (int64_t j = start + threadIdx.x; j < V; j += blockDim.x) {
+  auto scalar = [&](int64_t j) {
     f(j, std::integral_constant<int, 1>{}, Floats<1>{{static_cast<float>(row[j])}},
       Floats<1>{{static_cast<float>(more[j])}}...);
+  };
+  for (int64_t j = threadIdx.x; j < head; j += blockDim.x) scalar(j);
+  for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
+    f(head + k * P, std::integral_constant<int, P>{}, load_pack<P>(row + head, k),
+      load_pack<P>(more + head, k)...);
+  }
+  for (int64_t j = head + packs * P + threadIdx.x; j < V; j += blockDim.x) scalar(j);
+}
+
+// Stores n values at column j of a row read by for_each_pack (a pack when n == P).
+template <int n, typename scalar_t>
+__device__ __forceinline__ void store_at(scalar_t* row, int64_t j, const Pack<scalar_t>& out) {
+  if constexpr (n == pack_size<scalar_t>()) {
+    *reinterpret_cast<Pack<scalar_t>*>(row + j) = out;
+  } else {
+    row[j] = out.v[0];
   }
 }
 
 // The shift applied before exp: a row max, or 0 while everything is -inf (no NaN).
 __device__ __forceinline__ float base(float m) { return m == -INFINITY ? 0.f : m; }
 
-// Threads per row-block: enough for ~4 packs each, 32..512.
+// Threads per row-block: enough for ~4 packs each, 32..kMaxThreads (the kernels'
+// __launch_bounds__, so the compiler keeps them launchable at that size).
+constexpr int kMaxThreads = 512;
+
 inline int threads_for(int64_t V, int pack) {
   int threads = kWarp;
-  while (threads < 512 && threads * pack * 4 < V) threads *= 2;
+  while (threads < kMaxThreads && threads * pack * 4 < V) threads *= 2;
   return threads;
 }
 
-inline bool rows_aligned(const at::Tensor& x) {
-  const auto bytes = x.size(1) * x.element_size();
-  return reinterpret_cast<uintptr_t>(x.data_ptr()) % kVecBytes == 0 && bytes % kVecBytes == 0;
+// Whether rows of these [N, V] tensors can be read in packs together: every base pointer
+// at the same offset modulo 16 bytes (then row i of each is too).
+inline bool same_alignment(std::initializer_list<const at::Tensor*> xs) {
+  const auto first = reinterpret_cast<uintptr_t>((*xs.begin())->const_data_ptr()) % kVecBytes;
+  for (const at::Tensor* x : xs) {
+    if (reinterpret_cast<uintptr_t>(x->const_data_ptr()) % kVecBytes != first) return false;
+  }
+  return true;
 }
 
 inline const int64_t* labels_ptr(const std::optional<at::Tensor>& labels, at::Tensor& holder) {
