@@ -12,6 +12,7 @@ build of torch are present (no GPU needed). Switches (environment variables):
 import glob
 import os
 import platform
+import sys
 
 from setuptools import find_packages, setup
 
@@ -86,8 +87,9 @@ def _extension():
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         args["cxx"] = cxx + ["-DPTCORE_WITH_CUDA"]
+        # --resource-usage: ptxas reports registers/spills per kernel (scripts/ptxas_usage.py)
         args["nvcc"] = ["-O3", "-DPTCORE_WITH_CUDA", "--expt-relaxed-constexpr",
-                        "-lineinfo"]
+                        "-lineinfo", "--resource-usage"]
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension
@@ -99,10 +101,22 @@ def _extension():
     )
 
 
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's build, with ptxas's per-kernel report kept in csrc/generated/ptxas_usage.json."""
+
+    def build_extensions(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import ptxas_usage
+
+        path = os.path.join(ROOT, "csrc", "generated", "ptxas_usage.json")
+        with ptxas_usage.captured(path):
+            super().build_extensions()
+
+
 setup(
     name="ptcore",
     version=VERSION,
     packages=find_packages(include=["ptcore", "ptcore.*"]),
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,18 +1,72 @@
 #!/usr/bin/env bash
-# The GPU check, run on a lent GPU machine from the repository root (one script, so it is
-# repeatable): build with CUDA for Hopper, run every test (CUDA tests included), then the
-# KD ratio table at the issue's GPU shapes. Output goes to $OUT (or ./gpu_check_out).
+# The GPU check: the one command a lent GPU machine runs, from the repository root.
+#   bash benchmarks/gpu_check.sh [--quick]
+# Phases, in order, stopping at the first that fails (and saying which):
+#   build   the extension for sm_90 (TORCH_CUDA_ARCH_LIST), with the CUDA kernels required
+#   parity  tests/ops/test_parity.py: every op, every case, CPU and CUDA columns
+#   cuda    every other test whose id names CUDA (ops, cache tiers, engine AMP, ...),
+#           plus the launch-bounds check of the build (tests/test_cuda_build.py)
+#   suite   the whole test suite (full mode only)
+#   bench   benchmarks/kd_table.py at 4096×32000 and 8192×128256 (bf16; float32 too in full
+#           mode), with % of the GPU's peak memory bandwidth
+# Writes $OUT/summary.json (phase → status, seconds) and one log per phase in $OUT.
+# Budget: about 8 minutes on one H200 (16 cores), about 3 with --quick.
 set -uo pipefail
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
 OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" FORCE_CUDA=1
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" PTCORE_STRICT=1
-{
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv
-  time python3 -m pip install --no-build-isolation --no-deps -e . -q
-  python3 -m ptcore info
-} > "$OUT/build.txt" 2>&1 || { tail -50 "$OUT/build.txt"; exit 1; }
-tail -20 "$OUT/build.txt"
-python3 -m pytest -q -x tests/ops tests/test_extension.py -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/tests.txt"
-cd benchmarks && python3 kd_table.py --shapes vocab32k,gpu128k --dtypes bfloat16,float32 \
-    --rounds 10 2>&1 | tee "../$OUT/kd_table.txt"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" PTCORE_STRICT=1 PTCORE_EXPECT_CUDA=1
+PY="${PYTHON:-python3}"
+SUMMARY="$OUT/summary.json"
+echo "{\"quick\": $QUICK, \"phases\": {}}" > "$SUMMARY"
+
+record() {  # record PHASE STATUS SECONDS
+  "$PY" - "$SUMMARY" "$1" "$2" "$3" <<'EOF'
+import json, sys
+path, phase, status, secs = sys.argv[1:]
+data = json.load(open(path))
+data["phases"][phase] = {"status": status, "seconds": float(secs)}
+if status != "ok":
+    data["failed_phase"] = phase
+json.dump(data, open(path, "w"), indent=2)
+EOF
+}
+
+phase() {  # phase NAME COMMAND...: runs it, logs to $OUT/NAME.log, stops the check on failure
+  local name="$1"; shift
+  local start=$SECONDS
+  echo "== $name: $*"
+  if "$@" > "$OUT/$name.log" 2>&1; then
+    record "$name" ok $((SECONDS - start))
+    tail -3 "$OUT/$name.log"
+  else
+    record "$name" failed $((SECONDS - start))
+    tail -40 "$OUT/$name.log"
+    echo "GPU CHECK FAILED in phase '$name' (log: $OUT/$name.log)"
+    cat "$SUMMARY"
+    exit 1
+  fi
+}
+
+build() {
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv &&
+  "$PY" -m pip install --no-build-isolation --no-deps -e . -q &&
+  "$PY" -m ptcore info
+}
+
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -x)
+phase build build
+phase parity "${PYTEST[@]}" tests/ops/test_parity.py
+phase cuda "${PYTEST[@]}" tests -k "cuda and not test_parity" tests/test_cuda_build.py
+if [[ $QUICK == 0 ]]; then
+  phase suite "${PYTEST[@]}" tests --deselect tests/ops/test_parity.py
+fi
+DTYPES=bfloat16
+[[ $QUICK == 0 ]] && DTYPES=bfloat16,float32
+phase bench "$PY" benchmarks/kd_table.py --shapes vocab32k,gpu128k --dtypes "$DTYPES" \
+  --rounds $((QUICK ? 3 : 10)) --json "$OUT/kd_table.json"
+cat "$OUT/bench.log"
+echo "GPU CHECK PASSED"
+cat "$SUMMARY"

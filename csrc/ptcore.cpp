@@ -19,7 +19,7 @@ TORCH_LIBRARY(ptcore, m) {
   // Fused temperature-softmax distillation loss over rows of [N, V] logits.
   // Returns per-row losses [N] (float32), per-row statistics [N, 6] for backward, and, when
   // compute_grad, the student's gradient [N, V] for a gradient of grad_scale on every row's
-  // loss (else an empty tensor): the backward then only rescales it.
+  // loss (else an empty tensor): the backward consumes it, rescaling it in place if needed.
   m.def(
       "kd_loss_rows(Tensor student, Tensor teacher, Tensor? labels, float temperature, "
       "str divergence, float beta, float hard_weight, float soft_weight, int ignore_index, "

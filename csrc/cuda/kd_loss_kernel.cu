@@ -1,7 +1,7 @@
 // CUDA kernels of the fused KD loss: a block per row, 16-byte loads, online softmax; the
 // forward writes the student's gradient too when autograd will want it.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include <ATen/Dispatch_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -181,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_rows_cuda(
   const bool vec = compute_grad ? same_alignment({&student, &teacher, &out.grad})
                                 : same_alignment({&student, &teacher});
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_rows_cuda", [&] {
+  AT_DISPATCH_V2(student.scalar_type(), "kd_loss_rows_cuda", AT_WRAP([&] {
     scalar_t* g = compute_grad ? out.grad.data_ptr<scalar_t>() : nullptr;
     auto launch = [&](auto kernel) {
       kernel<<<N, threads_for(V, pack_size<scalar_t>()), 0, stream>>>(
@@ -195,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_rows_cuda(
     } else {
       launch(kd_forward_kernel<scalar_t, false>);
     }
-  });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
   return {out.rows, out.stats, out.grad};
 }
 
@@ -218,7 +218,7 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
   const int64_t* lp = labels_ptr(labels, lab);
   const bool vec = same_alignment({&student, &teacher, &grad});
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_backward_cuda", [&] {
+  AT_DISPATCH_V2(student.scalar_type(), "kd_loss_backward_cuda", AT_WRAP([&] {
     auto launch = [&](auto kernel) {
       kernel<<<N, threads_for(V, pack_size<scalar_t>()), 0, stream>>>(
           in.grad_rows.const_data_ptr<float>(), student.const_data_ptr<scalar_t>(),
@@ -231,7 +231,7 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
     } else {
       launch(kd_backward_kernel<scalar_t, false>);
     }
-  });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
   return grad;
 }
 

@@ -1,7 +1,7 @@
 // CUDA kernels of the KD loss against a top-K teacher: a block per row, one student pass;
 // the forward writes the student's gradient too when autograd will want it.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include <ATen/Dispatch_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -176,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows_cuda(
   check_kd_data(lp != nullptr ? &lab : nullptr, V, ignore_index, &indices);  // once, not in backward
   const bool vec = compute_grad ? same_alignment({&student, &out.grad}) : true;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_topk_rows_cuda", [&] {
+  AT_DISPATCH_V2(student.scalar_type(), "kd_loss_topk_rows_cuda", AT_WRAP([&] {
     scalar_t* g = compute_grad ? out.grad.data_ptr<scalar_t>() : nullptr;
     auto launch = [&](auto kernel) {
       kernel<<<N, threads_for(V, pack_size<scalar_t>()), 0, stream>>>(
@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows_cuda(
     } else {
       launch(kd_topk_forward_kernel<scalar_t, false>);
     }
-  });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
   return {out.rows, out.stats, out.grad};
 }
 
@@ -214,7 +214,7 @@ at::Tensor kd_loss_topk_backward_cuda(const at::Tensor& grad_rows, const at::Ten
   const int64_t* lp = labels_ptr(labels, lab);
   const bool vec = same_alignment({&student, &grad});
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_topk_backward_cuda", [&] {
+  AT_DISPATCH_V2(student.scalar_type(), "kd_loss_topk_backward_cuda", AT_WRAP([&] {
     auto launch = [&](auto kernel) {
       kernel<<<N, threads_for(V, pack_size<scalar_t>()), 0, stream>>>(
           in.grad_rows.const_data_ptr<float>(), student.const_data_ptr<scalar_t>(),
@@ -227,7 +227,7 @@ at::Tensor kd_loss_topk_backward_cuda(const at::Tensor& grad_rows, const at::Ten
     } else {
       launch(kd_topk_backward_kernel<scalar_t, false>);
     }
-  });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
   return grad;
 }
 

@@ -38,21 +38,18 @@ def forward_args(student: torch.Tensor, labels: torch.Tensor | None, ignore_inde
     return 1.0 / (count * (classes if reduction == "mean" else 1)), compute
 
 
-def op_schema_args(name: str):
-    return getattr(torch.ops.ptcore, name).default._schema.arguments
-
-
 def register(name: str, n_tensors: int) -> None:
     """Fake kernels and autograd for ``ptcore::{name}`` and ``ptcore::_{name}_backward``,
     whose first ``n_tensors`` arguments are tensors (the student first)."""
     backward_op = getattr(torch.ops.ptcore, f"_{name}_backward")
 
-    n_hyper = len(op_schema_args(name)) - n_tensors - 2
+    n_args = len(getattr(torch.ops.ptcore, name).default._schema.arguments)
+    n_hyper = n_args - n_tensors - 2  # the last two: grad_scale, compute_grad (defaulted)
 
     @torch.library.register_fake(f"ptcore::{name}")
-    def _(student, *rest, grad_scale=1.0, compute_grad=False):
-        if len(rest) > n_tensors - 1 + n_hyper:  # grad_scale, compute_grad given positionally
-            compute_grad = rest[-1] if len(rest) == n_tensors + n_hyper + 1 else compute_grad
+    def _(student, *rest, **kwargs):
+        given = (student, *rest)
+        compute_grad = kwargs.get("compute_grad", given[-1] if len(given) == n_args else False)
         acc = torch.float64 if student.dtype == torch.float64 else torch.float32
         n = student.shape[0]
         grad = (torch.empty_like(student, memory_format=torch.contiguous_format) if compute_grad
@@ -83,6 +80,9 @@ def register(name: str, n_tensors: int) -> None:
             return (backward_op(grad_rows, *tensors, stats, *ctx.hyper),) + nones
         factor = grad_rows.reshape(-1, 1) / ctx.grad_scale
         factor = factor.masked_fill(~torch.isfinite(factor), float("nan"))  # as the kernels do
+        if type(factor) is not torch.Tensor:  # traced (Fake/FunctionalTensor): no in-place
+            return (grad * factor,) + nones
+        # Reading the factor back is free on a CPU (a sync on a GPU: there it multiplies).
         if grad.device.type == "cpu" and bool(((factor - 1).abs() <= _SAME_SCALE).all()):
             return (grad,) + nones
         return (grad.mul_(factor),) + nones

@@ -38,7 +38,8 @@ def kd_loss_topk(student_logits: torch.Tensor, teacher_values: torch.Tensor,
             bool(scale_by_t2))
     if has_native():
         grad_scale, compute_grad = _row_loss.forward_args(s, lab, ignore_index, reduction)
-        rows, _, _ = torch.ops.ptcore.kd_loss_topk_rows(s, v.detach(), i, lab, *args, grad_scale, compute_grad)
+        rows, _, _ = torch.ops.ptcore.kd_loss_topk_rows(s, v.detach(), i, lab, *args,
+                                                        grad_scale, compute_grad)
     else:
         rows = reference.kd_loss_topk_rows(s, v, i, lab, *args)
     return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import ptcore
 from ptcore import reference
 
-from tests.helpers import DEVICES, TOL, requires_native
+from tests.helpers import DEVICES, TOL, loss_tol, requires_native
 
 DIVS = ["forward_kl", "reverse_kl", "jsd"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -27,11 +27,18 @@ def _logits(n, v, dtype, device, scale=3.0, seed=0):
 
 
 def _both(s, t, grad_out=None, **kw):
-    """Loss and student gradient from ptcore and from the reference, as float64 on CPU."""
+    """Loss and student gradient from ptcore and from the reference run in float64 on the
+    CPU (on the same rounded inputs), as float64 on CPU."""
     out = []
     for fn in (ptcore.kd_loss, reference.kd_loss):
-        x = s.detach().clone().requires_grad_()
-        loss = fn(x, t, **kw)
+        x = s.detach().clone()
+        tt = t
+        if fn is reference.kd_loss:
+            x, tt = x.double().cpu(), t.double().cpu()
+            kw = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+            grad_out = None if grad_out is None else grad_out.double().cpu()
+        x.requires_grad_()
+        loss = fn(x, tt, **kw)
         g = torch.ones_like(loss) if grad_out is None else grad_out
         (loss * g).sum().backward()
         out.append((loss.detach().double().cpu(), x.grad.double().cpu(), loss.dtype, x.grad.dtype))
@@ -40,8 +47,8 @@ def _both(s, t, grad_out=None, **kw):
 
 def _assert_match(s, t, grad_out=None, **kw):
     (l1, g1, ld, gd), (l2, g2, _, _) = _both(s, t, grad_out, **kw)
+    torch.testing.assert_close(l1, l2, rtol=loss_tol(s.dtype)[0], atol=loss_tol(s.dtype)[1])
     rtol, atol = TOL[s.dtype]
-    torch.testing.assert_close(l1, l2, rtol=rtol, atol=atol)
     torch.testing.assert_close(g1, g2, rtol=rtol, atol=atol)
     assert ld == (torch.float64 if s.dtype == torch.float64 else torch.float32)
     assert gd == s.dtype
@@ -106,7 +113,7 @@ def test_masked_vocabulary(device, divergence):
     s, t = _logits(4, 300, torch.float32, device)
     mask = torch.zeros(4, 300, dtype=torch.bool, device=device)
     mask[:, ::3] = True
-    mask[1, :2100 % 300] = True  # a long masked prefix: online maxima start at -inf
+    mask[1, :210] = True  # a long masked prefix: online maxima start at -inf
     s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
     (l1, g1, _, _), _ = _both(s, t, divergence=divergence, reduction="none", temperature=2.0)
     assert torch.isfinite(l1).all() and torch.isfinite(g1).all()
@@ -274,8 +281,11 @@ def test_property_random_shapes_and_temperatures(n, v, temperature, divergence, 
     (l1, g1, _, _), (l2, g2, _, _) = _both(s, t, temperature=temperature, divergence=divergence,
                                            reduction="none")
     assert (l1 >= -1e-4).all()  # a divergence is never negative
-    torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+    # float32 against float64: the loss is a difference of terms of size log V + the logits'
+    # range over T, times T² (its rounding is what float32 can deliver).
+    magnitude = temperature ** 2 * (1 + math.log(v) + 8 * scale / temperature)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6 * magnitude)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6 * magnitude / temperature)
 
 
 class TestErrors:
@@ -355,3 +365,59 @@ def test_module_matches_function_and_checks_early():
     assert "temperature=2.0" in repr(mod)
     with pytest.raises(ValueError, match="temperature"):
         ptcore.nn.KDLoss(temperature=0)
+
+
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean", "mean"])
+def test_gradient_from_the_forward_under_every_upstream_scale(device, reduction):
+    """The forward computes the gradient for the scale loss.backward() sends; any other
+    scale (a weighted sum of losses, a GradScaler) is rescaled in the backward."""
+    s, t = _logits(6, 70, torch.float32, device)
+    labels = torch.tensor([1, -100, 3, 69, 0, -100], device=device)
+    for weight in (1.0, 0.5, -3.0):
+        for lab in (None, labels):
+            kw = dict(reduction=reduction, temperature=2.0, labels=lab,
+                      hard_weight=0.0 if lab is None else 0.4)
+            g = torch.full((6,), weight, device=device) if reduction == "none" else \
+                torch.tensor(weight, device=device)
+            _assert_match(s, t, grad_out=g, **kw)
+
+
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+def test_retain_graph_backward_twice(device):
+    s, t = _logits(4, 50, torch.float32, device)
+    x = s.clone().requires_grad_()
+    loss = ptcore.kd_loss(x, t, temperature=2.0, divergence="jsd")
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()  # the forward's gradient was used: recomputed from the statistics
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_computes_the_gradient_only_when_autograd_wants_it(device):
+    s, t = _logits(3, 40, torch.float32, device)
+    args = (t, None, 2.0, "forward_kl", 0.5, 0.0, 1.0, -100, True)
+    rows, stats, grad = torch.ops.ptcore.kd_loss_rows(s, *args, 1.0, False)
+    assert grad.numel() == 0
+    rows2, _, grad = torch.ops.ptcore.kd_loss_rows(s, *args, 0.25, True)
+    assert grad.shape == s.shape and torch.equal(rows, rows2)
+    x = s.clone().requires_grad_()
+    reference.kd_loss(x, t, temperature=2.0, reduction="sum").backward()
+    torch.testing.assert_close(grad, 0.25 * x.grad, rtol=1e-5, atol=1e-6)
+    # Schema, fake kernel and dispatch with the gradient output. (Its autograd is checked by
+    # test_opcheck: the backward consumes this output, rescaling it in place, by design.)
+    torch.library.opcheck(torch.ops.ptcore.kd_loss_rows.default, (s, *args, 0.5, True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_backward_op_checks_the_device_of_grad_rows_and_stats():
+    s, t = _logits(3, 40, torch.float32, "cuda")
+    args = (t, None, 2.0, "forward_kl", 0.5, 0.0, 1.0, -100, True)
+    rows, stats, _ = torch.ops.ptcore.kd_loss_rows(s, *args)
+    for g, st, name in ((rows.cpu(), stats, "grad_rows"), (rows, stats.cpu(), "stats")):
+        with pytest.raises(RuntimeError, match=f"{name} must be on cuda"):
+            torch.ops.ptcore._kd_loss_rows_backward(g, s, t, None, st, *args[2:])
