@@ -83,11 +83,13 @@ def _default_cuda_archs():
         listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True,
                                 check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
-        raise RuntimeError(f"`{nvcc} --list-gpu-arch` failed ({e}); set TORCH_CUDA_ARCH_LIST") from e
+        raise RuntimeError(
+            f"`{nvcc} --list-gpu-arch` failed ({e}); set TORCH_CUDA_ARCH_LIST") from e
     supported = {f"{int(n) // 10}.{int(n) % 10}" for n in re.findall(r"compute_(\d+)", listed)}
     archs = [a for a in PREFERRED_CUDA_ARCHS if a in supported]
     if not archs:
-        raise RuntimeError(f"nvcc supports none of {PREFERRED_CUDA_ARCHS}; set TORCH_CUDA_ARCH_LIST")
+        raise RuntimeError(
+            f"nvcc supports none of {PREFERRED_CUDA_ARCHS}; set TORCH_CUDA_ARCH_LIST")
     return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
 
 

@@ -11,8 +11,8 @@ releases, so a mismatch can crash or corrupt memory instead of failing cleanly. 
 (see _torch_mismatch) is the same torch series (major.minor) and, for a library with CUDA
 kernels, the same CUDA version as torch's (the +cu130 of 2.14.1+cu130), which is what a
 wheel's local tag (0.1.0+torch2.14.cu130) names. Patch releases of one series are bug-fix
-cherry-picks that keep the ABI, so 2.14.0 and 2.14.1 share a wheel, as they share
-torchvision's ABI tag and the wheels of other torch extensions.
+cherry-picks that keep the ABI, so 2.14.0 and 2.14.1 share a wheel, as they share the
+wheels of other torch extensions (flash-attn's are tagged +cu12torch2.6, for instance).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ __all__ = ["has_native", "has_cuda_kernels", "load_error", "build_info", "info"]
 _lib = None
 _built: dict = {}  # build_info() of a ptcore._C that imported, even one refused
 _error: str | None = None
+
 
 def _remedy(torch_version: str, torch_cuda: str | None) -> str:
     return (f"install the ptcore wheel built for torch {torch_series(torch_version)} (its version "
