@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-
+from ptcore._version import __version__
 from ptcore._extension import build_info, has_cuda_kernels, has_native, info  # noqa: E402
 from ptcore import ops, reference  # noqa: E402
 from ptcore import nn  # noqa: E402
