@@ -68,11 +68,13 @@ def register(name: str, n_tensors: int) -> None:
         # own reference, so the gradient is not copied on its way into .grad.
         ctx.grad = output[2] if output[2].dim() == 2 else None
         ctx.save_for_backward(*inputs[:n_tensors], output[1])
+        # No zero-filled gradients for the statistics and the gradient output (an N×V one).
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(output[1], output[2])
 
     def backward(ctx, grad_rows, _grad_stats, _grad_grad):
         nones = (None,) * (n_tensors + len(ctx.hyper) + 1)
-        if not ctx.needs_input_grad[0]:
+        if grad_rows is None or not ctx.needs_input_grad[0]:
             return (None,) + nones
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # not computed in the forward, or consumed by an earlier backward
