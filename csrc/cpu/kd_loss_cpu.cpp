@@ -78,6 +78,46 @@ void grad_row(const scalar_t* s, const scalar_t* t, int64_t V, const acc_t<scala
   }, s, t);
 }
 
+// Forward KL's gradient from the forward pass's cached exps (no exp per element):
+// c_soft (p_s − p_t) + c_hard (softmax(s) − onehot(label)), chunk by chunk.
+template <typename scalar_t>
+void grad_row_cached(const ExpCache<acc_t<scalar_t>>& cache, int64_t V,
+                     const acc_t<scalar_t>* st, acc_t<scalar_t> gr, int64_t label,
+                     const Options& o, scalar_t* g) {
+  using A = acc_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  constexpr int64_t L = lanes<scalar_t>();
+  const A inv_t = static_cast<A>(o.inv_t);
+  gr = kd::finite_or_nan(gr);
+  const A c_soft = nan_row(st) ? std::numeric_limits<A>::quiet_NaN()
+                               : gr * static_cast<A>(o.soft_coef) * inv_t;
+  const A c_hard = gr * static_cast<A>(o.hard_coef);
+  const bool hard = o.hard_coef != 0;
+  const A ms = st[kd::kMaxS], mt = st[kd::kMaxT];
+  for (int64_t c = 0; c < V; c += kChunk) {
+    const int64_t ce = std::min(V, c + kChunk), k = c / kChunk;
+    const Vec fs(c_soft * cache_scale(cache.bs[k], ms, inv_t, st[kd::kLogZS]));
+    const Vec ft(c_soft * cache_scale(cache.bt[k], mt, inv_t, st[kd::kLogZT]));
+    const Vec f1(hard ? c_hard * cache_scale(cache.bs[k], ms, A(1), st[kd::kLse1] - ms) : A(0));
+    for (int64_t j = c; j < ce; j += L) {
+      const int64_t n = std::min(L, ce - j);
+      Vec out = Vec::loadu(cache.es.data() + j, n) * fs - Vec::loadu(cache.et.data() + j, n) * ft;
+      if (hard) out += Vec::loadu(cache.e1.data() + j, n) * f1;
+      if (label >= j && label < j + n) {  // the one-hot of the hard-label term
+        __at_align__ A buf[L];
+        out.store(buf);
+        buf[label - j] -= c_hard;
+        out = Vec::loadu(buf);
+      }
+      if (n == L) {
+        store(g + j, out);
+      } else {
+        store_partial(g + j, out, n);
+      }
+    }
+  }
+}
+
 // Rows' losses and statistics; with `grad` (not null), also each row's gradient for a
 // row-loss gradient of `grad_scale` (the loss is nearly always the graph's last node, so
 // the backward then only rescales, if that).
@@ -93,13 +133,18 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
   A* st = stats.data_ptr<A>();
   const A inv_t = static_cast<A>(o.inv_t);
   const bool hard = o.hard_coef != 0;
+  // Forward KL's gradient reuses the forward's exps; the others need log-probabilities.
+  const bool cached = grad != nullptr && o.div == Div::Forward;
   at::parallel_for(0, N, grain(V), [&](int64_t begin, int64_t end) {
+    ExpCache<A> cache;
+    if (cached) cache.resize(V, true, hard);
+    ExpCache<A>* cp = cached ? &cache : nullptr;
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* si = s + i * V;
       const scalar_t* ti = t + i * V;
       A* sti = st + i * kd::kStats;
-      const auto acc = hard ? accumulate_row<scalar_t, true>(V, inv_t, o.div, si, ti)
-                            : accumulate_row<scalar_t, false>(V, inv_t, o.div, si, ti);
+      const auto acc = hard ? accumulate_row<scalar_t, true>(V, inv_t, o.div, cp, si, ti)
+                            : accumulate_row<scalar_t, false>(V, inv_t, o.div, cp, si, ti);
       A d = kd::finish_row(acc, o.div, sti);
       if (o.div == Div::JSD) {
         const auto [k_t, k_s] = jsd_terms(si, ti, V, sti, inv_t, static_cast<A>(o.beta));
@@ -108,9 +153,11 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
       }
       const bool counts = row_counts(labels, i, o);
       if (grad != nullptr) {
-        if (counts) {
-          grad_row(si, ti, V, sti, static_cast<A>(grad_scale), hard ? labels[i] : -1, o,
-                   grad + i * V);
+        const int64_t label = hard ? labels[i] : -1;
+        if (counts && cached) {
+          grad_row_cached(cache, V, sti, static_cast<A>(grad_scale), label, o, grad + i * V);
+        } else if (counts) {
+          grad_row(si, ti, V, sti, static_cast<A>(grad_scale), label, o, grad + i * V);
         } else {
           std::fill(grad + i * V, grad + (i + 1) * V, scalar_t(0));
         }

@@ -55,10 +55,11 @@ A log_ps(scalar_t s, A inv_t, const A* st) {
 
 // One row's gradient for a row-loss gradient gr: c_soft (p_s − q) + c_hard (softmax(s) −
 // onehot(label)), q zero off the K classes. K = 0 keeps no teacher mass: no soft gradient.
+// With `cache` (the forward's exps of this row), the dense part needs no exp per element.
 template <typename scalar_t>
 void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, int64_t V,
               int64_t K, const acc_t<scalar_t>* sti, acc_t<scalar_t> gr, int64_t label,
-              const Options& o, scalar_t* gi) {
+              const Options& o, scalar_t* gi, const ExpCache<acc_t<scalar_t>>* cache) {
   using A = acc_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   const A inv_t = static_cast<A>(o.inv_t);
@@ -71,15 +72,34 @@ void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, 
   // Dense part, c_soft · p_s + c_hard · softmax(s).
   const Vec vc_soft(c_soft), vc_hard(c_hard), vinv(inv_t);
   const Vec ms(base(sti[kd::kMaxS])), lzs(sti[kd::kLogZS]), lse1(sti[kd::kLse1]);
-  for_each_vec(0, V, [&](int64_t j, int64_t n, const Vec& vs) {
-    Vec out = vexp((vs - ms) * vinv - lzs) * vc_soft;
-    if (hard) out += vexp(vs - lse1) * vc_hard;
+  auto put = [&](int64_t j, int64_t n, const Vec& out) {
     if (n == lanes<scalar_t>()) {
       store(gi + j, out);
     } else {
       store_partial(gi + j, out, n);
     }
-  }, si);
+  };
+  if (cache != nullptr) {
+    constexpr int64_t L = lanes<scalar_t>();
+    const A m = sti[kd::kMaxS];
+    for (int64_t c = 0; c < V; c += kChunk) {
+      const int64_t ce = std::min(V, c + kChunk), k = c / kChunk;
+      const Vec fs(c_soft * cache_scale(cache->bs[k], m, inv_t, sti[kd::kLogZS]));
+      const Vec f1(hard ? c_hard * cache_scale(cache->bs[k], m, A(1), sti[kd::kLse1] - m) : A(0));
+      for (int64_t j = c; j < ce; j += L) {
+        const int64_t n = std::min(L, ce - j);
+        Vec out = Vec::loadu(cache->es.data() + j, n) * fs;
+        if (hard) out += Vec::loadu(cache->e1.data() + j, n) * f1;
+        put(j, n, out);
+      }
+    }
+  } else {
+    for_each_vec(0, V, [&](int64_t j, int64_t n, const Vec& vs) {
+      Vec out = vexp((vs - ms) * vinv - lzs) * vc_soft;
+      if (hard) out += vexp(vs - lse1) * vc_hard;
+      put(j, n, out);
+    }, si);
+  }
   // The K teacher classes and the label, recomputed exactly rather than patched.
   auto exact = [&](int64_t j, A q) {
     A val = c_soft * (std::exp(log_ps<A>(si[j], inv_t, sti)) - q);
@@ -109,12 +129,15 @@ void forward_impl(const at::Tensor& student, const at::Tensor& values, const at:
   const A inv_t = static_cast<A>(o.inv_t);
   const bool hard = o.hard_coef != 0;
   at::parallel_for(0, N, grain(V), [&](int64_t begin, int64_t end) {
+    ExpCache<A> cache;  // the dense part of the gradient reuses the forward's exps
+    if (grad != nullptr) cache.resize(V, false, hard);
+    ExpCache<A>* cp = grad != nullptr ? &cache : nullptr;
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* si = s + i * V;
       A* sti = st + i * kd::kStats;
       // Student statistics only (JSD: the teacher-side sums stay untouched).
-      const auto acc = hard ? accumulate_row<scalar_t, true>(V, inv_t, Div::JSD, si)
-                            : accumulate_row<scalar_t, false>(V, inv_t, Div::JSD, si);
+      const auto acc = hard ? accumulate_row<scalar_t, true>(V, inv_t, Div::JSD, cp, si)
+                            : accumulate_row<scalar_t, false>(V, inv_t, Div::JSD, cp, si);
       kd::finish_row(acc, Div::JSD, sti);
       teacher_stats(v + i * K, K, inv_t, sti);
       A d = 0;  // Σ q_k (log q_k − log p_s[i_k]), with 0 · log 0 = 0 (NaN q stays NaN)
@@ -127,7 +150,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& values, const at:
       if (grad != nullptr) {
         if (counts) {
           grad_row(si, v + i * K, idx + i * K, V, K, sti, static_cast<A>(grad_scale),
-                   hard ? labels[i] : -1, o, grad + i * V);
+                   hard ? labels[i] : -1, o, grad + i * V, cp);
         } else {
           std::fill(grad + i * V, grad + (i + 1) * V, scalar_t(0));
         }
@@ -162,8 +185,8 @@ void backward_impl(const at::Tensor& grad_rows, const at::Tensor& student,
         std::fill(gi, gi + V, scalar_t(0));
         continue;
       }
-      grad_row(s + i * V, v + i * K, idx + i * K, V, K, st + i * kd::kStats, gr[i],
-               hard ? labels[i] : -1, o, gi);
+      grad_row<scalar_t>(s + i * V, v + i * K, idx + i * K, V, K, st + i * kd::kStats, gr[i],
+                         hard ? labels[i] : -1, o, gi, nullptr);
     }
   });
 }

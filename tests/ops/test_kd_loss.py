@@ -220,9 +220,11 @@ def test_gradcheck_float64(divergence):
     s.requires_grad_()
     labels = torch.tensor([0, -100, 6, 2])
     for kw in (dict(), dict(labels=labels, hard_weight=0.5, soft_weight=2.0, scale_by_t2=False)):
+        # nondet_tol: gradcheck's repeated backward recomputes the gradient from the saved
+        # statistics (the first used the forward's); the two agree to float64 rounding.
         assert torch.autograd.gradcheck(
             lambda x: ptcore.kd_loss(x, t, temperature=1.7, divergence=divergence,
-                                     reduction="none", **kw), (s,))
+                                     reduction="none", **kw), (s,), nondet_tol=1e-12)
 
 
 @requires_native
