@@ -40,10 +40,7 @@ void grad_row(const scalar_t* s, const scalar_t* t, int64_t V, const acc_t<scala
   using A = acc_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   const A inv_t = static_cast<A>(o.inv_t);
-  gr = kd::finite_or_nan(gr);
-  const A c_soft = nan_row(st) ? std::numeric_limits<A>::quiet_NaN()
-                               : gr * static_cast<A>(o.soft_coef) * inv_t;
-  const A c_hard = gr * static_cast<A>(o.hard_coef);
+  const auto [c_soft, c_hard] = grad_coefs(gr, st, o);
   const bool hard = o.hard_coef != 0;
   const Vec zero(A(0)), vinv(inv_t), vc_soft(c_soft), vc_hard(c_hard);
   const Vec lb(static_cast<A>(std::log(o.beta))), lb1(static_cast<A>(std::log1p(-o.beta)));
@@ -88,10 +85,7 @@ void grad_row_cached(const ExpCache<acc_t<scalar_t>>& cache, int64_t V,
   using Vec = AccVec<scalar_t>;
   constexpr int64_t L = lanes<scalar_t>();
   const A inv_t = static_cast<A>(o.inv_t);
-  gr = kd::finite_or_nan(gr);
-  const A c_soft = nan_row(st) ? std::numeric_limits<A>::quiet_NaN()
-                               : gr * static_cast<A>(o.soft_coef) * inv_t;
-  const A c_hard = gr * static_cast<A>(o.hard_coef);
+  const auto [c_soft, c_hard] = grad_coefs(gr, st, o);
   const bool hard = o.hard_coef != 0;
   const A ms = st[kd::kMaxS], mt = st[kd::kMaxT];
   for (int64_t c = 0; c < V; c += kChunk) {

@@ -63,11 +63,8 @@ void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, 
   using A = acc_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   const A inv_t = static_cast<A>(o.inv_t);
-  gr = kd::finite_or_nan(gr);
-  const A c_soft = K == 0        ? A(0)
-                   : nan_row(sti) ? std::numeric_limits<A>::quiet_NaN()
-                                  : gr * static_cast<A>(o.soft_coef) * inv_t;
-  const A c_hard = gr * static_cast<A>(o.hard_coef);
+  const GradCoefs<A> coefs = grad_coefs(gr, sti, o);
+  const A c_soft = K == 0 ? A(0) : coefs.c_soft, c_hard = coefs.c_hard;
   const bool hard = o.hard_coef != 0;
   // Dense part, c_soft · p_s + c_hard · softmax(s).
   const Vec vc_soft(c_soft), vc_hard(c_hard), vinv(inv_t);

@@ -152,6 +152,21 @@ inline bool nan_row(const A* st) {
   return nan;
 }
 
+// A row's gradient coefficients for a row-loss gradient gr: c_soft multiplies ∂D/∂(s/T),
+// c_hard the hard term; an infinite gr or a NaN row makes the whole row NaN.
+template <typename A>
+struct GradCoefs {
+  A c_soft, c_hard;
+};
+
+template <typename A>
+inline GradCoefs<A> grad_coefs(A gr, const A* st, const Options& o) {
+  gr = kd::finite_or_nan(gr);
+  return {nan_row(st) ? std::numeric_limits<A>::quiet_NaN()
+                      : gr * static_cast<A>(o.soft_coef) * static_cast<A>(o.inv_t),
+          gr * static_cast<A>(o.hard_coef)};
+}
+
 inline int64_t grain(int64_t V) { return std::max<int64_t>(1, 16384 / V); }
 
 inline const int64_t* labels_ptr(const std::optional<at::Tensor>& labels, at::Tensor& holder) {
