@@ -4,8 +4,9 @@
 # Phases, in order, stopping at the first that fails (and saying which):
 #   build   the extension for sm_90 (TORCH_CUDA_ARCH_LIST), with the CUDA kernels required
 #   parity  tests/ops/test_parity.py: every op, every case, CPU and CUDA columns
-#   cuda    every other test whose id names CUDA (ops, cache tiers, engine AMP, ...),
-#           plus the launch-bounds check of the build (tests/test_cuda_build.py)
+#   cuda    every other test whose id names CUDA (ops, cache tiers, the launch-bounds
+#           check of the build) and tests/test_gpu_smoke.py (engine under AMP fp16 +
+#           GradScaler and bf16, NCCL with one rank, fine-tuning and distillation on the GPU)
 #   suite   the whole test suite (full mode only)
 #   bench   benchmarks/kd_table.py at 4096×32000 and 8192×128256 (bf16; float32 too in full
 #           mode), with % of the GPU's peak memory bandwidth
@@ -59,7 +60,7 @@ build() {
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -x)
 phase build build
 phase parity "${PYTEST[@]}" tests/ops/test_parity.py
-phase cuda "${PYTEST[@]}" tests -k "cuda and not test_parity" tests/test_cuda_build.py
+phase cuda "${PYTEST[@]}" tests -k "(cuda or gpu_smoke) and not test_parity"
 if [[ $QUICK == 0 ]]; then
   phase suite "${PYTEST[@]}" tests --deselect tests/ops/test_parity.py
 fi
