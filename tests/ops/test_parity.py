@@ -305,6 +305,22 @@ def _bad_calls():
          ValueError),
         ("gather_too_big", gather([0, 4, 5, 1]), IndexError),
         ("gather_negative", gather([0, -1]), IndexError),
+        ("labels_float", kd(lambda d: dict(labels=torch.zeros(4, device=d))), TypeError),
+        ("labels_wrong_shape", kd(lambda d: dict(labels=labels([0, 1])(d))), ValueError),
+        ("teacher_other_shape", lambda d: ptcore.kd_loss(torch.randn(4, 10, device=d),
+                                                        torch.randn(4, 11, device=d)), ValueError),
+        ("teacher_other_dtype", lambda d: ptcore.kd_loss(
+            torch.randn(4, 10, device=d), torch.randn(4, 10, device=d, dtype=torch.float16)),
+         TypeError),
+        ("integer_logits", lambda d: ptcore.kd_loss(torch.ones(4, 10, dtype=torch.long, device=d),
+                                                   torch.ones(4, 10, dtype=torch.long, device=d)),
+         TypeError),
+        ("topk_k_above_v", lambda d: ptcore.kd_loss_topk(
+            torch.randn(2, 5, device=d), torch.randn(2, 6, device=d),
+            torch.arange(6, device=d).repeat(2, 1)), ValueError),
+        ("gather_int8_without_scales", lambda d: ptcore.ops.gather_rows(
+            torch.zeros(3, 4, dtype=torch.int8, device=d), None, torch.tensor([0], device=d)),
+         ValueError),
         ("temperature_zero", kd(dict(temperature=0.0)), ValueError),
         ("beta_one", kd(dict(divergence="jsd", beta=1.0)), ValueError),
         ("hard_weight_nan", kd(dict(hard_weight=math.nan)), ValueError),
