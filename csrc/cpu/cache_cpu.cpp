@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
@@ -180,20 +181,63 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in) {
   return {codes, scales};
 }
 
-// One row of the store, dequantized (int8) or converted, into one output row.
-template <typename In, typename Out>
+#if defined(CPU_CAPABILITY_AVX2)
+// Streaming (non-temporal) stores of 8 floats as Out: straight to memory, without first
+// reading each output line for ownership and without evicting the cache's contents. p is
+// 32-byte (float) or 16-byte (half types) aligned.
+constexpr bool kCanStream = true;
+inline void stream(float* p, const Vectorized<float>& v) { _mm256_stream_ps(p, v); }
+inline void stream(at::Half* p, const Vectorized<float>& v) {
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_fp16(__m256(v)));
+}
+inline void stream(at::BFloat16* p, const Vectorized<float>& v) {
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
+}
+inline void stream_bytes(void* dst, const void* src, int64_t n) {  // n: a multiple of 32
+  for (int64_t k = 0; k < n; k += 32) {
+    const auto v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const char*>(src) + k));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(static_cast<char*>(dst) + k), v);
+  }
+}
+inline void stream_fence() { _mm_sfence(); }
+#else
+constexpr bool kCanStream = false;
+template <typename Out>
+inline void stream(Out* p, const Vectorized<float>& v) { store(p, v); }
+inline void stream_bytes(void* dst, const void* src, int64_t n) { std::memcpy(dst, src, n); }
+inline void stream_fence() {}
+#endif
+
+// Outputs at least this large are written with streaming stores: they cannot stay in the
+// last-level cache for their consumer anyway, and skipping the read for ownership of every
+// output line saves about a fifth of a large gather (measured on a 16 MiB-L3 EPYC).
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+// One row of the store, dequantized (int8) or converted, into one output row; with
+// kStream, d * sizeof(Out) is a multiple of 32 and dst 32-byte aligned.
+template <typename In, typename Out, bool kStream>
 void gather_row(const In* src, Out* dst, int64_t d, float scale) {
   if constexpr (std::is_same_v<In, Out>) {
-    std::memcpy(dst, src, d * sizeof(Out));
+    if constexpr (kStream) {
+      stream_bytes(dst, src, d * sizeof(Out));
+    } else {
+      std::memcpy(dst, src, d * sizeof(Out));
+    }
   } else {
     constexpr bool kCodes = std::is_same_v<In, int8_t>;
     const Vectorized<float> vs(scale);
     int64_t j = 0;
     for (; j + kW <= d; j += kW) {
+      Vectorized<float> v;
       if constexpr (kCodes) {
-        store(dst + j, load_codes(src + j) * vs);
+        v = load_codes(src + j) * vs;
       } else {
-        store(dst + j, load(src + j));
+        v = load(src + j);
+      }
+      if constexpr (kStream) {
+        stream(dst + j, v);
+      } else {
+        store(dst + j, v);
       }
     }
     for (; j < d; ++j) {
@@ -207,7 +251,21 @@ template <typename T>
 inline void prefetch_row(const T* row, int64_t d) {
   const char* p = reinterpret_cast<const char*>(row);
   const int64_t bytes = std::min<int64_t>(d * sizeof(T), 4096);  // beyond: hw prefetcher
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
+template <typename In, typename Out, bool kStream>
+void gather_chunk(const In* src, const float* scales, const int64_t* idx, int64_t b0,
+                  int64_t b1, int64_t d, Out* dst) {
+  // Rows are scattered: ask for a row ~2 KiB of reading ahead while converting this one,
+  // so its memory latency (and TLB miss) overlaps work instead of stalling every row.
+  const int64_t ahead = std::clamp<int64_t>(2048 / std::max<int64_t>(d * sizeof(In), 1), 1, 8);
+  for (int64_t i = b0; i < b1; ++i) {
+    if (i + ahead < b1) prefetch_row(src + idx[i + ahead] * d, d);
+    const int64_t r = idx[i];
+    gather_row<In, Out, kStream>(src + r * d, dst + i * d, d, scales ? scales[r] : 1.f);
+  }
+  if constexpr (kStream) stream_fence();  // the rows are visible before the op returns
 }
 
 // Gathers rows idx[0:b] into out; returns the first position whose index is out of [0, m),
@@ -217,6 +275,8 @@ template <typename In, typename Out>
 int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& indices,
                          int64_t m, int64_t d, Out* dst) {
   const int64_t* idx = indices.const_data_ptr<int64_t>();
+  const bool streaming = kCanStream && indices.numel() * d * int64_t{sizeof(Out)} >= kStreamBytes &&
+                         (d * sizeof(Out)) % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   parallel_rows(indices, grain_rows(d), [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
@@ -226,12 +286,10 @@ int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& i
         return;
       }
     }
-    for (int64_t i = b0; i < b1; ++i) {
-      // Rows are scattered: ask for the next one while converting this one, so its memory
-      // latency overlaps work instead of stalling the loop at every row start.
-      if (i + 1 < b1) prefetch_row(src + idx[i + 1] * d, d);
-      const int64_t r = idx[i];
-      gather_row<In, Out>(src + r * d, dst + i * d, d, scales ? scales[r] : 1.f);
+    if (streaming) {
+      gather_chunk<In, Out, true>(src, scales, idx, b0, b1, d, dst);
+    } else {
+      gather_chunk<In, Out, false>(src, scales, idx, b0, b1, d, dst);
     }
   });
   const int64_t bad = first_bad.load();

@@ -176,6 +176,22 @@ def test_gather_many_rows_in_parallel(two_threads, device, kind, out_dtype):
                  out_dtype)
 
 
+@pytest.mark.parametrize("kind,out_dtype,d,offset", [
+    (torch.int8, torch.float32, 1024, 0),     # 16 MiB out: streaming stores
+    (torch.float16, torch.bfloat16, 2048, 0),
+    (torch.float32, torch.float32, 1024, 0),  # a straight row copy, streamed
+    (torch.int8, torch.float32, 1020, 0),     # rows not a multiple of 32 bytes: cached stores
+    (torch.float32, torch.float32, 1024, 1),  # out not 32-byte aligned: cached stores
+])
+def test_gather_large_outputs(two_threads, kind, out_dtype, d, offset):
+    store, scales = _store(kind, 1000, d, "cpu")
+    b = (16 << 20) // (d * out_dtype.itemsize) + 3
+    idx = torch.randint(0, 1000, (b,), generator=torch.Generator().manual_seed(d))
+    out = torch.empty(b * d + offset, dtype=out_dtype)[offset:].view(b, d)
+    ops.gather_rows(store, scales, idx, out=out)
+    _assert_rows(out, _expected64(store, scales, idx), out_dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_quantize_many_rows_in_parallel(two_threads, device):
     x = _features(5000, 130, torch.float32, device, seed=3)
