@@ -194,9 +194,11 @@ inline void stream(at::BFloat16* p, const Vectorized<float>& v) {
   _mm_stream_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
 }
 inline void stream_bytes(void* dst, const void* src, int64_t n) {  // n: a multiple of 32
+  const char* s = static_cast<const char*>(src);
+  char* t = static_cast<char*>(dst);
   for (int64_t k = 0; k < n; k += 32) {
-    const auto v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const char*>(src) + k));
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(static_cast<char*>(dst) + k), v);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + k));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(t + k), v);
   }
 }
 inline void stream_fence() { _mm_sfence(); }
@@ -259,7 +261,8 @@ void gather_chunk(const In* src, const float* scales, const int64_t* idx, int64_
                   int64_t b1, int64_t d, Out* dst) {
   // Rows are scattered: ask for a row ~2 KiB of reading ahead while converting this one,
   // so its memory latency (and TLB miss) overlaps work instead of stalling every row.
-  const int64_t ahead = std::clamp<int64_t>(2048 / std::max<int64_t>(d * sizeof(In), 1), 1, 8);
+  const int64_t row_bytes = std::max<int64_t>(d * static_cast<int64_t>(sizeof(In)), 1);
+  const int64_t ahead = std::clamp<int64_t>(2048 / row_bytes, 1, 8);
   for (int64_t i = b0; i < b1; ++i) {
     if (i + ahead < b1) prefetch_row(src + idx[i + ahead] * d, d);
     const int64_t r = idx[i];
@@ -275,8 +278,9 @@ template <typename In, typename Out>
 int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& indices,
                          int64_t m, int64_t d, Out* dst) {
   const int64_t* idx = indices.const_data_ptr<int64_t>();
-  const bool streaming = kCanStream && indices.numel() * d * int64_t{sizeof(Out)} >= kStreamBytes &&
-                         (d * sizeof(Out)) % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(Out));
+  const bool streaming = kCanStream && indices.numel() * row_bytes >= kStreamBytes &&
+                         row_bytes % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   parallel_rows(indices, grain_rows(d), [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {

@@ -193,7 +193,8 @@ def test_get_into_reused_buffer(net, data, dtype):
 
 def test_get_out_errors(net, data):
     cache = build(net, data, dtype=torch.int8)
-    with pytest.raises(ValueError, match=r"out must be a contiguous tensor of shape \[2, 8, 2, 2\]"):
+    shape = r"out must be a contiguous tensor of shape \[2, 8, 2, 2\]"
+    with pytest.raises(ValueError, match=shape):
         cache.get([0, 1], out=torch.empty(2, 32))
     with pytest.raises(ValueError, match="not contiguous"):
         cache.get([0, 1], out=torch.empty(2, 2, 2, 8).permute(0, 3, 1, 2))
