@@ -43,6 +43,11 @@ TORCH_LIBRARY(ptcore, m) {
   // Frozen-layer feature cache: int8 row quantization and fused gather + dequantize.
   m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
   m.def("gather_rows(Tensor store, Tensor? scales, Tensor indices, ScalarType dtype) -> Tensor");
+  // Into a caller's buffer. Returns nothing: torch.compile functionalizes a custom op only
+  // when no output aliases an input (ptcore.ops.gather_rows returns `out`).
+  m.def(
+      "gather_rows.out(Tensor store, Tensor? scales, Tensor indices, ScalarType dtype, *, "
+      "Tensor(a!) out) -> ()");
 }
 
 namespace {

@@ -130,18 +130,27 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gather_rows(store: torch.Tensor, scales: torch.Tensor | None, indices: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference for ptcore.ops.gather_rows: rows ``store[indices]`` as ``dtype``, times
-    their per-row scale when ``store`` is int8."""
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= store.shape[0]):
-        raise IndexError(f"indices must be in [0, {store.shape[0]}), got values from "
-                         f"{int(indices.min())} to {int(indices.max())}")
+    their per-row scale when ``store`` is int8; written into ``out`` ([B, D] of ``dtype``)
+    when given."""
+    bad = ((indices < 0) | (indices >= store.shape[0])).nonzero()
+    if bad.numel():
+        pos = int(bad[0])
+        m = store.shape[0]
+        raise IndexError(f"indices[{pos}] = {int(indices[pos])} is out of range for a store of "
+                         f"{m} rows (valid: 0 to {m - 1}; negative indices are not accepted)")
     rows = store.index_select(0, indices).float()
     if store.dtype == torch.int8:
         if scales is None:
             raise ValueError("scales are required when store is int8")
         rows = rows * scales.index_select(0, indices)[:, None]
-    return rows.to(dtype)
+    if out is None:
+        return rows.to(dtype)
+    if out.shape != rows.shape or out.dtype != dtype or out.device != store.device:
+        raise ValueError(f"out must be a {list(rows.shape)} {dtype} tensor on {store.device}, "
+                         f"got {list(out.shape)} {out.dtype} on {out.device}")
+    return out.copy_(rows)
 
 
 def kd_loss_topk(student_logits, teacher_values, teacher_indices, *, temperature=1.0,

@@ -1,13 +1,20 @@
 // Feature-cache ops on CPU: int8 row quantization and fused gather + dequantize.
 #include <ATen/Dispatch_v2.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "common.h"
 #include "cpu/vec_io.h"
+#include "data_checks.h"
 
 namespace ptcore {
 
@@ -51,6 +58,27 @@ void check_gather_args(const at::Tensor& store, const c10::optional<at::Tensor>&
                    "dtype must be float32, float16 or bfloat16, got ", dtype);
 }
 
+void check_gather_out(const at::Tensor& out, const at::Tensor& store,
+                      const c10::optional<at::Tensor>& scales, const at::Tensor& indices,
+                      at::ScalarType dtype) {
+  const std::array<int64_t, 2> shape{indices.size(0), store.size(1)};
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(shape), "out must have shape [",
+                    shape[0], ", ", shape[1], "] (indices × store columns), got ", out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == dtype, "out must be ", dtype, " like dtype, got ",
+                   out.scalar_type());
+  TORCH_CHECK(out.device() == store.device(), "out must be on ", store.device(),
+              " like store, got ", out.device());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous");
+  // Rows are read while out is written: an overlap would read rows already overwritten.
+  const auto overlaps = [&](const at::Tensor& t) {
+    return out.numel() > 0 && t.numel() > 0 &&
+           at::get_overlap_status(out, t) != at::MemOverlapStatus::No;
+  };
+  TORCH_CHECK_VALUE(!overlaps(store), "out must not overlap store");
+  TORCH_CHECK_VALUE(!(scales.has_value() && overlaps(*scales)), "out must not overlap scales");
+  TORCH_CHECK_VALUE(!overlaps(indices), "out must not overlap indices");
+}
+
 namespace cpu {
 namespace {
 
@@ -83,6 +111,29 @@ inline void store_codes(int8_t* p, const Vectorized<float>& q) {
 
 // Rows per parallel task: enough elements that a task outweighs its scheduling.
 inline int64_t grain_rows(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
+
+// f(i0, i1) over contiguous chunks of the rows of `rows` (a contiguous 1-D tensor, one entry
+// per row), on torch's intra-op threads. Not at::parallel_for: ptcore._C is compiled without
+// -fopenmp, and that inline template parallelizes only under _OPENMP, so here it would run
+// every chunk on the calling thread. TensorIterator::for_each is compiled into libtorch
+// and splits the range on torch's own pool (torch.set_num_threads applies); each chunk's
+// data pointer says where it starts.
+template <typename F>
+void parallel_rows(const at::Tensor& rows, int64_t grain, const F& f) {
+  const int64_t n = rows.numel();
+  if (n == 0) return;
+  if (n <= grain || at::get_num_threads() == 1 || at::in_parallel_region()) {
+    f(int64_t{0}, n);
+    return;
+  }
+  auto iter = at::TensorIteratorConfig().add_const_input(rows).build();
+  const char* base = static_cast<const char*>(rows.const_data_ptr());
+  const int64_t size = rows.element_size();
+  iter.for_each([&](char** data, const int64_t* /*strides*/, int64_t n0, int64_t /*n1 = 1*/) {
+    const int64_t i0 = (data[0] - base) / size;
+    f(i0, i0 + n0);
+  }, grain);
+}
 
 template <typename T>
 void quantize_row(const T* x, int64_t d, int8_t* codes, float* scale_out) {
@@ -123,27 +174,72 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in) {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     int8_t* cp = codes.data_ptr<int8_t>();
     float* sp = scales.data_ptr<float>();
-    at::parallel_for(0, m, grain_rows(d), [&](int64_t r0, int64_t r1) {
+    parallel_rows(scales, grain_rows(d), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) quantize_row(xp + r * d, d, cp + r * d, sp + r);
     });
   }), at::kFloat, at::kHalf, at::kBFloat16);
   return {codes, scales};
 }
 
-// One row of the store, dequantized (int8) or converted, into one output row.
-template <typename In, typename Out>
+#if defined(CPU_CAPABILITY_AVX2)
+// Streaming (non-temporal) stores of 8 floats as Out: straight to memory, without first
+// reading each output line for ownership and without evicting the cache's contents. p is
+// 32-byte (float) or 16-byte (half types) aligned.
+constexpr bool kCanStream = true;
+inline void stream(float* p, const Vectorized<float>& v) { _mm256_stream_ps(p, v); }
+inline void stream(at::Half* p, const Vectorized<float>& v) {
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_fp16(__m256(v)));
+}
+inline void stream(at::BFloat16* p, const Vectorized<float>& v) {
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
+}
+inline void stream_bytes(void* dst, const void* src, int64_t n) {  // n: a multiple of 32
+  const char* s = static_cast<const char*>(src);
+  char* t = static_cast<char*>(dst);
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + k));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(t + k), v);
+  }
+}
+inline void stream_fence() { _mm_sfence(); }
+#else
+constexpr bool kCanStream = false;
+template <typename Out>
+inline void stream(Out* p, const Vectorized<float>& v) { store(p, v); }
+inline void stream_bytes(void* dst, const void* src, int64_t n) { std::memcpy(dst, src, n); }
+inline void stream_fence() {}
+#endif
+
+// Outputs at least this large are written with streaming stores: they cannot stay in the
+// last-level cache for their consumer anyway, and skipping the read for ownership of every
+// output line saves about a fifth of a large gather (measured on a 16 MiB-L3 EPYC).
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+// One row of the store, dequantized (int8) or converted, into one output row; with
+// kStream, d * sizeof(Out) is a multiple of 32 and dst 32-byte aligned.
+template <typename In, typename Out, bool kStream>
 void gather_row(const In* src, Out* dst, int64_t d, float scale) {
   if constexpr (std::is_same_v<In, Out>) {
-    std::memcpy(dst, src, d * sizeof(Out));
+    if constexpr (kStream) {
+      stream_bytes(dst, src, d * sizeof(Out));
+    } else {
+      std::memcpy(dst, src, d * sizeof(Out));
+    }
   } else {
     constexpr bool kCodes = std::is_same_v<In, int8_t>;
     const Vectorized<float> vs(scale);
     int64_t j = 0;
     for (; j + kW <= d; j += kW) {
+      Vectorized<float> v;
       if constexpr (kCodes) {
-        store(dst + j, load_codes(src + j) * vs);
+        v = load_codes(src + j) * vs;
       } else {
-        store(dst + j, load(src + j));
+        v = load(src + j);
+      }
+      if constexpr (kStream) {
+        stream(dst + j, v);
+      } else {
+        store(dst + j, v);
       }
     }
     for (; j < d; ++j) {
@@ -156,49 +252,89 @@ void gather_row(const In* src, Out* dst, int64_t d, float scale) {
 template <typename T>
 inline void prefetch_row(const T* row, int64_t d) {
   const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = std::min<int64_t>(d * sizeof(T), 4096);  // beyond: hw prefetcher
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
+  for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
+    __builtin_prefetch(p + off, 0, 3);
+  }
 }
 
+template <typename In, typename Out, bool kStream>
+void gather_chunk(const In* src, const float* scales, const int64_t* idx, int64_t b0,
+                  int64_t b1, int64_t d, Out* dst) {
+  // Rows are scattered: ask for the row ~2 KiB of reading ahead while converting this one,
+  // so its memory latency (and TLB miss) overlaps work instead of stalling every row. Rows
+  // of 2 KiB and more are left to the hardware prefetcher: measured with two threads,
+  // prefetching them cost float32 rows of 512 up to 7%, while int8 rows gained 7-15%.
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(In));
+  const int64_t ahead =
+      row_bytes > 0 && row_bytes < 2048 ? std::min<int64_t>(2048 / row_bytes, 8) : 0;
+  for (int64_t i = b0; i < b1; ++i) {
+    if (ahead > 0 && i + ahead < b1) prefetch_row(src + idx[i + ahead] * d, d);
+    const int64_t r = idx[i];
+    gather_row<In, Out, kStream>(src + r * d, dst + i * d, d, scales ? scales[r] : 1.f);
+  }
+  if constexpr (kStream) stream_fence();  // the rows are visible before the op returns
+}
+
+// Gathers rows idx[0:b] into out; returns the first position whose index is out of [0, m),
+// or -1. Each chunk checks its indices before reading any row, and a chunk holding a bad
+// index gathers nothing, so no row outside the store is read.
 template <typename In, typename Out>
-void gather_rows_impl(const at::Tensor& store_t, const float* scales, const int64_t* idx,
-                      at::Tensor& out) {
-  const int64_t b = out.size(0), d = out.size(1);
-  const In* src = store_t.const_data_ptr<In>();
-  Out* dst = out.data_ptr<Out>();
-  at::parallel_for(0, b, grain_rows(d), [&](int64_t b0, int64_t b1) {
+int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& indices,
+                         int64_t m, int64_t d, Out* dst) {
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(Out));
+  const bool streaming = kCanStream && indices.numel() * row_bytes >= kStreamBytes &&
+                         row_bytes % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  parallel_rows(indices, grain_rows(d), [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
-      // Rows are scattered: ask for the next one while converting this one, so its memory
-      // latency overlaps work instead of stalling the loop at every row start.
-      if (i + 1 < b1) prefetch_row(src + idx[i + 1] * d, d);
-      const int64_t r = idx[i];
-      gather_row<In, Out>(src + r * d, dst + i * d, d, scales ? scales[r] : 1.f);
+      if (idx[i] < 0 || idx[i] >= m) {
+        int64_t seen = first_bad.load();
+        while (i < seen && !first_bad.compare_exchange_weak(seen, i)) {}
+        return;
+      }
+    }
+    if (streaming) {
+      gather_chunk<In, Out, true>(src, scales, idx, b0, b1, d, dst);
+    } else {
+      gather_chunk<In, Out, false>(src, scales, idx, b0, b1, d, dst);
     }
   });
+  const int64_t bad = first_bad.load();
+  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
 }
 
-at::Tensor gather_rows_cpu(const at::Tensor& store_t, const c10::optional<at::Tensor>& scales,
-                           const at::Tensor& indices_in, at::ScalarType dtype) {
-  check_gather_args(store_t, scales, indices_in, dtype);
-  const auto indices = indices_in.contiguous();
-  const int64_t m = store_t.size(0), d = store_t.size(1), b = indices.size(0);
-  const int64_t* idx = indices.const_data_ptr<int64_t>();
-  // Checked up front, in order, so the error names the first bad entry.
-  for (int64_t i = 0; i < b; ++i) {
-    TORCH_CHECK_INDEX(idx[i] >= 0 && idx[i] < m, "indices[", i, "] = ", idx[i],
-                      " is out of range for a store of ", m, " rows (valid: 0 to ", m - 1,
-                      "; negative indices are not accepted)");
-  }
-  auto out = at::empty({b, d}, store_t.options().dtype(dtype));
-  if (b == 0 || d == 0) return out;
+// Rows `indices` (contiguous) of the store into out, both already checked.
+void gather_into(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                 const at::Tensor& indices, at::ScalarType dtype, at::Tensor& out) {
+  const int64_t m = store.size(0), d = store.size(1);
   const float* sp = scales.has_value() ? scales->const_data_ptr<float>() : nullptr;
-  AT_DISPATCH_V2(store_t.scalar_type(), "gather_rows", AT_WRAP([&] {
+  int64_t bad = -1;
+  AT_DISPATCH_V2(store.scalar_type(), "gather_rows", AT_WRAP([&] {
     using In = scalar_t;
     AT_DISPATCH_V2(dtype, "gather_rows", AT_WRAP([&] {
-      gather_rows_impl<In, scalar_t>(store_t, sp, idx, out);
+      bad = gather_rows_impl<In, scalar_t>(store.const_data_ptr<In>(), sp, indices, m, d,
+                                           out.data_ptr<scalar_t>());
     }), at::kFloat, at::kHalf, at::kBFloat16);
   }), at::kChar, at::kFloat, at::kHalf, at::kBFloat16);
+  if (bad >= 0) check_gather_index(indices.const_data_ptr<int64_t>()[bad], bad, m);
+}
+
+at::Tensor gather_rows_cpu(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                           const at::Tensor& indices, at::ScalarType dtype) {
+  check_gather_args(store, scales, indices, dtype);
+  auto out = at::empty({indices.size(0), store.size(1)}, store.options().dtype(dtype));
+  gather_into(store, scales, indices.contiguous(), dtype, out);
   return out;
+}
+
+void gather_rows_out_cpu(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                         const at::Tensor& indices_in, at::ScalarType dtype,
+                         at::Tensor& out) {
+  check_gather_args(store, scales, indices_in, dtype);
+  const auto indices = indices_in.contiguous();
+  check_gather_out(out, store, scales, indices, dtype);
+  gather_into(store, scales, indices, dtype, out);
 }
 
 }  // namespace
@@ -208,4 +344,5 @@ at::Tensor gather_rows_cpu(const at::Tensor& store_t, const c10::optional<at::Te
 TORCH_LIBRARY_IMPL(ptcore, CPU, m) {
   m.impl("quantize_rows", &ptcore::cpu::quantize_rows_cpu);
   m.impl("gather_rows", &ptcore::cpu::gather_rows_cpu);
+  m.impl("gather_rows.out", &ptcore::cpu::gather_rows_out_cpu);
 }

@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <limits>
 
+#include "cuda/first_bad.cuh"
 #include "cuda/reduce.cuh"
+#include "data_checks.h"
 
 namespace ptcore {
 
@@ -20,6 +22,9 @@ namespace ptcore {
 void check_quantize_args(const at::Tensor& x);
 void check_gather_args(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
                        const at::Tensor& indices, at::ScalarType dtype);
+void check_gather_out(const at::Tensor& out, const at::Tensor& store,
+                      const c10::optional<at::Tensor>& scales, const at::Tensor& indices,
+                      at::ScalarType dtype);
 
 namespace cuda {
 namespace {
@@ -80,14 +85,15 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x,      // [M, D]
   }
 }
 
-// blockDim = (threads per row, rows per block); a grid-stride loop over output rows.
-// An out-of-range index trips the device assert (kept in release builds); where asserts
-// are compiled out, the row is filled with NaN instead of being read.
+// blockDim = (threads per row, rows per block); a grid-stride loop over output rows. An
+// out-of-range index is never read: its output row is filled with NaN and, when
+// `first_bad` is given, its position is reported there for the host to raise on.
 template <typename In, typename Out, int N>
 __global__ void gather_rows_kernel(const In* __restrict__ store,         // [M, D]
                                    const float* __restrict__ scales,     // [M] or null
                                    const int64_t* __restrict__ indices,  // [B]
                                    Out* __restrict__ out,                // [B, D]
+                                   unsigned long long* first_bad,        // [1] or null
                                    int64_t m, int64_t b, int64_t d) {
   const int64_t step = static_cast<int64_t>(blockDim.x) * N;
   const int64_t rows_per_grid = static_cast<int64_t>(gridDim.x) * blockDim.y;
@@ -95,7 +101,7 @@ __global__ void gather_rows_kernel(const In* __restrict__ store,         // [M, 
        i += rows_per_grid) {
     const int64_t r = indices[i];
     const bool ok = r >= 0 && r < m;
-    CUDA_KERNEL_ASSERT_MSG(ok, "ptcore::gather_rows: index out of range [0, store rows)");
+    if (!ok && first_bad != nullptr && threadIdx.x == 0) report_bad(first_bad, i);
     const In* src = store + (ok ? r : 0) * d;
     const float s = scales != nullptr && ok ? scales[r] : 1.f;
     Out* dst = out + i * d;
@@ -153,24 +159,25 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x_in) {
 
 template <typename In, typename Out, int N>
 void launch_gather(const at::Tensor& store, const float* scales, const at::Tensor& indices,
-                   at::Tensor& out) {
+                   at::Tensor& out, unsigned long long* first_bad) {
   const int64_t b = out.size(0), d = out.size(1);
   const int tpr = threads_per_row(d, N);
   const dim3 block(tpr, kThreads / tpr);
   const int64_t blocks = std::min<int64_t>((b + block.y - 1) / block.y, 1 << 20);
   gather_rows_kernel<In, Out, N><<<blocks, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
       store.const_data_ptr<In>(), scales, indices.const_data_ptr<int64_t>(),
-      out.data_ptr<Out>(), store.size(0), b, d);
+      out.data_ptr<Out>(), first_bad, store.size(0), b, d);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor gather_rows_cuda(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
-                            const at::Tensor& indices_in, at::ScalarType dtype) {
-  check_gather_args(store, scales, indices_in, dtype);
+// Rows `indices` (contiguous) of the store into out, both already checked. With the input
+// checks on, one device-to-host read per call; a bad index then raises what the CPU raises.
+void gather_into(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                 const at::Tensor& indices, at::ScalarType dtype, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(store.device());
-  const auto indices = indices_in.contiguous();
-  auto out = at::empty({indices.size(0), store.size(1)}, store.options().dtype(dtype));
-  if (out.numel() == 0) return out;
+  if (indices.numel() == 0) return;
+  c10::optional<FirstBad> bad;
+  if (input_checks_enabled()) bad.emplace(indices);
   const float* sp = scales.has_value() ? scales->const_data_ptr<float>() : nullptr;
   AT_DISPATCH_V2(store.scalar_type(), "gather_rows", AT_WRAP([&] {
     using In = scalar_t;
@@ -178,14 +185,35 @@ at::Tensor gather_rows_cuda(const at::Tensor& store, const c10::optional<at::Ten
       constexpr int N = pack_of<In>();
       const bool vec = store.size(1) % N == 0 && aligned(store.const_data_ptr(), kVecBytes) &&
                        aligned(out.const_data_ptr(), N * sizeof(scalar_t));
+      unsigned long long* fb = bad ? bad->ptr() : nullptr;
       if (vec) {
-        launch_gather<In, scalar_t, N>(store, sp, indices, out);
+        launch_gather<In, scalar_t, N>(store, sp, indices, out, fb);
       } else {
-        launch_gather<In, scalar_t, 1>(store, sp, indices, out);
+        launch_gather<In, scalar_t, 1>(store, sp, indices, out, fb);
       }
     }), at::kFloat, at::kHalf, at::kBFloat16);
   }), at::kChar, at::kFloat, at::kHalf, at::kBFloat16);
+  if (bad) {
+    const int64_t pos = bad->read();
+    if (pos >= 0) check_gather_index(indices[pos].item<int64_t>(), pos, store.size(0));
+  }
+}
+
+at::Tensor gather_rows_cuda(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                            const at::Tensor& indices, at::ScalarType dtype) {
+  check_gather_args(store, scales, indices, dtype);
+  auto out = at::empty({indices.size(0), store.size(1)}, store.options().dtype(dtype));
+  gather_into(store, scales, indices.contiguous(), dtype, out);
   return out;
+}
+
+void gather_rows_out_cuda(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
+                          const at::Tensor& indices_in, at::ScalarType dtype,
+                          at::Tensor& out) {
+  check_gather_args(store, scales, indices_in, dtype);
+  const auto indices = indices_in.contiguous();
+  check_gather_out(out, store, scales, indices, dtype);
+  gather_into(store, scales, indices, dtype, out);
 }
 
 }  // namespace
@@ -195,4 +223,5 @@ at::Tensor gather_rows_cuda(const at::Tensor& store, const c10::optional<at::Ten
 TORCH_LIBRARY_IMPL(ptcore, CUDA, m) {
   m.impl("quantize_rows", &ptcore::cuda::quantize_rows_cuda);
   m.impl("gather_rows", &ptcore::cuda::gather_rows_cuda);
+  m.impl("gather_rows.out", &ptcore::cuda::gather_rows_out_cuda);
 }

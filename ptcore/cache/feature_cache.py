@@ -302,18 +302,34 @@ class FeatureCache:
                              "(negative indices are not accepted)")
         return pos, isinstance(index, int)
 
-    def get(self, index, *, epoch: int = 0, out_dtype: torch.dtype = torch.float32,
-            device=None) -> torch.Tensor:
+    def get(self, index, *, epoch: int = 0, out_dtype: torch.dtype | None = None,
+            device=None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Features of samples ``index`` (int, slice, list or LongTensor of positions in this
         cache) as served at ``epoch`` (view epoch % views): ``[B, *sample_shape]``, or
-        ``sample_shape`` for an int index, in ``out_dtype`` on ``device`` (default: the
-        cache's device)."""
-        self._built()
+        ``sample_shape`` for an int index, in ``out_dtype`` (default: ``out``'s dtype, else
+        float32) on ``device`` (default: ``out``'s device, else the cache's device).
+
+        ``out``: a contiguous ``[B, *sample_shape]`` tensor to write the batch into and
+        return, e.g. one buffer reused every step, so that a batch neither allocates nor
+        page-faults fresh memory."""
+        meta = self._built()
         pos, single = self._positions(index)
         rows = pos + (epoch % self.views) * len(self)
-        out = self._store.gather(rows, out_dtype, None if device is None else torch.device(device))
-        out = out.view(-1, *self.sample_shape)
-        return out[0] if single else out
+        dest = None
+        if out is not None:
+            shape = (pos.numel(), *self.sample_shape)
+            if tuple(out.shape) != shape or not out.is_contiguous():
+                raise ValueError(f"out must be a contiguous tensor of shape {list(shape)}, got "
+                                 f"shape {list(out.shape)}"
+                                 + ("" if out.is_contiguous() else " (not contiguous)"))
+            out_dtype = out.dtype if out_dtype is None else out_dtype
+            device = out.device if device is None else device
+            dest = out.view(pos.numel(), meta["row_elems"])
+        out_dtype = torch.float32 if out_dtype is None else out_dtype
+        device = None if device is None else torch.device(device)
+        feats = self._store.gather(rows, out_dtype, device, out=dest)
+        feats = feats.view(-1, *self.sample_shape) if out is None else out
+        return feats[0] if single else feats
 
     def loader(self, batch_size: int, *, shuffle: bool = True,
                generator: torch.Generator | None = None, drop_last: bool = False,

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ptcore.ops import gather_rows
+from ptcore.ops import gather_rows, input_checks
 
 __all__ = ["TIERS", "choose_tier", "RowStore"]
 
@@ -62,43 +62,71 @@ class RowStore:
             rows = _copy_to_host(rows, pin)
             scales = None if scales is None else _copy_to_host(scales, pin)
         self.rows, self.scales = rows, scales
-        self._copy_stream = None
+        # Host → GPU batches: pinned staging buffers for the compact rows (and scales),
+        # reused across batches; the side stream that copies them and the event that says
+        # the last copy has read them.
+        self._staged: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._copy_stream = self._copied = None
 
     @property
     def nbytes(self) -> int:
         return self.rows.nbytes + (0 if self.scales is None else self.scales.nbytes)
 
     def gather(self, index: torch.Tensor, dtype: torch.dtype,
-               device: torch.device | None = None) -> torch.Tensor:
-        """Rows ``index`` (int64, CPU) as ``dtype`` on ``device`` (default: the store's)."""
+               device: torch.device | None = None, *,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``index`` (int64, CPU, each in range: the caller checks) as ``dtype`` on
+        ``device`` (default: the store's); into ``out`` ([B, D], contiguous) when given."""
         device = self.device if device is None else device
         if self.rows.device.type == device.type:
-            return gather_rows(self.rows, self.scales, index.to(self.rows.device), dtype)
+            return _gather(self.rows, self.scales, index.to(self.rows.device), dtype, out)
         if device.type != "cuda":  # rows on the GPU, a CPU batch wanted
-            return gather_rows(self.rows, self.scales, index.to(self.rows.device), dtype).to(device)
-        return self._gather_to_gpu(index, dtype, device)
+            rows = _gather(self.rows, self.scales, index.to(self.rows.device), dtype, None)
+            return rows.cpu() if out is None else out.copy_(rows)
+        return self._gather_to_gpu(index, dtype, device, out)
 
-    def _gather_to_gpu(self, index, dtype, device):
+    def _gather_to_gpu(self, index, dtype, device, out):
         # Select the compact rows into pinned memory, copy them on a side stream (so the copy
         # overlaps kernels already queued), dequantize on the GPU: PCIe carries int8/fp16.
-        b = index.numel()
-        rows = torch.empty((b, self.rows.shape[1]), dtype=self.rows.dtype, pin_memory=True)
-        torch.index_select(self.rows, 0, index, out=rows)
-        scales = None
-        if self.scales is not None:
-            scales = torch.empty((b,), dtype=torch.float32, pin_memory=True)
-            torch.index_select(self.scales, 0, index, out=scales)
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(device)
+            self._copied = torch.cuda.Event()
+        rows, scales = self._staging(index.numel())
+        torch.index_select(self.rows, 0, index, out=rows)
+        if scales is not None:
+            torch.index_select(self.scales, 0, index, out=scales)
         current = torch.cuda.current_stream(device)
         with torch.cuda.stream(self._copy_stream):
             rows = rows.to(device, non_blocking=True)
             scales = None if scales is None else scales.to(device, non_blocking=True)
+            self._copied.record()
         current.wait_stream(self._copy_stream)
         for t in (rows, scales):
             if t is not None:
                 t.record_stream(current)  # allocated on the side stream, used on this one
-        return gather_rows(rows, scales, torch.arange(b, device=device), dtype)
+        return _gather(rows, scales, torch.arange(rows.shape[0], device=device), dtype, out)
+
+    def _staging(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first ``b`` rows of the pinned staging buffers, once the copy that read them
+        last has finished (by the time the next batch is selected it normally has); grown
+        to the largest batch seen, so a batch neither allocates nor page-faults."""
+        self._copied.synchronize()
+        if self._staged is None or self._staged[0].shape[0] < b:
+            rows = torch.empty((b, self.rows.shape[1]), dtype=self.rows.dtype, pin_memory=True)
+            scales = None if self.scales is None else torch.empty(b, pin_memory=True)
+            self._staged = rows, scales
+        rows, scales = self._staged
+        return rows[:b], None if scales is None else scales[:b]
+
+
+def _gather(rows, scales, index, dtype, out):
+    """gather_rows for indices the caller has range-checked on the host: on CUDA without
+    the device-side check, whose flag read would sync the stream every batch. The switch is
+    process-wide, so another thread's CUDA gather in this window runs unchecked too."""
+    if not rows.is_cuda:
+        return gather_rows(rows, scales, index, dtype, out=out)
+    with input_checks(False):
+        return gather_rows(rows, scales, index, dtype, out=out)
 
 
 def _copy_to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:

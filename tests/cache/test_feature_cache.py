@@ -171,3 +171,56 @@ def test_cuda_tiers(net, data, storage, dtype):
     torch.testing.assert_close(got.cpu(), cpu_cache[idx], atol=2e-2, rtol=2e-2)
     feats, labels = next(iter(cache.loader(8)))
     assert feats.is_cuda and labels.is_cuda
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float16, torch.float32])
+def test_get_into_reused_buffer(net, data, dtype):
+    cache = build(net, data, dtype=dtype)
+    ref = expected(net, data.x).double()
+    out = torch.full((4, 8, 2, 2), float("nan"))
+    for idx in ([3, 3, 39, 0], [1, 2, 3, 4]):
+        fresh = cache.get(idx)
+        got = cache.get(idx, out=out)
+        assert got is out and torch.equal(out, fresh)  # identical to a fresh batch
+        tol = {torch.int8: 2e-2, torch.float16: 1e-3, torch.float32: 0}[dtype]
+        torch.testing.assert_close(out.double(), ref[idx], rtol=tol, atol=tol * ref.abs().max())
+    half = torch.empty(2, 8, 2, 2, dtype=torch.float16)  # dtype from out
+    assert torch.equal(cache.get([5, 6], out=half), cache.get([5, 6], out_dtype=torch.float16))
+    one = torch.empty(1, 8, 2, 2)  # an int index: one sample, written to out[0]
+    assert torch.equal(cache.get(7, out=one), cache[7]) and torch.equal(one[0], cache[7])
+    assert cache.get([], out=torch.empty(0, 8, 2, 2)).shape == (0, 8, 2, 2)
+
+
+def test_get_out_errors(net, data):
+    cache = build(net, data, dtype=torch.int8)
+    shape = r"out must be a contiguous tensor of shape \[2, 8, 2, 2\]"
+    with pytest.raises(ValueError, match=shape):
+        cache.get([0, 1], out=torch.empty(2, 32))
+    with pytest.raises(ValueError, match="not contiguous"):
+        cache.get([0, 1], out=torch.empty(2, 2, 2, 8).permute(0, 3, 1, 2))
+    with pytest.raises(TypeError, match="out must be Float like dtype"):
+        cache.get([0, 1], out=torch.empty(2, 8, 2, 2, dtype=torch.float16),
+                  out_dtype=torch.float32)
+
+
+@CUDA
+@pytest.mark.parametrize("storage", ["cpu", "device"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float16])
+def test_cuda_batches_through_staging(net, data, storage, dtype):
+    cpu_cache = build(net, data, dtype=dtype, storage="cpu")
+    cache = build(net.cuda(), data, dtype=dtype, storage=storage)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    # Queue several batches without syncing: each must come out whole, although the host
+    # refills one staging buffer for each of them.
+    batches = [(pos, cache.get(pos)) for pos in order.split(16)]
+    out = torch.empty(16, 8, 2, 2, device="cuda")
+    into = cache.get(order[:16], out=out)
+    torch.cuda.synchronize()
+    for pos, got in batches:
+        assert got.is_cuda and torch.equal(got.cpu(), cpu_cache.get(pos))
+    assert into is out and torch.equal(out.cpu(), cpu_cache.get(order[:16]))
+    if storage == "cpu":
+        staged = cache._store._staged[0]
+        assert staged.is_pinned() and staged.shape[0] == 16
+        cache.get([1, 2])  # a smaller batch reuses the buffers
+        assert cache._store._staged[0].data_ptr() == staged.data_ptr()
