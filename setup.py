@@ -139,7 +139,10 @@ def _extension(with_cuda, version):
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     _write_build_info(with_cuda, archs, version)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden"]  # torch adds its own -std
+    # -fopenmp: at::parallel_for is an inline template that runs in parallel only when the
+    # caller is compiled with OpenMP; the library then shares torch's libgomp (same soname,
+    # already loaded by torch) and its thread count.
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]  # torch adds its own -std
     if _cpu_isa() == "AVX2":
         # at::vec::Vectorized picks its AVX2 implementation from these macros; the
         # loader refuses this build on a CPU without AVX2 (see ptcore/_extension.py).
@@ -161,7 +164,7 @@ def _extension(with_cuda, version):
         extra_compile_args=args,
         # Python's own CFLAGS add -g: 17 of a CPU build's 18 MB would be host DWARF. The
         # symbol table stays (named frames in backtraces), as does nvcc's -lineinfo.
-        extra_link_args=["-Wl,--strip-debug"],
+        extra_link_args=["-Wl,--strip-debug", "-fopenmp"],
     )
 
 
