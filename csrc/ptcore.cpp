@@ -2,16 +2,21 @@
 #include <torch/extension.h>
 
 #include <atomic>
+#include <utility>
 
 #include "data_checks.h"
 #include "generated/build_info.h"
 
 namespace ptcore {
 namespace {
-std::atomic<bool> g_input_checks{true};
+std::atomic<bool> g_input_checks{true};  // the process-wide setting
+thread_local int t_input_checks = -1;    // this thread's override (-1: none)
 }  // namespace
 
-bool input_checks_enabled() { return g_input_checks.load(std::memory_order_relaxed); }
+bool input_checks_enabled() {
+  return t_input_checks >= 0 ? t_input_checks == 1
+                             : g_input_checks.load(std::memory_order_relaxed);
+}
 
 }  // namespace ptcore
 
@@ -73,6 +78,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ptcore native kernels (ops are registered under torch.ops.ptcore)";
   m.def("build_info", &build_info, "What this library was built against and with");
   m.def("_set_input_checks", [](bool on) { return ptcore::g_input_checks.exchange(on); },
-        "Turn the data-dependent input checks of the CUDA kernels on or off; returns the "
-        "previous setting");
+        "Turn the data-dependent input checks of the CUDA kernels on or off for the process; "
+        "returns the previous setting");
+  m.def("_set_thread_input_checks", [](int on) { return std::exchange(ptcore::t_input_checks, on); },
+        "This thread's override of the input checks (1 on, 0 off, -1 follow the process "
+        "setting); returns the previous override");
+  m.def("_input_checks_enabled", &ptcore::input_checks_enabled,
+        "Whether the CUDA input checks run for calls from this thread");
 }

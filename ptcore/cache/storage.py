@@ -121,8 +121,8 @@ class RowStore:
 
 def _gather(rows, scales, index, dtype, out):
     """gather_rows for indices the caller has range-checked on the host: on CUDA without
-    the device-side check, whose flag read would sync the stream every batch. The switch is
-    process-wide, so another thread's CUDA gather in this window runs unchecked too."""
+    the device-side check, whose flag read would sync the stream every batch (for this
+    thread only: other threads keep their checks)."""
     if not rows.is_cuda:
         return gather_rows(rows, scales, index, dtype, out=out)
     with input_checks(False):

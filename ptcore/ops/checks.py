@@ -11,7 +11,7 @@ import contextlib
 
 from ptcore._extension import has_native, native_library
 
-__all__ = ["set_input_checks", "input_checks"]
+__all__ = ["set_input_checks", "input_checks", "input_checks_enabled"]
 
 _python_setting = True  # mirrors the native switch when the library did not load
 
@@ -31,9 +31,20 @@ def set_input_checks(enabled: bool) -> bool:
 
 @contextlib.contextmanager
 def input_checks(enabled: bool):
-    """Context manager form of :func:`set_input_checks`: restores the setting on exit."""
-    previous = set_input_checks(enabled)
+    """Turn the checks on or off for calls from this thread, within the block (other
+    threads keep the process setting of :func:`set_input_checks`); restored on exit."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    if not has_native():
+        yield
+        return
+    previous = native_library()._set_thread_input_checks(int(enabled))
     try:
         yield
     finally:
-        set_input_checks(previous)
+        native_library()._set_thread_input_checks(previous)
+
+
+def input_checks_enabled() -> bool:
+    """Whether the CUDA input checks run for calls from this thread."""
+    return bool(native_library()._input_checks_enabled()) if has_native() else _python_setting

@@ -347,3 +347,37 @@ def test_bad_input_raises_the_same_error_everywhere(name, call, exc, device):
     # The CUDA context survives: the next op runs and is right.
     s, t = torch.randn(3, 7, device=device), torch.randn(3, 7, device=device)
     torch.testing.assert_close(ptcore.kd_loss(s, t).cpu(), reference.kd_loss(s.cpu(), t.cpu()))
+
+
+def test_input_checks_switch_is_per_thread_in_a_block_and_per_process_otherwise():
+    import threading
+
+    from ptcore.ops.checks import input_checks_enabled
+
+    assert input_checks_enabled()
+    seen = {}
+    entered, release = threading.Event(), threading.Event()
+
+    def other():
+        entered.wait(10)
+        seen["other"] = input_checks_enabled()
+        release.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with ptcore.input_checks(False):
+        assert not input_checks_enabled()
+        entered.set()
+        release.wait(10)
+    worker.join(10)
+    assert seen["other"] and input_checks_enabled()
+    previous = ptcore.set_input_checks(False)
+    try:
+        assert previous and not input_checks_enabled()
+        with ptcore.input_checks(True):
+            assert input_checks_enabled()
+        assert not input_checks_enabled()
+    finally:
+        ptcore.set_input_checks(True)
+    with pytest.raises(TypeError):
+        ptcore.set_input_checks(1)
