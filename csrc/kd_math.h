@@ -72,6 +72,24 @@ C10_HOST_DEVICE inline T finite_or_nan(T g) {
   return (g - g == T(0)) ? g : std::numeric_limits<T>::quiet_NaN();
 }
 
+// A row's gradient coefficients for a gradient gr on its loss: c_soft multiplies
+// ∂D/∂(s/T), c_hard the hard term. An infinite gr, or a NaN among the row's statistics
+// `st`, makes the whole row's gradient NaN (as the reference's autograd gives), not only
+// the entries the NaN touches.
+template <typename T>
+struct GradCoefs {
+  T c_soft, c_hard;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline GradCoefs<T> grad_coefs(T gr, const T* st, T soft_coef, T hard_coef,
+                                               T inv_t) {
+  gr = finite_or_nan(gr);
+  bool nan = false;
+  for (int k = 0; k < kStats; ++k) nan = nan || st[k] != st[k];
+  return {nan ? std::numeric_limits<T>::quiet_NaN() : gr * soft_coef * inv_t, gr * hard_coef};
+}
+
 // new_max - old_max, with -inf - -inf = 0 (an empty or fully masked slice stays so).
 template <typename T>
 C10_HOST_DEVICE inline T shift(T new_max, T old_max) {

@@ -6,10 +6,8 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 
 #include "common.h"
@@ -285,12 +283,11 @@ int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& i
   const int64_t row_bytes = d * static_cast<int64_t>(sizeof(Out));
   const bool streaming = kCanStream && indices.numel() * row_bytes >= kStreamBytes &&
                          row_bytes % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
-  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  FirstBadRow first_bad;
   parallel_rows(indices, grain_rows(d), [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
-      if (idx[i] < 0 || idx[i] >= m) {
-        int64_t seen = first_bad.load();
-        while (i < seen && !first_bad.compare_exchange_weak(seen, i)) {}
+      if (!gather_index_ok(idx[i], m)) {
+        first_bad.report(i);
         return;
       }
     }
@@ -300,8 +297,7 @@ int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& i
       gather_chunk<In, Out, false>(src, scales, idx, b0, b1, d, dst);
     }
   });
-  const int64_t bad = first_bad.load();
-  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
+  return first_bad.get();
 }
 
 // Rows `indices` (contiguous) of the store into out, both already checked.

@@ -21,10 +21,8 @@ void check_topk_indices(const at::Tensor& idx, int64_t V) {
   const int64_t* p = idx.const_data_ptr<int64_t>();
   const int64_t bad = first_bad_row(N, std::max<int64_t>(1, 4096 / K), [&](int64_t i) {
     thread_local std::vector<int64_t> row;
-    row.assign(p + i * K, p + (i + 1) * K);
-    std::sort(row.begin(), row.end());
-    return row.front() < 0 || row.back() >= V ||
-           std::adjacent_find(row.begin(), row.end()) != row.end();
+    sort_topk_row(p + i * K, K, row);
+    return !sorted_topk_row_ok(row, V);
   });
   if (bad >= 0) {
     std::vector<int64_t> scratch;
@@ -63,7 +61,7 @@ void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, 
   using A = acc_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   const A inv_t = static_cast<A>(o.inv_t);
-  const GradCoefs<A> coefs = grad_coefs(gr, sti, o);
+  const kd::GradCoefs<A> coefs = grad_coefs(gr, sti, o);
   const A c_soft = K == 0 ? A(0) : coefs.c_soft, c_hard = coefs.c_hard;
   const bool hard = o.hard_coef != 0;
   // Dense part, c_soft · p_s + c_hard · softmax(s).

@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -119,52 +118,32 @@ inline bool row_counts(const int64_t* labels, int64_t i, const Options& o) {
 // The first row in [0, n) for which bad(i) holds, or -1; rows are scanned in parallel.
 template <typename F>
 int64_t first_bad_row(int64_t n, int64_t grain, const F& bad) {
-  std::atomic<int64_t> first{std::numeric_limits<int64_t>::max()};
+  FirstBadRow first;
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end && i < first.load(std::memory_order_relaxed); ++i) {
+    for (int64_t i = begin; i < end && i < first.first(); ++i) {
       if (bad(i)) {
-        int64_t cur = first.load();
-        while (i < cur && !first.compare_exchange_weak(cur, i)) {
-        }
+        first.report(i);
         return;
       }
     }
   });
-  const int64_t row = first.load();
-  return row == std::numeric_limits<int64_t>::max() ? -1 : row;
+  return first.get();
 }
 
 // Labels in [0, V) or ignore_index, whatever hard_weight is (as on CUDA).
 inline void check_label_range(const at::Tensor& labels, int64_t V, int64_t ignore_index) {
   const int64_t* p = labels.const_data_ptr<int64_t>();
   const int64_t bad = first_bad_row(labels.numel(), 4096, [&](int64_t i) {
-    return p[i] != ignore_index && (p[i] < 0 || p[i] >= V);
+    return !label_ok(p[i], V, ignore_index);
   });
   if (bad >= 0) check_label(p[bad], bad, V, ignore_index);
 }
 
-// Whether a row's statistics hold a NaN: its loss is NaN, and so is all of its gradient
-// (as the reference's autograd gives), not only the entries the NaN touches.
+// A row's gradient coefficients (see kd::grad_coefs) for a gradient gr on its loss.
 template <typename A>
-inline bool nan_row(const A* st) {
-  bool nan = false;
-  for (int k = 0; k < kd::kStats; ++k) nan = nan || std::isnan(st[k]);
-  return nan;
-}
-
-// A row's gradient coefficients for a row-loss gradient gr: c_soft multiplies ∂D/∂(s/T),
-// c_hard the hard term; an infinite gr or a NaN row makes the whole row NaN.
-template <typename A>
-struct GradCoefs {
-  A c_soft, c_hard;
-};
-
-template <typename A>
-inline GradCoefs<A> grad_coefs(A gr, const A* st, const Options& o) {
-  gr = kd::finite_or_nan(gr);
-  return {nan_row(st) ? std::numeric_limits<A>::quiet_NaN()
-                      : gr * static_cast<A>(o.soft_coef) * static_cast<A>(o.inv_t),
-          gr * static_cast<A>(o.hard_coef)};
+inline kd::GradCoefs<A> grad_coefs(A gr, const A* st, const Options& o) {
+  return kd::grad_coefs(gr, st, static_cast<A>(o.soft_coef), static_cast<A>(o.hard_coef),
+                        static_cast<A>(o.inv_t));
 }
 
 inline int64_t grain(int64_t V) { return std::max<int64_t>(1, 16384 / V); }

@@ -100,7 +100,7 @@ __global__ void gather_rows_kernel(const In* __restrict__ store,         // [M, 
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; i < b;
        i += rows_per_grid) {
     const int64_t r = indices[i];
-    const bool ok = r >= 0 && r < m;
+    const bool ok = gather_index_ok(r, m);
     if (!ok && first_bad != nullptr && threadIdx.x == 0) report_bad(first_bad, i);
     const In* src = store + (ok ? r : 0) * d;
     const float s = scales != nullptr && ok ? scales[r] : 1.f;

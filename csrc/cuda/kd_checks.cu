@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t y = labels[i];
-    if (y != ignore_index && (y < 0 || y >= V)) report_bad(first, i);
+    if (!label_ok(y, V, ignore_index)) report_bad(first, i);
   }
 }
 

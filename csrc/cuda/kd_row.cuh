@@ -43,22 +43,14 @@ __device__ __forceinline__ Acc row_allreduce(const Acc& r, float inv_t, kd::Div 
       r, [=](Acc x, const Acc& y) { x.merge(y, inv_t, div); return x; }, Acc{}, smem);
 }
 
-// A row's gradient coefficients for a row-loss gradient gr: c_soft multiplies ∂D/∂(s/T),
-// c_hard the hard term. An infinite gr, or a NaN among the row's statistics, makes the
-// whole row's gradient NaN (as the reference's autograd does); rows that do not count
+// A row's gradient coefficients (see kd::grad_coefs); rows that do not count
 // (ignore_index) get exactly zero.
-struct GradCoefs {
-  float c_soft, c_hard;
-};
+using GradCoefs = kd::GradCoefs<float>;
 
 __device__ __forceinline__ GradCoefs grad_coefs(float gr, bool counts, const float* st,
                                                 float soft_coef, float hard_coef, float inv_t) {
   if (!counts) return {0.f, 0.f};
-  gr = kd::finite_or_nan(gr);
-  bool nan = false;
-#pragma unroll
-  for (int k = 0; k < kd::kStats; ++k) nan = nan || isnan(st[k]);
-  return {nan ? NAN : gr * soft_coef * inv_t, gr * hard_coef};
+  return kd::grad_coefs(gr, st, soft_coef, hard_coef, inv_t);
 }
 
 // __shared__ variables cannot have constructors (Acc has initializers): raw storage.
