@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ptcore.cache import persist
 from ptcore.cache.build import encode, inference, module_device, run_module
-from ptcore.cache.fingerprint import dataset_parts, digest_parts, explain_change, module_digest
+from ptcore.cache.fingerprint import (VERIFY, dataset_parts, digest_parts, explain_change,
+                                      module_digest)
 from ptcore.cache.storage import TIERS, RowStore, choose_tier
 from ptcore.cache.transforms import random_transforms
 from ptcore.cache.views import CacheDataset, CacheLoader
@@ -65,12 +66,16 @@ class FeatureCache:
             the dataset applies torchvision random transforms.
         shard: False (each process caches everything), True (each torch.distributed rank
             caches samples rank::world_size) or an explicit ``(rank, world_size)``.
+        verify: how much of the data the fingerprint reads (deterministic data): "sample"
+            (1% of the items, at least 3) or "full" (every item); labels and the data's
+            origin (files, their sizes and times; in-memory tensors) always count.
     """
 
     def __init__(self, module: torch.nn.Module, dataset, *, dtype: torch.dtype = torch.float16,
                  storage: str = "auto", path: str | os.PathLike | None = None,
                  batch_size: int = 256, device=None, views: int | None = None,
-                 progress: bool = True, shard=False, num_workers: int = 0):
+                 progress: bool = True, shard=False, num_workers: int = 0,
+                 verify: str = "sample"):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         if dtype not in DTYPES:
@@ -81,6 +86,9 @@ class FeatureCache:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if views is not None and (not isinstance(views, int) or views < 1):
             raise ValueError(f"views must be a positive int or None, got {views!r}")
+        if verify not in VERIFY:
+            raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+        self.verify = verify
         self.module, self.dataset, self.dtype = module, dataset, dtype
         self.storage, self.batch_size, self.progress = storage, batch_size, progress
         self.num_workers = num_workers
@@ -123,14 +131,18 @@ class FeatureCache:
             torch.distributed.barrier()
         if self.path is None:
             self._build_in_memory(parts)
-        elif not self._load(parts):
-            self._build_on_disk(parts)
+        else:
+            persist.claim_directory(self.path)
+            with persist.directory_lock(self.path):  # a concurrent builder waits, then loads
+                if not self._load(parts):
+                    self._build_on_disk(parts)
         if leader_first and rank == 0:
             torch.distributed.barrier()
         return self
 
     def _parts(self, probe: bool) -> dict:
-        return dict(dataset_parts(self.dataset, probe=probe), module=module_digest(self.module),
+        return dict(dataset_parts(self.dataset, probe=probe, verify=self.verify),
+                    module=module_digest(self.module),
                     dtype=DTYPES[self.dtype], views=self.views,
                     shard=[self.rank, self.world_size], format=persist.FORMAT)
 
@@ -180,7 +192,6 @@ class FeatureCache:
         self._install(meta, store, scales, labels, tier=tier)
 
     def _build_on_disk(self, parts: dict) -> None:
-        os.makedirs(self.path, exist_ok=True)
         progress = persist.read_json(os.path.join(self.path, "progress.json"))
         writer, start = None, 0
         if progress is not None and progress.get("parts") == parts:
@@ -190,7 +201,7 @@ class FeatureCache:
                 start = progress["rows_done"]
                 warnings.warn(f"FeatureCache: resuming the interrupted build at {self.path} "
                               f"from row {start} of {progress['rows']}", stacklevel=3)
-            except persist.CacheFileError as e:
+            except (persist.CacheFileError, KeyError, TypeError) as e:
                 warnings.warn(f"FeatureCache: restarting the build at {self.path}: {e}",
                               stacklevel=3)
         try:
@@ -205,7 +216,7 @@ class FeatureCache:
                     writer.commit()
                     last_commit = time.monotonic()
             meta = writer.finish({k: v for k, v in progress.items()
-                                  if k not in ("row_bytes", "rows_done", "samples_done")})
+                                  if k not in ("row_bytes", "rows_done", "samples_done", "sha256")})
         finally:
             if writer is not None:
                 writer.close()
@@ -220,14 +231,15 @@ class FeatureCache:
         if meta is None:
             return False
         if meta.get("parts") != parts:
-            why = explain_change(meta.get("parts") or {}, parts)
+            old = meta.get("parts")
+            why = explain_change(old if isinstance(old, dict) else {}, parts)
             warnings.warn(f"FeatureCache: rebuilding the cache at {self.path}: {why}",
                           stacklevel=3)
             os.unlink(meta_path)
             return False
         try:
             tensors = persist.load_verified(self.path, meta)
-        except (persist.CacheFileError, OSError, KeyError) as e:
+        except (persist.CacheFileError, OSError) as e:
             warnings.warn(f"FeatureCache: rebuilding the cache at {self.path}: {e}", stacklevel=3)
             os.unlink(meta_path)
             return False

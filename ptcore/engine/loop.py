@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,15 +23,26 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ptcore.engine import distributed as D
-from ptcore.engine.checkpoint import load_checkpoint, save_checkpoint
+from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ptcore.engine.files import remove_stale_temps
 from ptcore.engine.metrics import MetricsLog
 from ptcore.engine.precise_bn import recompute_bn_stats
+from ptcore.engine.rng import get_rng_state, set_rng_state
 from ptcore.engine.schedules import make_schedule
+from ptcore.engine.settings import (differences, model_signature, optimizer_settings,
+                                    plain)
+from ptcore.errors import UserError
 
-__all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS"]
+__all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "check_grad_clip",
+           "RunFolderError", "CHECKPOINT", "METRICS", "RESUME_MODES"]
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
+RESUME_MODES = (False, True, "auto")
+
+
+class RunFolderError(UserError, ValueError):
+    """An output folder that holds another run, or no run to resume."""
 
 
 def classification_step(model: nn.Module, batch) -> dict:
@@ -106,21 +116,6 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256,
     return {"loss": loss / n, "accuracy": correct / n, "count": int(count)}
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _trainable(model: nn.Module) -> tuple[int, ...]:
     return tuple(i for i, p in enumerate(model.parameters()) if p.requires_grad)
 
@@ -131,6 +126,16 @@ def _loader(data, batch_size, seed, epoch, drop_last, num_workers) -> DataLoader
     sampler.set_epoch(epoch)
     return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=num_workers)
+
+
+def check_grad_clip(grad_clip) -> None:
+    # A negative max-norm would flip every gradient; 0, inf and NaN clip to nonsense.
+    if grad_clip is None:
+        return
+    if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) \
+            or not 0 < grad_clip < math.inf:
+        raise ValueError(f"grad_clip must be None or a finite number > 0 (the largest "
+                         f"gradient norm), got {grad_clip!r}")
 
 
 def check_precise_bn(precise_bn) -> None:
@@ -175,17 +180,22 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     accumulate`` samples per step. ``on_epoch_start`` callbacks run before each epoch (and
     again on resume), e.g. to unfreeze; frozen parameters are excluded from DDP, which is
     rebuilt when the set of trainable parameters changes. With ``out_dir`` a checkpoint
-    (``last.pt``) and ``metrics.jsonl`` are written every epoch; ``resume=True`` continues
-    from the checkpoint there exactly (model, optimizer, scheduler, scaler, RNG, epoch).
+    (``last.pt``) and ``metrics.jsonl`` are written every epoch; a folder that already holds
+    a checkpoint is refused unless ``resume``. ``resume=True`` continues from the checkpoint
+    there exactly (model, optimizer, scheduler, scaler, RNG, epoch) and refuses one made with
+    other settings (naming them) or a missing one; ``resume="auto"`` starts when there is none.
     ``meta`` is stored in checkpoints (e.g. the model name, for reloading).
     ``precise_bn``: after each epoch, recompute the running statistics of the BatchNorm
     layers in training mode over this many training batches (see
     :func:`ptcore.engine.precise_bn.recompute_bn_stats`); 0 keeps the moving averages.
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
-        if not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     check_precise_bn(precise_bn)
+    check_grad_clip(grad_clip)
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
     distributed = D.setup()
     device = torch.device(device) if device is not None else D.default_device()
     amp_dtype = resolve_amp(amp, device)
@@ -199,8 +209,12 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     def epoch_data(epoch):
         return train_data(epoch) if callable(train_data) else train_data
 
-    ckpt = load_checkpoint(ckpt_path) \
-        if resume and ckpt_path.is_file() else None
+    settings = plain({"epochs": epochs, "batch_size": batch_size, "accumulate": accumulate,
+                "world_size": D.world_size(), "schedule": schedule, "warmup": warmup,
+                "seed": seed, "drop_last": drop_last, "grad_clip": grad_clip,
+                "precise_bn": precise_bn, "optimizer": optimizer_settings(optimizer),
+                "model": model_signature(model.state_dict()), "meta": meta or {}})
+    ckpt = _open_run(out, resume, settings) if out is not None else None
     start = ckpt["epoch"] if ckpt is not None else 0
     probe = _loader(epoch_data(min(start, epochs - 1)), batch_size, seed, 0, drop_last, 0)
     steps_per_epoch = math.ceil(len(probe) / accumulate)
@@ -213,10 +227,10 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         history = list(ckpt.get("history", []))
-    if log is not None and D.is_main():
-        log.truncate(start)
+    if log is not None:
+        D.on_main(lambda: log.rewrite(history), f"writing {log.path}")
 
     wrapped, wrapped_for = model, None
     for epoch in range(start, epochs):
@@ -275,11 +289,46 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
             record.update({f"val_{k}": v for k, v in val.items()})
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
-        if out is not None and D.is_main():
-            save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict() if scaler is not None else None,
-                            rng=_rng_state(), history=history, meta=meta or {})
-            log.append(record)
-        D.barrier()
+        if out is not None:
+            def save():
+                log.append(record)  # first: a kill before the checkpoint drops it on resume
+                save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
+                                optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(),
+                                scaler=scaler.state_dict() if scaler is not None else None,
+                                rng=get_rng_state(), history=history, meta=meta or {},
+                                settings=settings)
+            D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
+        else:
+            D.barrier()
     return history
+
+
+def _open_run(out: Path, resume, settings: dict) -> dict | None:
+    """The checkpoint to resume from (None: start), after checking that ``out`` holds no
+    other run (a new run) or this run's checkpoint (a resumed one). Rank 0 reads the file
+    and broadcasts it, so ranks with node-local disks agree."""
+    D.on_main(lambda: remove_stale_temps(out), f"cleaning {out}")
+    path = out / CHECKPOINT
+    if not resume:
+        if D.on_main(path.is_file, f"looking for {path}"):
+            raise RunFolderError(f"{str(out)!r} holds another run's checkpoint ({CHECKPOINT}); "
+                                 "resume it (--resume, resume=True) or replace it "
+                                 "(--overwrite, or delete the folder)")
+        return None
+    ckpt = load_checkpoint(path, from_main=True)
+    if ckpt is None:
+        if resume == "auto":
+            return None
+        raise RunFolderError(f"nothing to resume: {str(path)!r} does not exist (check the "
+                             "output folder; --resume auto starts a new run when there is none)")
+    if "settings" in ckpt:
+        diff = differences(ckpt["settings"], settings)
+        if diff:
+            raise CheckpointError(f"{str(path)!r} was made with other settings ("
+                                  + "; ".join(diff) + "): resume with the same ones, or start "
+                                  "over with --overwrite")
+    elif model_signature(ckpt["model"]) != settings["model"]:
+        raise CheckpointError(f"{str(path)!r} holds another model (state_dict names or shapes "
+                              "differ): resume with the same model, or start over")
+    return ckpt

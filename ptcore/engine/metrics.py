@@ -1,5 +1,7 @@
-"""Metrics as JSON lines: one record per epoch, appended; on resume the records of epochs
-that will be re-run are dropped so the file reads as one uninterrupted run."""
+"""Metrics as JSON lines: one record per epoch, appended before the epoch's checkpoint; on
+resume the file is rewritten from the checkpoint's history, so it reads as one uninterrupted
+run whatever a kill interrupted (a line without its checkpoint is dropped, and no epoch
+whose checkpoint landed is ever missing)."""
 from __future__ import annotations
 
 import json
@@ -29,12 +31,13 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
-    def truncate(self, epoch: int) -> None:
-        """Keep only the records of epochs before ``epoch``."""
-        kept = [r for r in read_metrics(self.path) if r.get("epoch", -1) < epoch]
-        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the file by ``records`` (the checkpoint's history; [] for a new run)."""
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -20,6 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from ptcore import engine
 from ptcore.data import is_deterministic, targets_of
 from ptcore.engine import distributed as D
+from ptcore.engine.rng import get_rng_state, set_rng_state
 from ptcore.models import StagedModel, expand_head, get_head, replace_head, split_index, stages
 from ptcore.models import freeze as freeze_module
 from ptcore.ops import kd_loss
@@ -300,18 +301,20 @@ class Incremental:
                 out / f"task_{t}" / STATE, self.model.state_dict(), task=t,
                 plan=self._plan_record(), R=self.R, history=self.history, means=self.means,
                 memory=self.memory.state_dict() if self.memory is not None else None,
-                ewc=self.ewc.state_dict() if self.ewc is not None else None)
+                ewc=self.ewc.state_dict() if self.ewc is not None else None,
+                rng=get_rng_state())  # the next task's new head rows and batches
             # The task is done: its state supersedes the engine's mid-task checkpoint.
             (out / f"task_{t}" / engine.CHECKPOINT).unlink(missing_ok=True)
         D.barrier()
 
     def _restore(self, out: Path) -> int:
         """Load the state after the last finished task under ``out``; the next task's index."""
-        done = [t for t in range(len(self.plan.spans)) if (out / f"task_{t}" / STATE).is_file()]
+        done = D.on_main(lambda: [t for t in range(len(self.plan.spans))
+                                  if (out / f"task_{t}" / STATE).is_file()], f"reading {out}")
         if not done:
             return 0
         t = done[-1]
-        state = engine.load_checkpoint(out / f"task_{t}" / STATE)
+        state = engine.load_checkpoint(out / f"task_{t}" / STATE, from_main=True)
         if state["plan"] != self._plan_record():
             raise ValueError(f"{out} holds a run of {state['plan']}, not of "
                              f"{self._plan_record()}: resume with the same method and tasks")
@@ -326,6 +329,8 @@ class Incremental:
         if self.ewc is not None:
             self.ewc.load_state_dict({k: {n: v.to(self.device) for n, v in d.items()}
                                       for k, d in state["ewc"].items()})
+        if "rng" in state:
+            set_rng_state(state["rng"])
         return t + 1
 
     # -- the sequence --------------------------------------------------------------------
@@ -355,11 +360,16 @@ class Incremental:
         train = [self.plan.remap(d) for d in train_tasks]
         test = [self.plan.remap(d) for d in test_tasks]
         out = Path(out_dir) if out_dir is not None else None
+        if out is not None and not resume and D.on_main(
+                lambda: any(out.glob(f"task_*/{STATE}")), f"reading {out}"):
+            raise engine.RunFolderError(f"{str(out)!r} holds another incremental run; resume it "
+                                        "(resume=True) or replace it (--overwrite)")
         start = self._restore(out) if resume else 0
         began = time.perf_counter()
         for t in range(start, len(train)):
             task_dir = out / f"task_{t}" if out is not None else None
-            self.history.append(self._learn(t, train, task_dir, resume))
+            # Only the first task left may have a mid-task checkpoint; later ones start.
+            self.history.append(self._learn(t, train, task_dir, "auto" if resume else False))
             self._consolidate(t, train)
             self._record(t, test)
             if out is not None:
