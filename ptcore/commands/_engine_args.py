@@ -11,7 +11,8 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
                          lr: float = 1e-3, weight_decay: float = 0.01,
                          epochs_help: str = "training epochs") -> None:
     """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --device
-    --seed --out --resume --no-progress. ``--out`` is not required here: a --config may give it."""
+    --seed --out --resume --overwrite --ddp-timeout --no-progress. ``--out`` is not required
+    here: a --config may give it."""
     from ptcore.engine.schedules import SCHEDULES
 
     g = p.add_argument_group("training loop")
@@ -30,10 +31,35 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if present)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="output directory (required, here or in --config)")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode,
+                   metavar="auto", help="continue the interrupted run in --out (an error if "
+                   "there is none); --resume auto: continue it if there is one, else start "
+                   "(for preemptible jobs)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds (its checkpoints and metrics)")
+    g.add_argument("--ddp-timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the "
+                   "job fails (default $PTCORE_DDP_TIMEOUT or 600)")
     # --quiet: the spelling `ptcore finetune` had first; kept so old scripts still run.
     g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="no progress bars")
+
+
+def int_list(text: str) -> list[int]:
+    """``--classes 5,6,7``: class ids (ints >= 0), comma-separated."""
+    try:
+        ids = [int(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        ids = None
+    if not ids or any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids >= 0, got {text!r}")
+    return ids
+
+
+def _resume_mode(text: str):
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
+    return "auto"
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

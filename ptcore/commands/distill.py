@@ -1,8 +1,6 @@
 """`ptcore distill`: train a student on a frozen teacher's soft labels, from few labels
 and an unlabelled pool (ptcore.strategies.Distill)."""
-import sys
-
-from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
+from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 
 CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
@@ -28,7 +26,8 @@ def add_parser(sub):
                    "with --root")
     p.add_argument("--root", help="where a torchvision dataset's files are")
     p.add_argument("--image-size", type=int, default=32, help="the student's input size")
-    p.add_argument("--classes", help="comma-separated class ids to keep (relabelled 0..k-1)")
+    p.add_argument("--classes", type=int_list,
+                   help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--teacher-image-size", type=int,
                    help="the teacher's input size (inputs are resized for it)")
     p.add_argument("--labels-per-class", type=int,
@@ -51,17 +50,17 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from ptcore.commands._run_folder import open_run_folder
     from ptcore.config import merge_config
+    from ptcore.engine.distributed import is_main
 
-    try:
-        merge_config(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
-                     aliases={"model.name": "student", "model.weights": "student_weights",
-                              "data.shots": "labels_per_class",
-                              "strategy.teacher_input_size": "teacher_image_size"})
-        summary = _distill(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:  # ConfigError is a ValueError
-        print(f"ptcore distill: error: {e}", file=sys.stderr)
-        return 2
+    merge_config(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
+                 aliases={"model.name": "student", "model.weights": "student_weights",
+                          "data.shots": "labels_per_class",
+                          "strategy.teacher_input_size": "teacher_image_size"})
+    summary = _distill(args, open_run_folder(args, "distill"))
+    if not is_main():
+        return 0
     test = summary["test"]
     print(f"student {args.student}: test accuracy {100 * test['accuracy']:.2f}% on "
           f"{test['count']} samples ({summary['labelled']} labelled, {summary['unlabelled']} "
@@ -70,7 +69,7 @@ def run(args) -> int:
     return 0
 
 
-def _distill(args) -> dict:
+def _distill(args, resume) -> dict:
     from pathlib import Path
 
     import torch
@@ -83,7 +82,7 @@ def _distill(args) -> dict:
 
     data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
     if args.classes:
-        data = class_subset(data, [int(c) for c in str(args.classes).split(",")])
+        data = class_subset(data, args.classes)
     classes = len(targets_of(data).unique())
     train, val, test = train_val_test_split(data, args.val, args.test, seed=args.seed)
     labelled, unlabelled = (k_shot(train, args.labels_per_class, seed=args.seed)
@@ -102,8 +101,9 @@ def _distill(args) -> dict:
         cache_dir=args.cache_dir))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
             "teacher": args.teacher, "image_size": args.image_size}
-    summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=args.resume,
+    summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=resume,
                            meta=meta)
     summary["test"] = strategy.evaluate(test)
-    engine.atomic_write_json(Path(args.out) / "summary.json", summary)
+    if engine.distributed.is_main():
+        engine.atomic_write_json(Path(args.out) / "summary.json", summary)
     return summary

@@ -1,8 +1,6 @@
 """`ptcore finetune`: fine-tune a registered model on digits, an image folder or a
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
-import sys
-
-from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
+from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 
 
 def add_parser(sub):
@@ -18,7 +16,8 @@ def add_parser(sub):
                    "torchvision dataset name with --data-root")
     p.add_argument("--data-root", help="root of a torchvision dataset given by name")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--classes", help="comma-separated class ids to keep (relabelled 0..k-1)")
+    p.add_argument("--classes", type=int_list,
+                   help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--shots", type=int, help="labelled samples per class for training")
     p.add_argument("--val", type=float, default=0.15, help="validation fraction")
     p.add_argument("--test", type=float, default=0.15, help="test fraction")
@@ -37,32 +36,32 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.config import ConfigError, merge_config
+    from ptcore.commands._run_folder import open_run_folder
+    from ptcore.config import merge_config
+    from ptcore.engine.distributed import is_main
 
-    try:
-        merge_config(args, "finetune", required=("model", "out"))
-        summary = _finetune(args)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"ptcore finetune: error: {e}", file=sys.stderr)
-        return 2
+    merge_config(args, "finetune", required=("model", "out"))
+    resume = open_run_folder(args, "finetune")
+    summary = _finetune(args, resume)
     test = summary["test"]
-    if test:
+    if test and is_main():
         print(f"{args.model}: test accuracy {100 * test['accuracy']:.2f}% on {test['count']} "
               f"samples; results in {args.out}")
     return 0
 
 
-def _finetune(args) -> dict:
+def _finetune(args, resume) -> dict:
     from pathlib import Path
 
     from ptcore import data as D
     from ptcore.engine import atomic_write_json
+    from ptcore.engine.distributed import is_main
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
     dataset = D.dataset_from_spec(args.data, image_size=args.image_size, root=args.data_root)
     if args.classes:
-        dataset = D.class_subset(dataset, [int(c) for c in str(args.classes).split(",")])
+        dataset = D.class_subset(dataset, args.classes)
     train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
     if args.shots:
         train, _ = D.k_shot(train, args.shots, seed=args.seed)
@@ -74,9 +73,10 @@ def _finetune(args) -> dict:
         args, mode=mode, freeze=args.freeze, layer_decay=args.layer_decay,
         unfreeze_every=args.unfreeze_every, bn=args.bn, cache=not args.no_cache))
     meta = {"model": args.model, "num_classes": num_classes, "data": args.data}
-    summary = ft.fit(train, val if len(val) else None, out_dir=args.out, resume=args.resume,
+    summary = ft.fit(train, val if len(val) else None, out_dir=args.out, resume=resume,
                      meta=meta)
     summary["test"] = ft.evaluate(test) if len(test) else {}
-    summary["args"] = {k: v for k, v in vars(args).items() if k != "func"}
-    atomic_write_json(Path(args.out) / "summary.json", summary)
+    summary["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
+    if is_main():
+        atomic_write_json(Path(args.out) / "summary.json", summary)
     return summary

@@ -1,20 +1,22 @@
 """`ptcore incremental`: learn a sequence of class tasks without forgetting the old ones."""
+import argparse
 
-
-import sys
-
-from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(c) for c in text.split(",") if c.strip()]
+from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 
 
 def _tasks(text: str) -> int | list[list[int]]:
     """``5`` (that many equal tasks) or explicit class lists, ``0,1,2;3,4;5``."""
     text = str(text)
-    return int(text) if ";" not in text and "," not in text else \
-        [_int_list(t) for t in text.split(";") if t.strip()]
+    if ";" in text or "," in text:
+        return [int_list(t) for t in text.split(";") if t.strip()]
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a task count >= 1 or class lists such as "
+                                          f"0,1;2,3, got {text!r}")
+    return count
 
 
 def add_parser(sub):
@@ -25,13 +27,13 @@ def add_parser(sub):
     p.add_argument("--model", default="resnet18", help="registered model name")
     p.add_argument("--weights", help="torchvision weights name or local file (state_dict or "
                    "ptcore checkpoint); default: random init")
-    p.add_argument("--classes", type=_int_list, help="comma-separated classes the weights' head "
+    p.add_argument("--classes", type=int_list, help="comma-separated classes the weights' head "
                    "already holds, in row order (e.g. 0,1 after fine-tuning on the first task)")
     p.add_argument("--data", default="digits", help="'digits', an image folder, or a "
                    "torchvision dataset name with --root")
     p.add_argument("--root", help="where a torchvision dataset's files are")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--data-classes", type=_int_list,
+    p.add_argument("--data-classes", type=int_list,
                    help="comma-separated classes of the data to use (default: all)")
     p.add_argument("--tasks", type=_tasks, default=5, help="a number of equal tasks, or the "
                    "classes of each task: 0,1,2,3,4;5,6,7;8,9")
@@ -55,18 +57,15 @@ def _matrix(R) -> str:
 
 
 def run(args) -> int:
-    from ptcore.config import ConfigError, merge_config
+    from ptcore.commands._run_folder import open_run_folder
+    from ptcore.config import merge_config
 
-    try:
-        merge_config(args, "incremental", required=("out",),
-                     aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
-        return _incremental(args)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"ptcore incremental: error: {e}", file=sys.stderr)
-        return 2
+    merge_config(args, "incremental", required=("out",),
+                 aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
+    return _incremental(args, open_run_folder(args, "incremental"))
 
 
-def _incremental(args) -> int:
+def _incremental(args, resume) -> int:
     from ptcore.data import (class_subset, class_tasks, dataset_from_spec, k_shot,
                              train_val_test_split)
     from ptcore.engine import distributed as D
@@ -86,7 +85,7 @@ def _incremental(args) -> int:
         args, method=args.method, protocol=args.protocol, classes=args.classes,
         memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
         freeze=args.freeze))
-    res = strategy.fit(train_tasks, test_tasks, out_dir=args.out, resume=args.resume)
+    res = strategy.fit(train_tasks, test_tasks, out_dir=args.out, resume=resume)
     if D.is_main():
         for proto in ("class", "task"):
             r = res[f"{proto}_incremental"]

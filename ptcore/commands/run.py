@@ -1,5 +1,4 @@
 """`ptcore run CONFIG [CONFIG ...]`: run stage configs (YAML or TOML) and write a report."""
-import sys
 
 
 def add_parser(sub):
@@ -14,14 +13,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.config import ConfigError, load_config
+    from ptcore.config import load_config
     from ptcore.demo import run_stages
 
-    try:
-        cfgs = [load_config(path) for path in args.configs]
-        run_stages(cfgs, args.out or cfgs[-1]["out"], sources=args.configs,
-                   command="ptcore run " + " ".join(args.configs))
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"ptcore run: error: {e}", file=sys.stderr)
-        return 2
+    # Errors: ptcore/cli.py prints those a user can fix on one line (exit 2).
+    cfgs = [load_config(path) for path in args.configs]
+    run_stages(cfgs, args.out or cfgs[-1]["out"], sources=args.configs,
+               command="ptcore run " + " ".join(args.configs))
     return 0

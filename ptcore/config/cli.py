@@ -3,7 +3,10 @@
 A subcommand calls :func:`add_config_argument` in its ``add_parser`` and
 :func:`merge_config` first thing in its ``run``. Every key the file gives becomes the value
 of the matching command-line option unless that option was given on the command line
-(options still at their parser default count as not given). ``engine`` and ``strategy``
+(`ptcore`'s main passes the subcommand's argv as ``args.argv``, so an option given with
+its default value still wins; without it, options at their default count as not given).
+Every option's value is then checked as a config's would be (numbers finite, ranges), and
+an error names the option. ``engine`` and ``strategy``
 keys that have no option of their own are kept in ``args.config_options`` for the command
 to pass to its strategy; any other key without an option is an error. See docs/config.md
 for how keys find their options.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ptcore.config.load import read_document
-from ptcore.config.schema import ConfigError, validate_config
+from ptcore.config.schema import ConfigError, check_value, validate_config
 
 __all__ = ["add_config_argument", "merge_config"]
 
@@ -59,6 +62,26 @@ def _convert(value, action: argparse.Action):
     return value
 
 
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options present in ``argv`` (argparse fills in defaults, so
+    the parsed namespace cannot tell "given, equal to the default" from "not given")."""
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        ns, _ = parser.parse_known_args(argv, argparse.Namespace())
+    finally:
+        for a, default in saved:
+            a.default = default
+    return set(vars(ns))
+
+
+def _check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.dest in vars(args) and action.option_strings:
+            check_value(action.dest, getattr(args, action.dest), action.option_strings[0])
+
+
 def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str] | None = None,
                  required: tuple[str, ...] = ()) -> argparse.Namespace:
     """Fill ``args`` from ``args.config`` (if given) and check that every option named in
@@ -79,6 +102,8 @@ def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str
         validate_config({"stage": stage, **doc}, source=str(path), partial=True)
         parser = _PARSERS[stage]
         actions = {a.dest: a for a in parser._actions}
+        argv = getattr(args, "argv", None)
+        given = _given(parser, argv) if argv is not None else None
         for section, key, value in _leaves(doc):
             found = _dest(section, key, actions, aliases)
             if found is None and section in ("engine", "strategy"):
@@ -91,8 +116,11 @@ def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str
                 raise ConfigError(f"{path}: {where} has no option in `ptcore {stage}`; use "
                                   f"`ptcore run` for this config")
             dest, negate = found
-            if getattr(args, dest) == parser.get_default(dest):
+            if dest not in given if given is not None else \
+                    getattr(args, dest) == parser.get_default(dest):
                 setattr(args, dest, (not value) if negate else _convert(value, actions[dest]))
+    if stage in _PARSERS:
+        _check_options(args, _PARSERS[stage])
     missing = [r for r in required if getattr(args, r, None) in (None, "")]
     if missing:
         raise ConfigError(f"`ptcore {stage}` needs {', '.join('--' + m.replace('_', '-') for m in missing)} "

@@ -11,16 +11,19 @@ the values further when the run is prepared, still before any training.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ptcore.engine.schedules import SCHEDULES
 
+from ptcore.errors import UserError
+
 __all__ = ["ConfigError", "STAGES", "STRATEGY", "ENGINE_KEYS", "METHOD_EXTRAS",
-           "validate_config"]
+           "validate_config", "check_value"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot run: says where (the key path) and what is expected."""
 
 
@@ -126,7 +129,21 @@ def _strategy_params(stage: str) -> dict[str, tuple]:
 # Value checks for common options (types are checked first); the strategies check the
 # rest when the run is prepared. Each: (test, what is expected).
 _POSITIVE_INT = (lambda v: v is None or v >= 1, "a positive int")
+_FRACTION = (lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _VALUES = {
+    "grad_clip": (lambda v: v is None or 0 < v < math.inf,
+                  "null or a finite number > 0 (the largest gradient norm)"),
+    "temperature": (lambda v: v > 0, "> 0"), "soft_weight": _NON_NEGATIVE,
+    "hard_weight": _NON_NEGATIVE, "ewc_lambda": _NON_NEGATIVE, "lwf_weight": _NON_NEGATIVE,
+    "threshold": (lambda v: v is None or 0 <= v <= 1, "null or a confidence in [0, 1]"),
+    "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "val": _FRACTION, "test": _FRACTION, "test_fraction": _FRACTION,
+    "image_size": (lambda v: v >= 8, ">= 8"), "teacher_image_size": (
+        lambda v: v is None or v >= 8, "null or >= 8"), "teacher_input_size": (
+        lambda v: v is None or v >= 8, "null or >= 8"),
+    "shots": _POSITIVE_INT, "labels_per_class": _POSITIVE_INT, "seed": _NON_NEGATIVE,
+    "ddp_timeout": (lambda v: v is None or 0 < v < math.inf, "a positive number of seconds"),
     "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "accumulate": _POSITIVE_INT,
     "memory": _POSITIVE_INT, "topk": _POSITIVE_INT, "unfreeze_every": _POSITIVE_INT,
     "num_workers": (lambda v: v >= 0, "an int >= 0"),
@@ -140,6 +157,20 @@ _VALUES = {
 }
 
 
+def check_value(name: str, value, where: str) -> None:
+    """The value checks of option ``name`` (its type already checked): numbers finite, and
+    the option's own range; ``where`` names it in the error (a key path or --option)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    test, expected = _VALUES.get(name, (lambda v: True, ""))
+    try:
+        ok = test(value)
+    except TypeError:  # e.g. a list where a number is compared
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where} must be {expected}, got {value!r}")
+
+
 def _options(raw, allowed: dict[str, tuple], where: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -148,30 +179,28 @@ def _options(raw, allowed: dict[str, tuple], where: str) -> dict:
         raise ConfigError(f"{where}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
     for name, value in raw.items():
         _check_type(value, allowed[name], f"{where}.{name}")
-        test, expected = _VALUES.get(name, (lambda v: True, ""))
-        if not test(value):
-            raise ConfigError(f"{where}.{name} must be {expected}, got {value!r}")
+        check_value(name, value, f"{where}.{name}")
     return dict(raw)
 
 
+def _class_id(c) -> bool:
+    return isinstance(c, int) and not isinstance(c, bool) and c >= 0
+
+
 def _check_data(data: dict, stage: str) -> None:
-    for name in ("val", "test"):
-        if not 0 <= data[name] < 1:
-            raise ConfigError(f"data.{name} must be a fraction in [0, 1), got {data[name]!r}")
-    if data["image_size"] < 8:
-        raise ConfigError(f"data.image_size must be >= 8, got {data['image_size']}")
-    if data["shots"] is not None and data["shots"] < 1:
-        raise ConfigError(f"data.shots must be a positive int, got {data['shots']}")
-    if data["classes"] is not None and not all(
-            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in data["classes"]):
+    for name in ("val", "test", "image_size", "shots"):
+        check_value(name, data[name], f"data.{name}")
+    if data["classes"] is not None and not all(_class_id(c) for c in data["classes"]):
         raise ConfigError(f"data.classes must be a list of class ids, got {data['classes']!r}")
     if data["tasks"] is not None and stage != "incremental":
         raise ConfigError("data.tasks belongs to the incremental stage only")
     tasks = data["tasks"]
-    if isinstance(tasks, list) and not all(
-            isinstance(t, list) and t and all(isinstance(c, int) for c in t) for t in tasks):
+    if isinstance(tasks, list) and not (tasks and all(
+            isinstance(t, list) and t and all(_class_id(c) for c in t) for t in tasks)):
         raise ConfigError(f"data.tasks must be a task count or a list of non-empty class-id "
                           f"lists, got {tasks!r}")
+    if isinstance(tasks, int) and tasks < 1:
+        raise ConfigError(f"data.tasks must be a positive task count, got {tasks!r}")
 
 
 def validate_config(raw: dict, *, source: str = "config", partial: bool = False) -> dict:
@@ -191,6 +220,7 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
         raise ConfigError(f"{source}: out (the output directory, a string) is required")
     seed = raw.get("seed", 0)
     _check_type(seed, (int,), f"{source}: seed")
+    check_value("seed", seed, f"{source}: seed")
     if ("teacher" in raw) != (stage == "distill") and not (partial and "teacher" not in raw):
         raise ConfigError(f"{source}: a teacher section is required by the distill stage and "
                           "only there")
