@@ -13,9 +13,10 @@ from pathlib import Path
 RUN = "run.json"
 # Files whose presence means a run has trained here (in --out or one level down: task_<t>/).
 _ARTIFACTS = ("last.pt", "state.pt", "metrics.jsonl")
-# Options that do not change what a run computes, so a resume may change them.
+# Options a resume may change: they do not change what the run computes so far (epochs may
+# grow to train longer).
 _FREE = {"func", "command", "argv", "resume", "overwrite", "no_progress", "device", "config",
-         "ddp_timeout", "num_workers", "out"}
+         "ddp_timeout", "num_workers", "out", "epochs"}
 
 
 def _artifacts(out: Path) -> list[Path]:

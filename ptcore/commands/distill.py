@@ -1,6 +1,7 @@
 """`ptcore distill`: train a student on a frozen teacher's soft labels, from few labels
 and an unlabelled pool (ptcore.strategies.Distill)."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
+from ptcore.commands._run_folder import open_run_folder
 
 CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
@@ -50,7 +51,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.commands._run_folder import open_run_folder
     from ptcore.config import merge_config
     from ptcore.engine.distributed import is_main
 
@@ -58,7 +58,7 @@ def run(args) -> int:
                  aliases={"model.name": "student", "model.weights": "student_weights",
                           "data.shots": "labels_per_class",
                           "strategy.teacher_input_size": "teacher_image_size"})
-    summary = _distill(args, open_run_folder(args, "distill"))
+    summary = _distill(args)
     if not is_main():
         return 0
     test = summary["test"]
@@ -69,7 +69,7 @@ def run(args) -> int:
     return 0
 
 
-def _distill(args, resume) -> dict:
+def _distill(args) -> dict:
     from pathlib import Path
 
     import torch
@@ -101,6 +101,7 @@ def _distill(args, resume) -> dict:
         cache_dir=args.cache_dir))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
             "teacher": args.teacher, "image_size": args.image_size}
+    resume = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched
     summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=resume,
                            meta=meta)
     summary["test"] = strategy.evaluate(test)

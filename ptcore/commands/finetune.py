@@ -1,6 +1,7 @@
 """`ptcore finetune`: fine-tune a registered model on digits, an image folder or a
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
+from ptcore.commands._run_folder import open_run_folder
 
 
 def add_parser(sub):
@@ -36,13 +37,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.commands._run_folder import open_run_folder
     from ptcore.config import merge_config
     from ptcore.engine.distributed import is_main
 
     merge_config(args, "finetune", required=("model", "out"))
-    resume = open_run_folder(args, "finetune")
-    summary = _finetune(args, resume)
+    summary = _finetune(args)
     test = summary["test"]
     if test and is_main():
         print(f"{args.model}: test accuracy {100 * test['accuracy']:.2f}% on {test['count']} "
@@ -50,7 +49,7 @@ def run(args) -> int:
     return 0
 
 
-def _finetune(args, resume) -> dict:
+def _finetune(args) -> dict:
     from pathlib import Path
 
     from ptcore import data as D
@@ -73,6 +72,7 @@ def _finetune(args, resume) -> dict:
         args, mode=mode, freeze=args.freeze, layer_decay=args.layer_decay,
         unfreeze_every=args.unfreeze_every, bn=args.bn, cache=not args.no_cache))
     meta = {"model": args.model, "num_classes": num_classes, "data": args.data}
+    resume = open_run_folder(args, "finetune")  # last: a bad option leaves --out untouched
     summary = ft.fit(train, val if len(val) else None, out_dir=args.out, resume=resume,
                      meta=meta)
     summary["test"] = ft.evaluate(test) if len(test) else {}

@@ -2,6 +2,7 @@
 import argparse
 
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
+from ptcore.commands._run_folder import open_run_folder
 
 
 def _tasks(text: str) -> int | list[list[int]]:
@@ -57,15 +58,14 @@ def _matrix(R) -> str:
 
 
 def run(args) -> int:
-    from ptcore.commands._run_folder import open_run_folder
     from ptcore.config import merge_config
 
     merge_config(args, "incremental", required=("out",),
                  aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
-    return _incremental(args, open_run_folder(args, "incremental"))
+    return _incremental(args)
 
 
-def _incremental(args, resume) -> int:
+def _incremental(args) -> int:
     from ptcore.data import (class_subset, class_tasks, dataset_from_spec, k_shot,
                              train_val_test_split)
     from ptcore.engine import distributed as D
@@ -85,6 +85,7 @@ def _incremental(args, resume) -> int:
         args, method=args.method, protocol=args.protocol, classes=args.classes,
         memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
         freeze=args.freeze))
+    resume = open_run_folder(args, "incremental")  # last: a bad option leaves --out untouched
     res = strategy.fit(train_tasks, test_tasks, out_dir=args.out, resume=resume)
     if D.is_main():
         for proto in ("class", "task"):

@@ -209,7 +209,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     def epoch_data(epoch):
         return train_data(epoch) if callable(train_data) else train_data
 
-    settings = plain({"epochs": epochs, "batch_size": batch_size, "accumulate": accumulate,
+    # What resume must match; epochs may grow (train an interrupted or finished run longer).
+    settings = plain({"batch_size": batch_size, "accumulate": accumulate,
                 "world_size": D.world_size(), "schedule": schedule, "warmup": warmup,
                 "seed": seed, "drop_last": drop_last, "grad_clip": grad_clip,
                 "precise_bn": precise_bn, "optimizer": optimizer_settings(optimizer),

@@ -179,7 +179,7 @@ def test_cli_finetune_from_a_config(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["history"]) == 1  # the command line wins over the file
     assert summary["frozen_through"] == "layer3" and summary["test"]["count"] > 0
-    assert summary["args"]["classes"] == "0,1,2" and summary["args"]["shots"] == 2
+    assert summary["args"]["classes"] == [0, 1, 2] and summary["args"]["shots"] == 2
     assert summary["args"]["config_options"] == {"warmup": 0.0}  # no option: passed through
     assert summary["args"]["layer_decay"] == 0.7
 
