@@ -1,0 +1,56 @@
+"""One rank of the 2-process gloo fault tests (run by test_ddp_faults.py with torchrun's
+environment variables): ``python ddp_faults_worker.py SCENARIO OUT [RESULT]``.
+
+rank1_exits: rank 1 dies (os._exit) mid-epoch; save_fails: rank 0's checkpoint write
+raises ENOSPC; interrupted: both stop at the start of epoch 2 (after its checkpoint);
+resume: continue, rank 1 with an empty out folder (a node-local disk), rank 0 saves the
+final weights to RESULT."""
+import errno
+import os
+import sys
+
+import torch
+
+from ptcore.engine import classification_step, fit
+from ptcore.engine import distributed as D
+from ptcore.engine import loop
+from tests.engine.tiny import tiny_digits, tiny_net
+
+EPOCHS, BATCH, N = 2, 8, 64
+
+
+def main(scenario: str, out: str, result: str | None = None) -> None:
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    steps = []
+
+    def step(model, batch):
+        steps.append(1)
+        if scenario == "rank1_exits" and rank == 1 and len(steps) == 3:
+            os._exit(3)
+        return classification_step(model, batch)
+
+    def stop(epoch, model):
+        if scenario == "interrupted" and epoch == 1:
+            sys.exit(0)
+
+    if scenario == "save_fails" and rank == 0:
+        def full_disk(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "last.pt")
+        loop.save_checkpoint = full_disk
+    if scenario == "resume" and rank == 1:
+        out = os.path.join(out, "rank1-local")
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    try:
+        fit(model, tiny_digits(N), opt, epochs=EPOCHS, batch_size=BATCH, step_fn=step,
+            schedule="cosine", out_dir=out, resume=scenario == "resume", progress=False,
+            on_epoch_start=[stop])
+        if result is not None and rank == 0:
+            torch.save(model.state_dict(), result)
+    finally:
+        D.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
