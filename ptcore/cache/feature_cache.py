@@ -17,6 +17,7 @@ from ptcore.cache.fingerprint import (VERIFY, dataset_parts, digest_parts, expla
 from ptcore.cache.storage import TIERS, RowStore, choose_tier
 from ptcore.cache.transforms import random_transforms
 from ptcore.cache.views import CacheDataset, CacheLoader
+from ptcore.engine import distributed as D
 
 __all__ = ["FeatureCache"]
 
@@ -25,18 +26,11 @@ DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "b
 _COMMIT_EVERY_S = 2.0  # how often an on-disk build makes its progress durable
 
 
-def _dist_world() -> tuple[int, int]:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-
 def _resolve_shard(shard) -> tuple[int, int]:
     if shard is None or shard is False:
         return 0, 1
     if shard is True:
-        return _dist_world()
+        return D.rank(), D.world_size()
     if (isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(v, int) for v in shard)
             and 0 <= shard[0] < shard[1]):
         return shard
@@ -123,22 +117,24 @@ class FeatureCache:
         if len(self.sample_indices) == 0:
             raise ValueError("the dataset (or this rank's shard of it) is empty")
         parts = self._parts(probe=not randoms)
-        # Several processes caching the whole dataset under one path: rank 0 builds, the
-        # others then load its files instead of racing to write them.
-        rank, world = _dist_world()
-        leader_first = self.path is not None and self.world_size == 1 and world > 1
-        if leader_first and rank != 0:
-            torch.distributed.barrier()
         if self.path is None:
             self._build_in_memory(parts)
+        elif self.world_size == 1 and D.is_distributed():
+            # Several processes caching the whole dataset under one path: rank 0 builds and
+            # every rank learns its outcome (an error ends them all, none waits forever);
+            # the others then load its verified files instead of racing to write them.
+            D.on_main(lambda: self._build_or_load(parts), f"building the cache at {self.path}")
+            if not D.is_main():
+                self._build_or_load(parts)
         else:
-            persist.claim_directory(self.path)
-            with persist.directory_lock(self.path):  # a concurrent builder waits, then loads
-                if not self._load(parts):
-                    self._build_on_disk(parts)
-        if leader_first and rank == 0:
-            torch.distributed.barrier()
+            self._build_or_load(parts)
         return self
+
+    def _build_or_load(self, parts: dict) -> None:
+        persist.claim_directory(self.path)
+        with persist.directory_lock(self.path):  # a concurrent builder waits, then loads
+            if not self._load(parts):
+                self._build_on_disk(parts)
 
     def _parts(self, probe: bool) -> dict:
         return dict(dataset_parts(self.dataset, probe=probe, verify=self.verify),
@@ -153,7 +149,7 @@ class FeatureCache:
         total = n * self.views
         items = [self.sample_indices[r % n] for r in range(start, total)]
         bar = tqdm(total=total, initial=start, unit="sample",
-                   desc="FeatureCache", disable=not self.progress or _dist_world()[0] != 0)
+                   desc="FeatureCache", disable=not self.progress or not D.is_main())
         r = start
         with bar, inference(self.module):
             for out, y in run_module(self.module, self.dataset, items, self.batch_size,
