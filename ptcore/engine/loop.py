@@ -168,7 +168,7 @@ def _unpack(out) -> tuple[torch.Tensor, dict]:
 def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epochs: int,
         batch_size: int, step_fn: Callable = classification_step,
         schedule: str = "constant", warmup: float = 0.0, val_data=None,
-        predict_fn: Callable | None = None, out_dir=None, resume: bool = False,
+        predict_fn: Callable | None = None, out_dir=None, resume: bool | str = False,
         accumulate: int = 1, amp="auto", grad_clip: float | None = None,
         on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
         device=None, progress: bool = True, num_workers: int = 0, drop_last: bool = False,

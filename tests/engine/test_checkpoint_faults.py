@@ -5,7 +5,12 @@ another run is refused; resume refuses other settings; metrics have no gap after
 import errno
 import os
 import random
+import signal
 import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +152,26 @@ def test_a_kill_between_metrics_and_checkpoint_leaves_no_gap(tmp_path, monkeypat
     _train(tmp_path, epochs=3, resume=True)
     assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.jsonl"]
+
+
+def test_sigkill_mid_checkpoint_write_keeps_the_previous_one(tmp_path):
+    from tests.engine.kill_worker import train
+
+    root = Path(__file__).parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.engine.kill_worker", str(tmp_path)],
+                            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "stalled").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "never reached the write"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (tmp_path / "stalled").unlink()
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the torn write
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # the previous one verifies
+    resumed = train(tmp_path, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.jsonl"]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    full = train(tmp_path / "full")
+    for (name, a), b in zip(resumed.state_dict().items(), full.state_dict().values()):
+        assert torch.equal(a, b), name
