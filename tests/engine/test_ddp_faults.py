@@ -84,6 +84,7 @@ def test_resume_with_node_local_disks_equals_an_uninterrupted_run(tmp_path):
 def test_only_rank_0_speaks_under_the_command(tmp_path):
     runs = _launch(["-m", "ptcore", "finetune", "--model", "resnet18", "--image-size", "16",
                     "--classes", "0,1", "--shots", "4", "--epochs", "1", "--batch-size", "4",
+                    "--val", "0", "--test", "0.05",
                     "--out", str(tmp_path / "run")])
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert "test accuracy" in runs[0].stdout

@@ -22,9 +22,9 @@ class Interrupt(Exception):
 
 
 def test_resume_right_after_a_task_boundary_is_bit_identical(tmp_path, monkeypatch):
-    train, test = scenario()
+    train, test = scenario(shots=10)
     train, test = train[:3], test[:3]
-    kw = {"epochs": 1, "memory": 40}
+    kw = {"epochs": 1, "memory": 20}
     reference = make("lwf+replay", **kw)
     torch.manual_seed(0)  # both runs start from the same generator state
     expected = reference.fit(train, test)
