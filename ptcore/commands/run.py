@@ -10,6 +10,9 @@ def add_parser(sub):
                        "config's out). See docs/config.md.")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="stage config files, run in order")
     p.add_argument("--out", help="where results.json and report.md go")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (on a stderr that is not a terminal, progress "
+                   "otherwise comes as a plain line every few seconds)")
     p.set_defaults(func=run)
 
 
@@ -20,7 +23,8 @@ def run(args) -> int:
     try:
         cfgs = [load_config(path) for path in args.configs]
         run_stages(cfgs, args.out or cfgs[-1]["out"], sources=args.configs,
-                   command="ptcore run " + " ".join(args.configs))
+                   command="ptcore run " + " ".join(args.configs),
+                   progress=not args.no_progress)
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"ptcore run: error: {e}", file=sys.stderr)
         return 2
