@@ -104,7 +104,7 @@ def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) 
         "data": _digits(p, shots=p["incremental_shots"],
                         tasks=[list(SOURCE), TARGET[:3], TARGET[3:]]),
         "engine": engine("incremental_epochs"),
-        "strategy": {"classes": list(SOURCE), "lr": 1e-3, "memory": 60, "ewc_samples": 24},
+        "strategy": {"classes": list(SOURCE), "lr": 3e-3, "memory": 60, "ewc_samples": 24},
         "methods": {m: {"method": m} for m in ("naive", "lwf", "replay", "ewc")}}
     distill = {
         "stage": "distill", "seed": seed, "out": f"{out}/distill",
