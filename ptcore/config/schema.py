@@ -38,7 +38,7 @@ ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp"
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
 METHOD_EXTRAS = {
-    "pretrain": {"model": (str,)},
+    "pretrain": {"model": (str,), "weights": (str,), "save_dtype": (str,)},
     "finetune": {"model": (str,), "weights": (str,), "from_scratch": (bool,),
                  "compare_uncached": (bool,)},
     "distill": {"unlabelled": (bool,)},

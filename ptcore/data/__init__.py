@@ -1,6 +1,8 @@
-"""Datasets (the embedded digits, image folders, torchvision datasets by name) and
-deterministic splits (train/val/test, class subsets and tasks, k-shot, unlabelled pool)."""
+"""Datasets (the embedded digits, glyphs of many scripts rendered from bundled fonts, image
+folders, torchvision datasets by name) and deterministic splits (train/val/test, class
+subsets and tasks, k-shot, unlabelled pool)."""
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, digits_dataset
+from ptcore.data.glyphs import GLYPH_FONTS, GlyphsDataset, glyph_characters
 from ptcore.data.folders import (dataset_from_spec, image_folder, image_transform,
                                  is_deterministic, torchvision_dataset)
 from ptcore.data.splits import (LabeledSubset, class_subset, class_tasks, hide_labels, k_shot,
@@ -8,6 +10,7 @@ from ptcore.data.splits import (LabeledSubset, class_subset, class_tasks, hide_l
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TensorImageDataset", "digits_dataset",
+    "GlyphsDataset", "glyph_characters", "GLYPH_FONTS",
     "image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
     "dataset_from_spec",
     "targets_of", "LabeledSubset", "train_val_test_split", "class_subset", "class_tasks",

@@ -93,16 +93,20 @@ def is_deterministic(dataset) -> bool:
 
 def dataset_from_spec(spec: str, *, image_size: int = 32, root: str | None = None,
                       train: bool = True, augment: bool = False):
-    """What the CLI's ``--data`` names: "digits", an ImageFolder directory, or a torchvision
-    dataset name (with ``root``)."""
+    """What the CLI's ``--data`` names: "digits", "glyphs" (:class:`GlyphsDataset` at its
+    default size and seed), an ImageFolder directory, or a torchvision dataset name (with
+    ``root``)."""
     from ptcore.data.digits import digits_dataset
+    from ptcore.data.glyphs import GlyphsDataset
 
     if spec == "digits":
         return digits_dataset(image_size)
+    if spec == "glyphs":
+        return GlyphsDataset(image_size=image_size)
     if os.path.isdir(spec):
         return image_folder(spec, image_size=image_size, augment=augment)
     if root is not None:
         return torchvision_dataset(spec, root, train=train, image_size=image_size,
                                    augment=augment)
-    raise ValueError(f"data {spec!r} is neither 'digits', an existing directory, nor a "
-                     "torchvision dataset name given with a root")
+    raise ValueError(f"data {spec!r} is neither 'digits', 'glyphs', an existing directory, "
+                     "nor a torchvision dataset name given with a root")
