@@ -1,17 +1,23 @@
 """Logit KD against DKD and feature-level KD (FitNets, attention transfer) on the
 distillation protocol of docs/distill.md: 5 labels per class of the digits, the rest
-unlabelled; a CNN teacher at 16×16 trained on the whole training split; a smaller CNN
-student at 8×8 (feature methods need feature maps on both sides). Prints one row per
+unlabelled; the tests' CNN teacher at 16×16 trained on the whole training split and a
+smaller CNN student at 8×8 (feature methods need feature maps on both sides), hints from
+the student's first block (16×8×8) to the teacher's second (32×8×8). Prints one row per
 method and seed, then the means; docs/distill.md holds the table.
 
     PYTHONPATH=$PWD python benchmarks/methods_distill.py [--seeds 0 1 2] [--epochs 8]
 """
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "strategies"))
+from test_distill import teacher_net  # noqa: E402  (the tests' nets: one definition)
+from test_distill_methods import cnn_student as student_net  # noqa: E402
 
 from ptcore import engine
 from ptcore.data import digits_dataset, k_shot, train_val_test_split
@@ -23,25 +29,11 @@ METHODS = {
     "kd, reverse_kl": {"divergence": "reverse_kl"},
     "kd, jsd": {"divergence": "jsd"},
     "dkd": {"method": "dkd"},
-    "fitnets+kd": {"method": "fitnets", "features": [("3", "7")]},
-    "at+kd": {"method": "at", "features": [("3", "7")]},
-    "fitnets, no logit KD": {"method": "fitnets", "features": [("3", "7")], "soft_weight": 0.0},
-    "at, no logit KD": {"method": "at", "features": [("3", "7")], "soft_weight": 0.0},
+    "fitnets+kd": {"method": "fitnets", "features": [("2", "6")]},
+    "at+kd": {"method": "at", "features": [("2", "6")]},
+    "fitnets, no logit KD": {"method": "fitnets", "features": [("2", "6")], "soft_weight": 0.0},
+    "at, no logit KD": {"method": "at", "features": [("2", "6")], "soft_weight": 0.0},
 }
-
-
-def teacher_net():  # 16×16 in: conv 16 → pool → conv 32 → pool → 32×4×4
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
-
-
-def student_net(seed):  # 8×8 in: conv 8 → conv 16 → pool → 16×4×4 ("3": the second ReLU)
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
 
 
 def one_seed(seed, epochs, methods):
