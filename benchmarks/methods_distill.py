@@ -29,6 +29,8 @@ METHODS = {
     "kd, reverse_kl": {"divergence": "reverse_kl"},
     "kd, jsd": {"divergence": "jsd"},
     "dkd": {"method": "dkd"},
+    "dkd, dkd_beta=2": {"method": "dkd", "dkd_beta": 2.0},
+    "dkd, dkd_beta=1": {"method": "dkd", "dkd_beta": 1.0},
     "fitnets+kd": {"method": "fitnets", "features": [("2", "6")]},
     "at+kd": {"method": "at", "features": [("2", "6")]},
     "fitnets, no logit KD": {"method": "fitnets", "features": [("2", "6")], "soft_weight": 0.0},

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "strategies"))
-from test_incremental_helpers import make, scenario  # noqa: E402  (the tests' protocol)
+from test_incremental_helpers import run  # noqa: E402  (the tests' protocol and runs)
 
 # name -> (method, extra Incremental arguments)
 METHODS = {
@@ -47,9 +47,8 @@ def main():
     for seed in args.seeds:
         for name in args.methods:
             method, kw = METHODS[name]
-            torch.manual_seed(seed)  # head growth draws from the global generator
             began = time.perf_counter()
-            r = make(method, seed=seed, **kw).fit(*scenario(seed))
+            r = run(method, seed=seed, **kw)
             results[name, seed] = [100 * r[k] for k in KEYS]
             print(f"seed {seed} {name:26s} AIA {results[name, seed][0]:5.1f} final "
                   f"{results[name, seed][1]:5.1f} forgetting {results[name, seed][2]:5.1f} "

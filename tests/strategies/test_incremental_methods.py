@@ -3,6 +3,8 @@ norms, BiC fits its two parameters on held-out samples only, DER's stored logits
 model's at storing time, RanPAC's per-task closed-form update equals a batch solve; the
 iCaRL preset; and what they learn on the digits protocol (docs/incremental.md, table of
 three seeds; margins below hold on all three)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -215,10 +217,20 @@ def test_ranpac_reads_features_once_and_resumes(tmp_path, monkeypatch):
 
 
 # -- what they learn --------------------------------------------------------------------------
-def test_der_plus_plus_matches_replay_and_forgets_less():
+def test_der_plus_plus_matches_replay():
+    """Seeds 0-2 (docs/incremental.md): final accuracy −0.7 to +3.3 points from replay's,
+    average incremental accuracy −0.8 to −3.1."""
     replay, derpp = run("replay"), run("der+replay")
     assert derpp["final_accuracy"] >= replay["final_accuracy"] - 0.05
-    assert derpp["forgetting"] < replay["forgetting"]
+    assert derpp["average_incremental_accuracy"] >= replay["average_incremental_accuracy"] - 0.06
+
+
+def test_weight_aligning_with_distillation_ends_above_replay():
+    """WA as published (KD + exemplars + aligning): seeds 0-2 end 1.6 to 4.6 points above
+    replay and forget less than LwF + replay (docs/incremental.md)."""
+    replay, lwf, wa = run("replay"), run("lwf+replay"), run("wa+lwf+replay")
+    assert wa["final_accuracy"] > replay["final_accuracy"]
+    assert wa["forgetting"] < lwf["forgetting"] - 0.02
 
 
 def test_ranpac_beats_simplecil_on_the_same_frozen_backbone():
@@ -231,3 +243,27 @@ def test_icarl_is_its_preset():
     icarl = run("icarl")
     assert icarl["method"] == "icarl"
     assert icarl["average_incremental_accuracy"] > run("naive")["average_incremental_accuracy"] + 0.25
+
+
+# -- command line and configs -----------------------------------------------------------------
+def test_cli_wa_replay_and_a_der_config(tmp_path, capsys):
+    from ptcore.cli import main
+
+    common = ["--model", "mobilenet_v3_small", "--data", "digits", "--image-size", "16",
+              "--data-classes", "0,1,2,3", "--tasks", "0,1;2,3", "--shots", "4",
+              "--test-fraction", "0.05", "--memory", "8", "--epochs", "1", "--batch-size", "16",
+              "--no-progress"]
+    assert main(["incremental", "--method", "wa+replay", "--out", str(tmp_path / "wa")]
+                + common) == 0
+    assert json.loads((tmp_path / "wa" / "results.json").read_text())["method"] == "wa+replay"
+    cfg = tmp_path / "der.toml"
+    cfg.write_text(f'stage = "incremental"\nout = "{tmp_path / "der"}"\n'
+                   '[model]\nname = "mobilenet_v3_small"\n'
+                   "[data]\nimage_size = 16\nclasses = [0, 1, 2, 3]\nshots = 4\n"
+                   "tasks = [[0, 1], [2, 3]]\ntest = 0.05\n[engine]\nepochs = 1\nbatch_size = 16\n"
+                   '[strategy]\nmethod = "der+replay"\nmemory = 8\nder_topk = 2\n')
+    assert main(["incremental", "--config", str(cfg), "--no-progress"]) == 0
+    res = json.loads((tmp_path / "der" / "results.json").read_text())
+    assert res["method"] == "der+replay" and res["exemplars"] == 8
+    assert main(["incremental", "--method", "bic", "--out", str(tmp_path / "bic")] + common) == 2
+    assert "needs replay or der" in capsys.readouterr().err
