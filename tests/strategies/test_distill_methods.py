@@ -146,7 +146,8 @@ def test_a_missing_layer_is_named(digits):  # noqa: F811
 
 def test_dkd_and_attention_transfer_students_beat_labels_alone(digits, teacher):  # noqa: F811
     """5 labels per class + the unlabelled rest, 8 epochs (the test_distill protocol with a
-    CNN student). Labels alone: 85-86% over seeds 0-2 (docs/distill.md); here seed 0."""
+    CNN student), seed 0: labels alone 89.6%, DKD 94.8%, AT + KD 95.9% (docs/distill.md:
+    seeds 0-2, labels alone 84.8-89.6%, DKD 91.1-95.2%, AT + KD 94.8-97.8%)."""
     _, _, labelled, unlabelled, test = digits
     for kw in ({"method": "dkd"}, {"method": "at", "features": ["2:6"]}):
         d = make(teacher, cnn_student(), epochs=8, **kw)
