@@ -16,11 +16,13 @@ from ptcore.strategies._distill_teacher import distill_loss
 
 
 def reference_dkd(s, t, y, T, alpha, beta):
-    """Zhao et al. 2022, Eq. 7, row by row in float64: T²(α·KL(b_t‖b_s) + β·KL(p̂_t‖p̂_s))."""
+    """Zhao et al. 2022 (Eq. 7), row by row in float64:
+    T²(α·KL(b_t‖b_s) + β·KL(p̂_t‖p̂_s))."""
     total = 0.0
     for i in range(len(y)):
         zs, zt, k = s[i].double(), t[i].double(), int(y[i])
-        ps, pt = torch.exp(zs / T) / torch.exp(zs / T).sum(), torch.exp(zt / T) / torch.exp(zt / T).sum()
+        ps = torch.exp(zs / T) / torch.exp(zs / T).sum()
+        pt = torch.exp(zt / T) / torch.exp(zt / T).sum()
         bs, bt = torch.stack([ps[k], 1 - ps[k]]), torch.stack([pt[k], 1 - pt[k]])
         tckd = (bt * torch.log(bt / bs)).sum()
         others = [j for j in range(len(zs)) if j != k]
@@ -106,7 +108,8 @@ def test_fitnets_adapter_where_shapes_differ_trained_and_resumed(digits, tmp_pat
     d = make(net, cnn_student(), method="fitnets", features=["2:6"], epochs=1)
     first = d.fit(*data, out_dir=tmp_path)
     adapter = d.trained.adapters[0]
-    assert isinstance(adapter, nn.Conv2d) and (adapter.in_channels, adapter.out_channels) == (16, 32)
+    assert isinstance(adapter, nn.Conv2d)
+    assert (adapter.in_channels, adapter.out_channels) == (16, 32)
     assert math.isfinite(first["final"]["train_feature"]) and first["features"] == [("2", "6")]
     assert set(torch.load(tmp_path / "model.pt")) == set(d.student.state_dict())  # student only
     assert not net._forward_hooks and not d.student[2]._forward_hooks  # hooks removed
