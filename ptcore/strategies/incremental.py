@@ -451,8 +451,8 @@ class Incremental:
                               get_head(self.model).out_features)
         if self.memory is not None and self.memory.budget < self.memory.min_budget(
                 len(self.plan.classes)):
-            raise ValueError(f"memory={self.memory.budget} is too small for the "
-                             f"{len(self.plan.classes)} classes: replay needs at least one "
+            raise ValueError(f"memory={self.memory.budget} is smaller than the "
+                             f"{len(self.plan.classes)} classes need: replay needs at least one "
                              "exemplar per class (bic: and one held out)")
         if self.means is None and self.plan.spans[0][0] and self.parts & {"ncm", "simplecil",
                                                                           "ranpac"}:

@@ -37,7 +37,7 @@ def test_presets_and_combinations():
         make("icarl", selection="random")
     with pytest.raises(ValueError, match="bic_holdout"):
         make("bic+replay", bic_holdout=0.0)
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(ValueError, match="memory=15 is smaller than the 10 classes need"):
         make("bic+replay", memory=15, epochs=1).fit(*scenario())  # 10 classes need 20
 
 
