@@ -8,12 +8,13 @@ they are replayed, so they are part of the checkpoint rather than a rebuildable 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from ptcore.data import LabeledSubset
 from ptcore.models import get_head
 from ptcore.ops import kd_loss_topk
 from ptcore.strategies._distill_teacher import TeacherView
+from ptcore.strategies._incr_memory import union
 
 __all__ = ["LogitStore", "Targets", "der_loss"]
 
@@ -51,8 +52,7 @@ class LogitStore:
         from ptcore.cache import FeatureCache
 
         entries = [(row, *memory.exemplars[row]) for row in rows]
-        data = ConcatDataset([LabeledSubset(task_data[t], p) for _, t, p in entries])
-        data.deterministic = True  # positions in fixed training sets: a cacheable input
+        data = union([LabeledSubset(task_data[t], p) for _, t, p in entries])
         width = get_head(model).out_features
         if self.topk is not None and self.topk > width:
             raise ValueError(f"der_topk={self.topk} is more than the head's {width} classes")
@@ -71,9 +71,8 @@ class LogitStore:
     def dataset(self, memory, task_data: list, size: int) -> Targets:
         """The exemplars with their stored rows, padded to ``size`` columns (full logits)."""
         rows = sorted(self.stored)
-        data = ConcatDataset([LabeledSubset(task_data[memory.exemplars[r][0]],
-                                            memory.exemplars[r][1]) for r in rows])
-        data.deterministic = True
+        data = union([LabeledSubset(task_data[memory.exemplars[r][0]], memory.exemplars[r][1])
+                        for r in rows])
         blocks = [self.stored[r][1].float() for r in rows]
         targets = torch.cat([torch.nn.functional.pad(b, (0, (size if self.topk is None
                                                              else b.shape[1]) - b.shape[1]))

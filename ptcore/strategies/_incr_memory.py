@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import ConcatDataset
 
-from ptcore.data import LabeledSubset, targets_of
+from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.engine import distributed as D
 from ptcore.strategies._incr_features import embed
 
-__all__ = ["SELECTIONS", "herding", "ExemplarMemory"]
+__all__ = ["SELECTIONS", "herding", "ExemplarMemory", "union"]
 
 SELECTIONS = ("herding", "random")
+
+
+def union(parts: list):
+    """``parts`` as one dataset (the part itself if there is one), deterministic when every
+    part is (what lets a frozen module's outputs over it be cached)."""
+    if len(parts) == 1:
+        return parts[0]
+    data = ConcatDataset(parts)
+    data.deterministic = all(is_deterministic(p) for p in parts)
+    return data
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ptcore import engine
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
@@ -28,7 +28,7 @@ from ptcore.strategies._incr_der import LogitStore, Targets, der_loss
 from ptcore.strategies._incr_ewc import EWC
 from ptcore.strategies._incr_features import (Backbone, backbone_features, class_means,
                                               ncm_scores)
-from ptcore.strategies._incr_memory import SELECTIONS, ExemplarMemory
+from ptcore.strategies._incr_memory import SELECTIONS, ExemplarMemory, union
 from ptcore.strategies._incr_ranpac import RanPAC
 from ptcore.strategies._incr_metrics import summarize
 from ptcore.strategies._incr_plan import Plan, make_plan
@@ -87,14 +87,6 @@ class _WithTeacher(Dataset):
     def __getitems__(self, indices):
         logits = self.cache.get(indices, device="cpu")
         return [(*self.data[i], t) for i, t in zip(indices, logits)]
-
-
-def _union(parts: list):
-    if len(parts) == 1:
-        return parts[0]
-    data = ConcatDataset(parts)
-    data.deterministic = all(is_deterministic(p) for p in parts)  # lets the teacher be cached
-    return data
 
 
 class Incremental:
@@ -268,7 +260,7 @@ class Incremental:
                 parts.append(self.logits.dataset(self.memory, train, size))
         else:
             parts = [own] + (self.memory.datasets(train) if self.memory is not None else [])
-        data = _union(parts)
+        data = union(parts)
         if teacher is not None and self.cache and is_deterministic(data):
             from ptcore.cache import FeatureCache
 
@@ -297,7 +289,7 @@ class Incremental:
             if "wa" in self.parts:
                 weight_align(get_head(self.model), start, stop)
             if self.bias is not None:
-                logits, labels = self._outputs(_union(self.memory.heldout_datasets(train)))
+                logits, labels = self._outputs(union(self.memory.heldout_datasets(train)))
                 self.bias.layers.append((start, stop, *fit_bias(self.bias(logits), labels,
                                                                 start, stop)))
         if self.memory is not None:
@@ -312,7 +304,7 @@ class Incremental:
                             lambda z, y: F.cross_entropy(self._restrict(z, y, row_task), y),
                             device=self.device, progress=self.fit_args["progress"])
         if "ncm" in self.parts:  # every class's mean moves with the backbone: recompute all
-            self.means = class_means(self.model, _union(self.memory.datasets(train)),
+            self.means = class_means(self.model, union(self.memory.datasets(train)),
                                      list(range(self.plan.spans[t][1])), device=self.device)
         elif "simplecil" in self.parts:  # the backbone is frozen: old prototypes stay valid
             new = class_means(self.model, train[t], rows, device=self.device)
@@ -385,7 +377,7 @@ class Incremental:
                 "count": int(count)}
 
     def _record(self, t: int, test: list) -> None:
-        right_all, right_own, count = self._correct(_union(test[: t + 1])).tolist()
+        right_all, right_own, count = self._correct(union(test[: t + 1])).tolist()
         for proto, right in (("class", right_all), ("task", right_own)):
             self.R[proto].append([right[k] / count[k] if k <= t else None
                                   for k in range(len(test))])
