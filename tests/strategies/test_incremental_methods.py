@@ -220,25 +220,25 @@ def test_ranpac_reads_features_once_and_resumes(tmp_path, monkeypatch):
 
 # -- what they learn --------------------------------------------------------------------------
 def test_der_plus_plus_with_top_k_logits_matches_replay():
-    """Seeds 0-2 (docs/incremental.md): DER++ with stored top-2 logits ends −2.2 to +4.4
-    points from replay; with labels on the exemplars it is far above DER alone, whose
-    stored logits say nothing about the classes that came later."""
+    """Over seeds 0-7 (docs/incremental.md) DER++ with stored top-2 logits ends 1.7 points
+    above replay on average, between −4.9 and +4.7 on single seeds, so one seed can only be
+    asserted within that noise. With labels on the exemplars it is far above DER alone,
+    whose stored logits say nothing about the classes that came later."""
     replay, derpp = run("replay"), run("der+replay", der_topk=2)
-    assert derpp["final_accuracy"] >= replay["final_accuracy"] - 0.03
-    assert derpp["average_incremental_accuracy"] >= replay["average_incremental_accuracy"] - 0.03
+    assert derpp["final_accuracy"] >= replay["final_accuracy"] - 0.06
+    assert derpp["average_incremental_accuracy"] >= replay["average_incremental_accuracy"] - 0.05
     assert run("der+replay")["average_incremental_accuracy"] > \
         run("der")["average_incremental_accuracy"] + 0.25
 
 
-def test_weight_aligning_raises_final_accuracy_over_replay():
-    """Seed 0: WA on replay ends 4.6 points above replay alone, and with distillation (WA as
-    published) 6.0 above, forgetting far less than LwF + replay (docs/incremental.md: over
-    seeds 0-2 the gains are −0.3 to +4.6 and +0.6 to +6.0)."""
-    replay, lwf = run("replay"), run("lwf+replay")
-    wa, wa_kd = run("wa+replay"), run("wa+lwf+replay")
-    assert wa["final_accuracy"] > replay["final_accuracy"] + 0.02
-    assert wa_kd["final_accuracy"] > replay["final_accuracy"] + 0.02
-    assert wa_kd["forgetting"] < lwf["forgetting"] - 0.05
+def test_weight_aligning_keeps_final_accuracy_and_forgets_less():
+    """Over seeds 0-7 WA as published (KD + exemplars + aligning) ends 2.3 points above replay
+    on average (7 of 8 seeds; −4.5 to +8.3 on single seeds) and forgets at least 5 points
+    less than replay on every seed; what one seed can assert is that, within the noise."""
+    replay, wa, wa_kd = run("replay"), run("wa+replay"), run("wa+lwf+replay")
+    assert wa_kd["forgetting"] < replay["forgetting"] - 0.03
+    assert wa_kd["final_accuracy"] >= replay["final_accuracy"] - 0.05
+    assert wa["final_accuracy"] >= replay["final_accuracy"] - 0.06
 
 
 def test_ranpac_beats_simplecil_on_the_same_frozen_backbone():
