@@ -3,6 +3,8 @@ and an unlabelled pool (ptcore.strategies.Distill)."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
 
+from ptcore._kd_args import DIVERGENCES
+
 CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
 
@@ -42,6 +44,13 @@ def add_parser(sub):
     p.add_argument("--hard-weight", type=float, default=1.0)
     p.add_argument("--threshold", type=float,
                    help="use unlabelled samples where the teacher's confidence is at least this")
+    p.add_argument("--method", default="kd", help="kd (Hinton) or dkd (decoupled KD), "
+                   "optionally + fitnets or at (feature KD between the --features layers)")
+    p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
+                   help="the logit KD term's divergence (method kd, full logits)")
+    p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
+    p.add_argument("--features", dest="feature_pairs", help="layer pairs for fitnets/at: "
+                   "student.path:teacher.path[,student.path:teacher.path...]")
     p.add_argument("--cache-dtype", choices=CACHE_DTYPES, default="float16",
                    help="storage of the offline cache's full logits")
     p.add_argument("--cache-dir", help="offline cache directory (default: OUT/teacher_cache)")
@@ -98,7 +107,8 @@ def _distill(args) -> dict:
         args, temperature=args.temperature, soft_weight=args.soft_weight,
         hard_weight=args.hard_weight, mode=args.mode, topk=args.topk, threshold=args.threshold,
         teacher_input_size=args.teacher_image_size, cache_dtype=getattr(torch, args.cache_dtype),
-        cache_dir=args.cache_dir))
+        cache_dir=args.cache_dir, method=args.method, divergence=args.divergence, beta=args.beta,
+        **({"features": args.feature_pairs.split(",")} if args.feature_pairs else {})))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
             "teacher": args.teacher, "image_size": args.image_size}
     resume = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched

@@ -44,6 +44,7 @@ METHOD_EXTRAS = {
     "distill": {"unlabelled": (bool,)},
 }
 _DTYPES = ("float16", "bfloat16", "float32", "int8")
+_DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # ptcore.kd_loss's
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ _VALUES = {
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "amp": (lambda v: v in ("auto", "bf16", "fp16", "off", None, False), "auto, bf16, fp16 or off"),
     "cache_dtype": (lambda v: v in _DTYPES, f"one of {', '.join(_DTYPES)}"),
+    "divergence": (lambda v: v in _DIVERGENCES, f"one of {', '.join(_DIVERGENCES)}"),
 }
 
 
