@@ -70,8 +70,8 @@ class TinyLM(nn.Module):
 
 SETTINGS = {  # (full run, --tiny)
     "context": (64, 32), "teacher_dim": (128, 64), "teacher_layers": (3, 2),
-    "student_dim": (48, 32), "teacher_steps": (1500, 300), "student_steps": (600, 150),
-    "student_windows": (256, 64), "k": (16, 8),
+    "student_dim": (48, 32), "teacher_steps": (1500, 150), "student_steps": (600, 80),
+    "student_windows": (256, 32), "k": (16, 8),
 }
 
 

@@ -2,9 +2,10 @@
 for every token are cached once (a FeatureCache), and the student learns from them through
 the fused linear + KD loss, so neither model's [tokens, V] logits are kept around.
 
+Token windows are ``[M, L + 1]``: L inputs and, shifted by one, the L tokens they predict.
 The student is any module with ``hidden_states(tokens [B, L]) -> [B, L, H]`` and an
 ``lm_head`` (``nn.Linear(H, V)``); the teacher is any module ``tokens [B, L] -> logits
-[B, L, V]``. Position t's prediction is scored against token t + 1. See docs/llm.md."""
+[B, L, V]``. See docs/llm.md."""
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ _MAX_VOCAB = 2 ** 24
 
 
 class TopKTokenTeacher(nn.Module):
-    """``teacher`` → per token its K largest log-probabilities (T = 1) and their token ids,
-    packed into one float32 row ``[B, L, 2K]`` that a FeatureCache stores as is."""
+    """Token windows ``[B, L + 1]`` → for each of the L input positions the teacher's K
+    largest next-token log-probabilities (T = 1) and their token ids, packed into one float32
+    row ``[B, L, 2K]`` that a FeatureCache stores as is."""
 
     def __init__(self, teacher: nn.Module, k: int):
         super().__init__()
@@ -31,8 +33,8 @@ class TopKTokenTeacher(nn.Module):
             raise ValueError(f"k must be a positive int, got {k!r}")
         self.teacher, self.k = teacher, k
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self.teacher(tokens)
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        logits = self.teacher(windows[:, :-1])
         V = logits.shape[-1]
         if self.k > V or V > _MAX_VOCAB:
             raise ValueError(f"k={self.k} must be at most the vocabulary ({V}), itself at most "
@@ -47,7 +49,7 @@ class TopKTokenTeacher(nn.Module):
 def cache_teacher(teacher: nn.Module, windows: torch.Tensor, k: int, **cache_options
                   ) -> FeatureCache:
     """Build (or load, with ``path=``) the top-k cache of ``teacher`` over token ``windows``
-    ``[M, L]``: one row per window. ``cache_options`` go to FeatureCache (dtype float32 by
+    ``[M, L + 1]``: one ``[L, 2K]`` row per window. ``cache_options`` go to FeatureCache (dtype float32 by
     default: token ids must stay exact)."""
     cache_options.setdefault("dtype", torch.float32)
     if cache_options["dtype"] != torch.float32:
@@ -62,7 +64,7 @@ def _unpack(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def next_token_loss(student: nn.Module, windows: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats) of ``student`` over ``windows`` [M, L]."""
+    """Mean next-token cross-entropy (nats) of ``student`` over ``windows`` [M, L + 1]."""
     total, count = 0.0, 0
     was_training = student.training
     student.eval()
@@ -81,7 +83,7 @@ def train_student(student: nn.Module, windows: torch.Tensor, *, cache: FeatureCa
                   steps: int, batch_size: int = 32, lr: float = 3e-3, temperature: float = 1.0,
                   soft_weight: float = 1.0, hard_weight: float = 1.0, tail_bucket: bool = True,
                   seed: int = 0) -> list[float]:
-    """Train ``student`` on ``windows`` [M, L] for ``steps`` AdamW steps: next-token cross
+    """Train ``student`` on ``windows`` [M, L + 1] for ``steps`` AdamW steps: next-token cross
     entropy (``hard_weight``) plus, with a ``cache`` from :func:`cache_teacher` over the same
     windows, KL to the teacher's cached top-k (``soft_weight``, ``temperature``,
     ``tail_bucket``). Without a cache it is the labels-only baseline. Returns the losses."""
@@ -105,7 +107,7 @@ def train_student(student: nn.Module, windows: torch.Tensor, *, cache: FeatureCa
             loss = hard_weight * nn.functional.cross_entropy(logits.flatten(0, 1),
                                                              labels.flatten())
         else:
-            values, indices = _unpack(cache.get(idx)[:, :-1], k)
+            values, indices = _unpack(cache.get(idx), k)
             loss = fused_linear_kd_loss(hidden, head.weight, head.bias, teacher_values=values,
                                         teacher_indices=indices, labels=labels,
                                         temperature=temperature, soft_weight=soft_weight,
