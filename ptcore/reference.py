@@ -203,7 +203,8 @@ def fused_linear_kd_loss(student_hidden, student_weight, student_bias=None, *,
     if teacher_values is None:
         teacher = F.linear(teacher_hidden, teacher_weight, teacher_bias).detach()
         return kd_loss(logits, teacher.to(logits.dtype), **options)
-    options.pop("divergence", None)
+    if options.pop("divergence", "forward_kl") != "forward_kl":
+        raise ValueError("a top-k teacher supports divergence='forward_kl' only")
     options.pop("beta", None)
     return kd_loss_topk(logits, teacher_values, teacher_indices, tail_bucket=tail_bucket,
                         **options)

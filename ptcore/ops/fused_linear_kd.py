@@ -46,6 +46,7 @@ class _Options:
     tail_bucket: bool
     reduction: str
     chunk: int
+    dtype: torch.dtype  # of the matmuls (autocast's, or the inputs')
 
 
 def _default_chunk(n: int, hidden: int, classes: int) -> int:
@@ -111,12 +112,18 @@ def _chunks(x, w, b, teacher, labels, o: _Options, needs, row_scale=None):
     return rows, stats, gx, gw, gb
 
 
+def _cast(x, w, b, dtype):
+    """The matmuls' operands: cast inside the autograd function, so that a float32 weight
+    under autocast gets its float32 gradient as summed, not rounded through bfloat16."""
+    return x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
+
+
 class _FusedLinearKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, labels, o: _Options, teacher_fn, count):
         needs = ctx.needs_input_grad[:3]
         early = any(needs) and o.reduction != "none"  # gradients now; the backward scales
-        rows, stats, *grads = _chunks(x, w, b, teacher_fn, labels, o,
+        rows, stats, *grads = _chunks(*_cast(x, w, b, o.dtype), teacher_fn, labels, o,
                                       needs if early else (False,) * 3)
         ctx.o, ctx.teacher_fn, ctx.count, ctx.grads = o, teacher_fn, count, grads if early else None
         ctx.save_for_backward(x, w, b, labels)
@@ -143,7 +150,8 @@ class _FusedLinearKD(torch.autograd.Function):
             scale = grad_loss / ctx.count if o.reduction in ("batchmean", "mean") else grad_loss
         if grads is None:  # not computed in the forward, or used by an earlier backward
             needs = ctx.needs_input_grad[:3]
-            _, _, *grads = _chunks(x, w, b, ctx.teacher_fn, labels, o, needs, row_scale)
+            _, _, *grads = _chunks(*_cast(x, w, b, o.dtype), ctx.teacher_fn, labels, o, needs,
+                                   row_scale)
         out = []
         for g, like in zip(grads, (x, w, b)):
             if g is not None and scale is not None:
@@ -299,16 +307,14 @@ def fused_linear_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Ten
 
         def teacher_fn(a, e, _dtype):
             return values[a:e], indices[a:e]
-    dtype = _compute_dtype(x, student_weight, student_bias)
-    w = student_weight.to(dtype)
-    b = None if student_bias is None else student_bias.to(dtype)
     o = _Options(float(temperature), divergence, float(beta), float(hard_weight),
                  float(soft_weight), int(ignore_index), bool(scale_by_t2), tail_bucket,
-                 reduction, chunk_size or _default_chunk(n, H, V))
+                 reduction, chunk_size or _default_chunk(n, H, V),
+                 _compute_dtype(x, student_weight, student_bias))
     count = (max(n, 1) if labels is None
              else (labels != ignore_index).sum().clamp_min(1)) * (V if reduction == "mean" else 1)
-    hidden = student_hidden.reshape(-1, H).to(dtype)
-    loss, stats = _FusedLinearKD.apply(hidden, w, b, labels, o, teacher_fn, count)
+    loss, stats = _FusedLinearKD.apply(student_hidden.reshape(-1, H), student_weight,
+                                       student_bias, labels, o, teacher_fn, count)
     if reduction == "none":
         loss = loss.reshape(lead)
     if not return_row_signals:
