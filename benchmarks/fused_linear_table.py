@@ -4,7 +4,7 @@ a top-64 teacher, over growing N at one H and V; both providers timed side by si
 process (median of --rounds), memory in a fresh process per case (CPU) or from the CUDA
 allocator.
 
-    PYTHONPATH=. python benchmarks/fused_linear_table.py [--h 4096 --v 128256 --n 128 256 512]
+    PYTHONPATH=. python benchmarks/fused_linear_table.py [--h 1024 --v 32000 --n 512 1024]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--h", type=int, default=4096)
     parser.add_argument("--v", type=int, default=128256)
     parser.add_argument("--n", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--chunk-div", type=int, default=16,
+    parser.add_argument("--chunk-div", type=int, default=8,
                         help="chunk_size = N / this (the default chunk suits N in thousands)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")

@@ -233,3 +233,17 @@ def test_bad_arguments():
         f(x, w, b, **bad)
     with pytest.raises(ValueError, match="labels"):
         f(x, w, b, **teacher, labels=torch.tensor([0, 1, 30, 2]), hard_weight=1.0)
+
+
+@pytest.mark.parametrize("teacher_form", ["full", "topk"])
+def test_without_the_native_library_the_reference_runs_per_chunk(monkeypatch, teacher_form):
+    from ptcore.ops import fused_linear_kd
+    monkeypatch.setattr(fused_linear_kd, "has_native", lambda: False)
+    x, w, b, teacher, lab = _case(9, 6, 20, k=None if teacher_form == "full" else 4, labels=True,
+                                  log_probs=True)
+    kw = dict(labels=lab, hard_weight=0.5, temperature=2.0, tail_bucket=teacher_form == "topk")
+    got = _grads(ptcore.fused_linear_kd_loss, x, w, b, teacher, chunk_size=4, **kw)
+    _assert_close(got, _reference64(x, w, b, teacher, **kw), 1e-5, 1e-6)
+    with pytest.raises(RuntimeError, match="native"):
+        ptcore.fused_linear_kd_loss(x, w, b, **teacher, tail_bucket=kw["tail_bucket"],
+                                    return_row_signals=True)
