@@ -195,8 +195,9 @@ def _topk_teacher(values, indices, lead, V, x):
         raise TypeError("teacher_indices must be an int64 tensor, got "
                         f"{getattr(indices, 'dtype', type(indices).__name__)}")
     if values.shape != indices.shape or values.dim() < 1 or values.shape[:-1] != lead:
-        raise ValueError(f"teacher_values and teacher_indices must both be [{', '.join(map(str, lead))}"
-                         f", K], got {tuple(values.shape)} and {tuple(indices.shape)}")
+        rows = ", ".join(map(str, lead))
+        raise ValueError(f"teacher_values and teacher_indices must both be [{rows}, K], got "
+                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
     if values.shape[-1] > V:
         raise ValueError(f"top-k teacher has K={values.shape[-1]} classes but the student only "
                          f"V={V}")

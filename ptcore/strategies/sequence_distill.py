@@ -49,8 +49,8 @@ class TopKTokenTeacher(nn.Module):
 def cache_teacher(teacher: nn.Module, windows: torch.Tensor, k: int, **cache_options
                   ) -> FeatureCache:
     """Build (or load, with ``path=``) the top-k cache of ``teacher`` over token ``windows``
-    ``[M, L + 1]``: one ``[L, 2K]`` row per window. ``cache_options`` go to FeatureCache (dtype float32 by
-    default: token ids must stay exact)."""
+    ``[M, L + 1]``: one ``[L, 2K]`` row per window. ``cache_options`` go to FeatureCache
+    (dtype float32 by default: token ids must stay exact)."""
     cache_options.setdefault("dtype", torch.float32)
     if cache_options["dtype"] != torch.float32:
         raise ValueError("the top-k cache stores token ids next to the values: dtype must be "

@@ -47,7 +47,9 @@ def _grads(fn, x, w, b, teacher, grad_out=None, **kw):
 
 
 def _reference64(x, w, b, teacher, **kw):
-    d = lambda t: None if t is None else (t.double().cpu() if t.is_floating_point() else t.cpu())  # noqa: E731
+    def d(t):
+        return None if t is None else (t.double().cpu() if t.is_floating_point() else t.cpu())
+
     kw = {k: d(v) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     return _grads(reference.fused_linear_kd_loss, d(x), d(w), d(b),
                   {k: d(v) for k, v in teacher.items()}, **kw)
@@ -84,7 +86,8 @@ def test_float32_matches_float64_reference(device, opts, teacher_form):
     if opts["reduction"] == "none":
         grad_out = torch.linspace(-1, 2, 37, device=device)
     got = _grads(ptcore.fused_linear_kd_loss, x, w, b, teacher, grad_out, chunk_size=8, **kw)
-    want = _reference64(x, w, b, teacher, grad_out=None if grad_out is None else grad_out.double().cpu(), **kw)
+    want = _reference64(x, w, b, teacher,
+                        grad_out=None if grad_out is None else grad_out.double().cpu(), **kw)
     _assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
