@@ -17,6 +17,7 @@ import argparse
 import importlib
 import inspect
 import json
+import warnings
 
 import torch
 import torch.nn as nn
@@ -30,13 +31,15 @@ MODULES = ("argparse", "collections", "functools", "itertools", "json", "pathlib
 def stdlib_text(modules=MODULES) -> str:
     """The docstrings of these standard-library modules and their public members."""
     parts = []
-    for name in modules:
-        module = importlib.import_module(name)
-        for obj in [module] + [getattr(module, a) for a in sorted(dir(module))
-                               if not a.startswith("_")]:
-            doc = inspect.getdoc(obj)
-            if doc and doc not in parts:
-                parts.append(doc)
+    with warnings.catch_warnings():  # deprecated members (typing.re) warn when touched
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in modules:
+            module = importlib.import_module(name)
+            for obj in [module] + [getattr(module, a) for a in sorted(dir(module))
+                                   if not a.startswith("_")]:
+                doc = inspect.getdoc(obj)
+                if doc and doc not in parts:
+                    parts.append(doc)
     return "\n\n".join(parts)
 
 
