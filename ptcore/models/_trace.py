@@ -16,6 +16,7 @@ module with parameters on the data path, the classifier head.
 """
 from __future__ import annotations
 
+import inspect
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["Segment", "trace_segments", "segment_module", "HEAD_TYPES"]
 
@@ -93,10 +95,10 @@ class Segment:
 def _data_nodes(graph: fx.Graph) -> tuple[fx.Node, list[fx.Node], fx.Node]:
     nodes = list(graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise TypeError(f"forward takes {len(inputs)} inputs; a classifier takes one")
     out = nodes[-1]
     reached = {inputs[0]}
+    _drop_guards(graph, inputs[1:])
+    nodes = list(graph.nodes)
     data = []
     for n in nodes:
         if n.op not in ("placeholder", "output") and any(a in reached
@@ -107,6 +109,20 @@ def _data_nodes(graph: fx.Graph) -> tuple[fx.Node, list[fx.Node], fx.Node]:
     if not isinstance(result, fx.Node) or result not in reached:
         raise TypeError("forward does not return one tensor computed from its input")
     return inputs[0], data, result
+
+
+def _drop_guards(graph: fx.Graph, fixed: list[fx.Node]) -> None:
+    """Options traced with their defaults leave a placeholder and a check that the value is
+    that default; a stage runs with the defaults anyway."""
+    doomed = set(fixed)
+    for n in graph.nodes:
+        if any(a in doomed for a in n.all_input_nodes):
+            doomed.add(n)
+    if any(u not in doomed for n in doomed for u in n.users):
+        raise TypeError("forward uses more than one input")
+    for n in reversed(list(graph.nodes)):
+        if n in doomed:
+            graph.erase_node(n)
 
 
 def _cuts(source: fx.Node, data: list[fx.Node], result: fx.Node) -> dict[int, fx.Node]:
@@ -177,9 +193,12 @@ def trace_segments(model: nn.Module) -> list[Segment]:
 
 def _trace_segments(model: nn.Module) -> list[Segment]:
     opened = _opened(model)
+    # options of forward beyond the image (timm ViT's attn_mask) keep their defaults
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    fixed = {p.name: p.default for p in params if p.default is not p.empty}
     while True:
         try:
-            graph = _Tracer(opened).trace(model)
+            graph = _Tracer(opened).trace(model, concrete_args=fixed or None)
         except Exception as e:  # torch.fx fails in many ways on untraceable code
             raise TypeError(f"torch.fx cannot trace its forward ({type(e).__name__}: {e})") from e
         segments = _partition(model, graph)
@@ -205,7 +224,31 @@ def segment_module(model: nn.Module, seg: Segment) -> nn.Module:
             env[n] = g.node_copy(n, arg)
         return env[n]
 
+    glue = {}
     for n in seg.nodes:
-        env[n] = g.node_copy(n, arg)
+        if n.op == "call_function" and n.target in _DROPOUTS:
+            # F.dropout(x, training=self.training) was traced with the mode of the moment;
+            # a module follows the mode instead
+            bound = inspect.signature(n.target).bind(*n.args, **n.kwargs)
+            name = f"glue_dropout_{len(glue)}"
+            glue[name] = _DROPOUTS[n.target](bound.arguments.get("p", 0.5))
+            env[n] = g.call_module(name, (arg(bound.arguments["input"]),))
+        else:
+            env[n] = g.node_copy(n, arg)
     g.output(env[seg.result])
-    return fx.GraphModule(model, g, class_name="Stage")
+    root = {t: model.get_submodule(t) for t in seg.modules}
+    root.update(glue)
+    for n in g.nodes:
+        if n.op == "get_attr":
+            root[n.target] = _get_attr(model, n.target)
+    return fx.GraphModule(root, g, class_name="Stage")
+
+
+def _get_attr(model: nn.Module, target: str):
+    module, _, attr = target.rpartition(".")
+    return getattr(model.get_submodule(module) if module else model, attr)
+
+
+_DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
+             F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
+             F.feature_alpha_dropout: nn.FeatureAlphaDropout}

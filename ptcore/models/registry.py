@@ -92,16 +92,16 @@ def _create_timm(name: str, weights, num_classes: int | None, kwargs: dict) -> n
     arch = name[len(TIMM_PREFIX):]
     if not timm.is_model(arch.split(".")[0]):
         raise ValueError(f"unknown timm model {arch!r} (see `ptcore models --timm`)")
-    if weights is None or _is_path(weights):
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    if weights is not None and _is_path(weights):
         model = timm.create_model(arch, pretrained=False, **kwargs)
-        if weights is not None:
-            load_weights(model, name, weights)
-        return model
+        return load_weights(model, name, weights)  # the file sizes the head
+    if weights is None:
+        return timm.create_model(arch, pretrained=False, **extra, **kwargs)
     if not isinstance(weights, str):
         raise TypeError(f"weights must be 'DEFAULT', a timm pretrained tag or a path, got "
                         f"{type(weights).__name__}")
     tagged = arch if weights == "DEFAULT" else f"{arch.split('.')[0]}.{weights}"
-    extra = {} if num_classes is None else {"num_classes": num_classes}
     try:
         return timm.create_model(tagged, pretrained=True, **extra, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:

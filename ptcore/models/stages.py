@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 
 import torch.nn as nn
+from torch.fx import GraphModule
 
 from ptcore.models._trace import segment_module, trace_segments
 
@@ -41,13 +42,25 @@ def stages(model: nn.Module) -> list[Stage]:
         calls, key, cached = hit
         try:
             if tuple(id(model.get_submodule(c)) for c in calls) == key:
-                return list(cached)
+                return _in_mode(cached, model.training)
         except AttributeError:  # a called module was removed
             pass
     segments = trace_segments(model)
     cached = [Stage(s.name, segment_module(model, s)) for s in segments]
     calls = [c for s in segments for c in s.modules]
     _CACHE[model] = (calls, tuple(id(model.get_submodule(c)) for c in calls), cached)
+    return _in_mode(cached, model.training)
+
+
+def _in_mode(cached: list[Stage], training: bool) -> list[Stage]:
+    """The stages with their own glue modules (dropout that was functional in the model's
+    forward) in the model's train/eval mode: they are not the model's submodules, so
+    ``model.train()`` does not reach them."""
+    for s in cached:
+        if isinstance(s.module, GraphModule):
+            for name, m in s.module.named_children():
+                if name.startswith("glue_"):
+                    m.training = training
     return list(cached)
 
 
