@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["info", "finetune", "distill", "incremental", "run", "demo"]
+COMMANDS = ["info", "models", "finetune", "distill", "incremental", "run", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,9 @@ def add_parser(sub):
                    "or a local state_dict / ptcore checkpoint file")
     p.add_argument("--data", default="digits", help="'digits', an ImageFolder directory, or a "
                    "torchvision dataset name with --data-root")
-    p.add_argument("--data-root", help="root of a torchvision dataset given by name")
+    p.add_argument("--data-root", help="root of a torchvision dataset given by name (its "
+                   "official train/test splits are used, and an ImageFolder root's train/, "
+                   "val/, test/ subfolders)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--classes", help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--shots", type=int, help="labelled samples per class for training")
@@ -60,10 +62,25 @@ def _finetune(args) -> dict:
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
-    dataset = D.dataset_from_spec(args.data, image_size=args.image_size, root=args.data_root)
+    from ptcore.commands._splits import official_data
+
+    splits = official_data(args, data=args.data, root=args.data_root)
+    if splits is None:
+        dataset = D.dataset_from_spec(args.data, image_size=args.image_size,
+                                      root=args.data_root)
+    else:  # its own test (and val) split; a val fraction of train where it has none
+        dataset = splits["train"]
     if args.classes:
-        dataset = D.class_subset(dataset, [int(c) for c in str(args.classes).split(",")])
-    train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
+        keep = [int(c) for c in str(args.classes).split(",")]
+        dataset = D.class_subset(dataset, keep)
+        splits = splits and {k: D.class_subset(v, keep) for k, v in splits.items()}
+    if splits is None:
+        train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
+    elif "val" in splits:
+        train, val, test = dataset, splits["val"], splits["test"]
+    else:
+        train, val, _ = D.train_val_test_split(dataset, args.val, 0.0, seed=args.seed)
+        test = splits["test"]
     if args.shots:
         train, _ = D.k_shot(train, args.shots, seed=args.seed)
     num_classes = len(D.targets_of(dataset).unique())

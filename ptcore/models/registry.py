@@ -50,7 +50,8 @@ def list_models(source: str = "torchvision", filter: str | None = None) -> list[
         names += [TIMM_PREFIX + n for n in _timm().list_models()]
     if filter:
         pattern = filter if any(c in filter for c in "*?[") else f"*{filter}*"
-        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)
+                 or fnmatch.fnmatchcase(n[len(TIMM_PREFIX):] if is_timm(n) else n, pattern)]
     return sorted(names)
 
 
