@@ -57,7 +57,7 @@ def test_cifar100_official_splits(cifar100):
 def test_split_cifar100_from_the_command_line(cifar100, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["incremental", "--benchmark", "split-cifar100", "--tasks", "10",
-                 "--root", str(cifar100), "--model", "resnet18", "--method", "naive",
+                 "--root", str(cifar100), "--model", "mobilenet_v3_small", "--method", "naive",
                  "--epochs", "1", "--batch-size", "32", "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
