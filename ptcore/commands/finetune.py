@@ -3,6 +3,7 @@ torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.jso
 import sys
 
 from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
+from ptcore.commands._splits import add_data_arguments
 
 
 def add_parser(sub):
@@ -20,6 +21,7 @@ def add_parser(sub):
                    "official train/test splits are used, and an ImageFolder root's train/, "
                    "val/, test/ subfolders)")
     p.add_argument("--image-size", type=int, default=32)
+    add_data_arguments(p)
     p.add_argument("--classes", help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--shots", type=int, help="labelled samples per class for training")
     p.add_argument("--val", type=float, default=0.15, help="validation fraction")
@@ -62,12 +64,12 @@ def _finetune(args) -> dict:
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
-    from ptcore.commands._splits import official_data
+    from ptcore.commands._splits import model_transform, official_data
 
     splits = official_data(args, data=args.data, root=args.data_root)
     if splits is None:
         dataset = D.dataset_from_spec(args.data, image_size=args.image_size,
-                                      root=args.data_root)
+                                      root=args.data_root, transform=model_transform(args))
     else:  # its own test (and val) split; a val fraction of train where it has none
         dataset = splits["train"]
     if args.classes:

@@ -4,6 +4,7 @@
 import sys
 
 from ptcore.commands._engine_args import add_engine_arguments, strategy_kwargs
+from ptcore.commands._splits import add_data_arguments
 
 
 def _int_list(text: str) -> list[int]:
@@ -33,8 +34,7 @@ def add_parser(sub):
     p.add_argument("--benchmark", help="a class-incremental benchmark by name with its "
                    "official splits and class order: split-cifar100, split-imagenet-subset "
                    "(see docs/data.md); --tasks is then a task count")
-    p.add_argument("--download", action="store_true", help="download a torchvision dataset "
-                   "that is not under --root")
+    add_data_arguments(p)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--data-classes", type=_int_list,
                    help="comma-separated classes of the data to use (default: all)")
@@ -78,12 +78,13 @@ def _incremental(args) -> int:
     from ptcore.models import create_model
     from ptcore.strategies import Incremental
 
-    from ptcore.commands._splits import official_data
+    from ptcore.commands._splits import model_transform, official_data
     from ptcore.data import benchmark_tasks
 
     splits = official_data(args, data=args.data, root=args.root, benchmark=args.benchmark)
     if splits is None:
-        data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
+        data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root,
+                                 transform=model_transform(args))
         if args.data_classes:
             data = class_subset(data, args.data_classes, relabel=False)
         train, _, test = train_val_test_split(data, 0.0, args.test_fraction, seed=args.seed)
