@@ -47,7 +47,8 @@ def test_group_matcher_sets_the_layer_groups():
 def test_functional_dropout_follows_train_and_eval():
     """timm's forward_head calls F.dropout(training=self.training): the stage holding it
     must drop in train mode and not in eval mode, whatever the mode was when traced."""
-    model = create_model("timm/ghostnet_100", num_classes=3, drop_rate=0.5).train()
+    with fast_init():
+        model = create_model("timm/ghostnet_100", num_classes=3, drop_rate=0.5).train()
     x = torch.randn(4, 3, 32, 32)
     tail = stages(model)[-2].module  # flatten + dropout
     feats = torch.randn(4, 1280, 1, 1)
