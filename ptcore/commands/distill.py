@@ -86,7 +86,7 @@ def _distill(args) -> dict:
     from ptcore import engine
     from ptcore.data import (class_subset, dataset_from_spec, k_shot, targets_of,
                              train_val_test_split)
-    from ptcore.models import create_model, get_head
+    from ptcore.models import create_model, get_head, head_width
     from ptcore.strategies import Distill
 
     data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
@@ -98,9 +98,9 @@ def _distill(args) -> dict:
                             if args.labels_per_class is not None else (train, None))
     progress = not args.no_progress
     teacher = create_model(args.teacher, weights=args.teacher_weights, progress=progress)
-    if get_head(teacher).out_features != classes:  # before the teacher runs over the data
+    if head_width(get_head(teacher)) != classes:  # before the teacher runs over the data
         raise ValueError(f"--teacher-weights give {args.teacher} a head of "
-                         f"{get_head(teacher).out_features} classes; the data has {classes}")
+                         f"{head_width(get_head(teacher))} classes; the data has {classes}")
     student = create_model(args.student, num_classes=classes, weights=args.student_weights,
                            progress=progress)
     strategy = Distill(teacher, student, **strategy_kwargs(

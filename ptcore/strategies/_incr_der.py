@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ptcore.data import LabeledSubset
-from ptcore.models import get_head
+from ptcore.models import get_head, head_width
 from ptcore.ops import kd_loss_topk
 from ptcore.strategies._distill_teacher import TeacherView
 from ptcore.strategies._incr_memory import union
@@ -53,7 +53,7 @@ class LogitStore:
 
         entries = [(row, *memory.exemplars[row]) for row in rows]
         data = union([LabeledSubset(task_data[t], p) for _, t, p in entries])
-        width = get_head(model).out_features
+        width = head_width(get_head(model))
         if self.topk is not None and self.topk > width:
             raise ValueError(f"der_topk={self.topk} is more than the head's {width} classes")
         cache = FeatureCache(TeacherView(model, topk=self.topk), data,

@@ -21,7 +21,8 @@ from ptcore import engine
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.engine import distributed as D
 from ptcore.engine.rng import get_rng_state, set_rng_state
-from ptcore.models import StagedModel, expand_head, get_head, replace_head, split_index, stages
+from ptcore.models import (StagedModel, expand_head, get_head, head_width, replace_head,
+                           split_index, stages)
 from ptcore.models import freeze as freeze_module
 from ptcore.ops import kd_loss
 from ptcore.strategies._incr_bias import BiasCorrection, fit_bias, weight_align
@@ -245,8 +246,8 @@ class Incremental:
         stop = self.plan.spans[t][1]
         if t == 0 and self.initial_classes is None:
             replace_head(self.model.model, stop)
-        elif stop > get_head(self.model).out_features:
-            expand_head(self.model.model, stop - get_head(self.model).out_features)
+        elif stop > head_width(get_head(self.model)):
+            expand_head(self.model.model, stop - head_width(get_head(self.model)))
         self.model.to(self.device)
         own = train[t]
         if self.memory is not None and self.memory.holdout:  # BiC: before anything trains
@@ -346,7 +347,7 @@ class Incremental:
         is why this is not engine.evaluate; under DDP each process takes every world-th
         sample and the counts are summed."""
         row_task = self.plan.row_task().to(self.device)
-        n = get_head(self.model).out_features
+        n = head_width(get_head(self.model))
         amp = engine.resolve_amp(self.fit_args["amp"], self.device)
         counts = torch.zeros(3, len(self.plan.spans), dtype=torch.float64, device=self.device)
         was_training = self.model.training
@@ -369,7 +370,7 @@ class Incremental:
         classes learned so far; the task of a sample is the one its class came with)."""
         if self.plan is None:
             raise RuntimeError("nothing learned yet: call fit() first")
-        learned = self.plan.classes[: get_head(self.model).out_features]
+        learned = self.plan.classes[: head_width(get_head(self.model))]
         unseen = sorted(set(targets_of(data).unique().tolist()) - set(learned))
         if unseen:
             raise ValueError(f"data has classes {unseen} that have not been learned yet")
@@ -445,7 +446,7 @@ class Incremental:
         if resume and out_dir is None:
             raise ValueError("resume=True needs out_dir (where the checkpoints are)")
         self.plan = make_plan(train_tasks, test_tasks, self.initial_classes,
-                              get_head(self.model).out_features)
+                              head_width(get_head(self.model)))
         if self.memory is not None and self.memory.budget < self.memory.min_budget(
                 len(self.plan.classes)):
             raise ValueError(f"memory={self.memory.budget} is smaller than the "
