@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from ptcore.engine import distributed as D
 from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptcore.engine.files import remove_stale_temps
+from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
+from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
 from ptcore.engine.rng import get_rng_state, set_rng_state
 from ptcore.engine.schedules import make_schedule
@@ -116,6 +118,15 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256,
     return {"loss": loss / n, "accuracy": correct / n, "count": int(count)}
 
 
+def _batch_len(batch) -> int:
+    """Samples in a batch: the length of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    items = batch.values() if isinstance(batch, dict) else batch
+    nested = (b for b in items if isinstance(b, (torch.Tensor, list, tuple, dict)))
+    return next((_batch_len(b) for b in nested), 0)
+
+
 def _trainable(model: nn.Module) -> tuple[int, ...]:
     return tuple(i for i, p in enumerate(model.parameters()) if p.requires_grad)
 
@@ -172,7 +183,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         accumulate: int = 1, amp="auto", grad_clip: float | None = None,
         on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
         device=None, progress: bool = True, num_workers: int = 0, drop_last: bool = False,
-        precise_bn: int = 0, meta: dict | None = None) -> list[dict]:
+        precise_bn: int = 0, meta: dict | None = None, log=("jsonl",), log_every: int = 50,
+        keep_last: int = 0, keep_best: int = 0, best_metric: str = "val_loss",
+        best_mode: str = "min", patience: int | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
 
     ``train_data`` and ``val_data``: a Dataset, or ``epoch -> Dataset`` (e.g. a feature cache
@@ -188,12 +201,22 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     ``precise_bn``: after each epoch, recompute the running statistics of the BatchNorm
     layers in training mode over this many training batches (see
     :func:`ptcore.engine.precise_bn.recompute_bn_stats`); 0 keeps the moving averages.
+    ``log``: loggers besides metrics.jsonl ("csv", "tensorboard"; a list or comma-separated),
+    with a step record every ``log_every`` optimizer steps (:mod:`ptcore.engine.loggers`).
+    ``keep_last``, ``keep_best`` (by ``best_metric`` in ``best_mode``) and ``patience``
+    (stop after that many epochs without improvement): :mod:`ptcore.engine.policy`. These
+    may change on resume; they do not change what is trained.
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     check_precise_bn(precise_bn)
     check_grad_clip(grad_clip)
+    log = check_loggers(log, log_every)
+    policy = CheckpointPolicy(keep_last, keep_best, best_metric, best_mode, patience)
+    policy.check(has_val=val_data is not None, has_out=out_dir is not None)
+    if set(log) - {"jsonl"} and out_dir is None:
+        raise ValueError(f"log={list(log)} needs an output folder (out_dir)")
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
     distributed = D.setup()
@@ -202,7 +225,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT if out is not None else None
-    log = MetricsLog(out / METRICS) if out is not None else None
+    metrics_log = MetricsLog(out / METRICS) if out is not None else None
     if resume and out is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
 
@@ -230,78 +253,97 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         history = list(ckpt.get("history", []))
-    if log is not None:
-        D.on_main(lambda: log.rewrite(history), f"writing {log.path}")
+    loggers = None
+    if metrics_log is not None:
+        D.on_main(lambda: metrics_log.rewrite(history), f"writing {metrics_log.path}")
+        if D.is_main():
+            loggers = Loggers(log, out, step=scheduler.last_epoch, history=history,
+                              world=D.world_size())
 
-    wrapped, wrapped_for = model, None
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        for cb in on_epoch_start:
-            cb(epoch, model)
-        if distributed and wrapped_for != _trainable(model):
-            if not _trainable(model):
-                raise ValueError("no trainable parameters: everything is frozen")
-            wrapped_for = _trainable(model)
-            wrapped = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        data = epoch_data(epoch)
-        loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers)
-        model.train()
-        sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (progress and D.is_main()))
-        for i, batch in enumerate(bar):
-            sync = (i + 1) % accumulate == 0 or i + 1 == len(loader)
-            no_sync = wrapped.no_sync() if distributed and not sync else contextlib.nullcontext()
-            with no_sync:
-                with _autocast(device, amp_dtype):
-                    loss, extras = _unpack(step_fn(wrapped, _to(batch, device)))
-                scaled = loss / accumulate
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if sync:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                             grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            for k, v in {"loss": loss, **extras}.items():
-                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
-            float(len(loader)), dtype=torch.float64, device=device)]))
-        record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
-                                     for k, v in zip(sums, totals.tolist())},
-                  "lr": optimizer.param_groups[0]["lr"]}
-        if precise_bn:
-            _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
-                        batch_size=batch_size, seed=seed, epoch=epoch)
-        if val_data is not None:
-            val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
-                           batch_size=max(batch_size, 256),
-                           predict_fn=predict_fn, device=device, amp=amp)
-            record.update({f"val_{k}": v for k, v in val.items()})
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        if out is not None:
-            def save():
-                log.append(record)  # first: a kill before the checkpoint drops it on resume
-                save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
-                                optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(),
-                                scaler=scaler.state_dict() if scaler is not None else None,
-                                rng=get_rng_state(), history=history, meta=meta or {},
-                                settings=settings)
-            D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
-        else:
-            D.barrier()
+    try:
+        wrapped, wrapped_for = model, None
+        for epoch in range(start, epochs):
+            if policy.should_stop(history):  # also when resuming a run that stopped early
+                break
+            t0 = time.perf_counter()
+            for cb in on_epoch_start:
+                cb(epoch, model)
+            if distributed and wrapped_for != _trainable(model):
+                if not _trainable(model):
+                    raise ValueError("no trainable parameters: everything is frozen")
+                wrapped_for = _trainable(model)
+                wrapped = DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None)
+            data = epoch_data(epoch)
+            loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers)
+            model.train()
+            sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=not (progress and D.is_main()))
+            for i, batch in enumerate(bar):
+                sync = (i + 1) % accumulate == 0 or i + 1 == len(loader)
+                no_sync = (wrapped.no_sync() if distributed and not sync
+                           else contextlib.nullcontext())
+                with no_sync:
+                    with _autocast(device, amp_dtype):
+                        loss, extras = _unpack(step_fn(wrapped, _to(batch, device)))
+                    scaled = loss / accumulate
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                if sync:
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    if grad_clip is not None:
+                        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                 grad_clip)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                if loggers is not None:
+                    loggers.count(_batch_len(batch))
+                    if sync and scheduler.last_epoch % log_every == 0:
+                        loggers.step(scheduler.last_epoch, epoch, float(loss.detach()),
+                                     optimizer.param_groups[0]["lr"])
+                for k, v in {"loss": loss, **extras}.items():
+                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
+                float(len(loader)), dtype=torch.float64, device=device)]))
+            record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
+                                         for k, v in zip(sums, totals.tolist())},
+                      "lr": optimizer.param_groups[0]["lr"]}
+            if precise_bn:
+                _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
+                            batch_size=batch_size, seed=seed, epoch=epoch)
+            if val_data is not None:
+                val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
+                               batch_size=max(batch_size, 256),
+                               predict_fn=predict_fn, device=device, amp=amp)
+                record.update({f"val_{k}": v for k, v in val.items()})
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            if out is not None:
+                def save():
+                    metrics_log.append(record)  # first: a kill before the checkpoint drops it
+                    save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
+                                    optimizer=optimizer.state_dict(),
+                                    scheduler=scheduler.state_dict(),
+                                    scaler=scaler.state_dict() if scaler is not None else None,
+                                    rng=get_rng_state(), history=history, meta=meta or {},
+                                    settings=settings)
+                    policy.apply(out, history)
+                D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
+            else:
+                D.barrier()
+            if loggers is not None:
+                loggers.epoch(scheduler.last_epoch, history)
+    finally:
+        if loggers is not None:
+            loggers.close()
     return history
 
 
