@@ -11,8 +11,8 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
                          lr: float = 1e-3, weight_decay: float = 0.01,
                          epochs_help: str = "training epochs") -> None:
     """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --device
-    --seed --out --resume --overwrite --ddp-timeout --no-progress. ``--out`` is not required
-    here: a --config may give it."""
+    --seed --out --resume --overwrite --ddp-timeout --no-progress and the logging and
+    checkpoint options. ``--out`` is not required here: a --config may give it."""
     from ptcore.engine.schedules import SCHEDULES
 
     g = p.add_argument_group("training loop")
@@ -43,6 +43,32 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     # --quiet: the spelling `ptcore finetune` had first; kept so old scripts still run.
     g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="no progress bars")
+    _add_run_arguments(p)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--log --log-every --keep-last --keep-best --best-metric --best-mode --patience:
+    ptcore.engine.RUN_OPTIONS (docs/logging.md)."""
+    from ptcore.engine.loggers import LOGGERS
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--log", default="jsonl", metavar="LOGGERS",
+                   help=f"comma-separated loggers from {', '.join(LOGGERS)} (metrics.jsonl is "
+                   "always written); e.g. --log csv,tensorboard")
+    g.add_argument("--log-every", type=int, default=50, metavar="STEPS",
+                   help="a step record (loss, lr, samples/s) every STEPS optimizer steps")
+    g.add_argument("--keep-last", type=int, default=0, metavar="K",
+                   help="also keep the last K epochs' checkpoints (epoch-NNNN.pt)")
+    g.add_argument("--keep-best", type=int, default=0, metavar="K",
+                   help="keep the K best epochs' checkpoints by --best-metric "
+                   "(best-epoch-NNNN.pt, ranked in best.json)")
+    g.add_argument("--best-metric", default="val_loss", metavar="NAME",
+                   help="epoch metric that ranks checkpoints and drives --patience")
+    g.add_argument("--best-mode", choices=("min", "max"), default="min",
+                   help="whether a lower or a higher --best-metric is better")
+    g.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="stop after EPOCHS epochs without a strict improvement of "
+                   "--best-metric (default: never)")
 
 
 def int_list(text: str) -> list[int]:
@@ -67,7 +93,10 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "schedule": args.schedule, "amp": args.amp,
             "precise_bn": args.precise_bn, "device": args.device, "seed": args.seed,
-            "progress": not args.no_progress}
+            "progress": not args.no_progress, "log": args.log, "log_every": args.log_every,
+            "keep_last": args.keep_last, "keep_best": args.keep_best,
+            "best_metric": args.best_metric, "best_mode": args.best_mode,
+            "patience": args.patience}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

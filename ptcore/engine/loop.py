@@ -36,11 +36,33 @@ from ptcore.engine.settings import (differences, model_signature, optimizer_sett
 from ptcore.errors import UserError
 
 __all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "check_grad_clip",
-           "RunFolderError", "CHECKPOINT", "METRICS", "RESUME_MODES"]
+           "RunFolderError", "CHECKPOINT", "METRICS", "RESUME_MODES", "RUN_OPTIONS",
+           "run_options"]
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
 RESUME_MODES = (False, True, "auto")
+
+
+# fit() options that strategies pass through untouched (``**run_options``): what is logged
+# and which checkpoints are kept. Name -> default.
+RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "keep_last": 0, "keep_best": 0,
+               "best_metric": "val_loss", "best_mode": "min", "patience": None}
+
+
+def run_options(options: dict, *, has_val: bool | None = None) -> dict:
+    """``options`` checked as fit() will check them, for a strategy's constructor (before
+    any training). ``has_val``: False where the strategy never validates per epoch, so a
+    policy ranking by a val_ metric is refused now; None: not known yet (fit checks it)."""
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; run options are "
+                        f"{sorted(RUN_OPTIONS)}")
+    kw = {**RUN_OPTIONS, **options}
+    check_loggers(kw["log"], kw["log_every"])
+    CheckpointPolicy(kw["keep_last"], kw["keep_best"], kw["best_metric"], kw["best_mode"],
+                     kw["patience"]).check(has_val=has_val is not False, has_out=True)
+    return dict(options)
 
 
 class RunFolderError(UserError, ValueError):

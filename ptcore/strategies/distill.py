@@ -84,7 +84,7 @@ class Distill:
                  warmup: float = 0.1, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, seed: int = 0, device=None,
                  progress: bool = True, num_workers: int = 0,
-                 precise_bn: int = 0):
+                 precise_bn: int = 0, **run_options):
         for name, m in (("teacher", teacher), ("student", student)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
@@ -117,7 +117,8 @@ class Distill:
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,
-                             num_workers=num_workers, precise_bn=precise_bn)
+                             num_workers=num_workers, precise_bn=precise_bn,
+                             **engine.run_options(run_options))
         self.cache = None  # the offline teacher cache of the last fit
 
     # -- the teacher's side --------------------------------------------------------------

@@ -47,7 +47,7 @@ class FineTune:
                  batch_size: int = 32, schedule: str = "cosine", warmup: float = 0.1,
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
                  seed: int = 0, device=None, progress: bool = True, num_workers: int = 0,
-                 precise_bn: int = 0):
+                 precise_bn: int = 0, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "partial") != (freeze is not None):
@@ -71,7 +71,8 @@ class FineTune:
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,
-                             num_workers=num_workers, precise_bn=precise_bn)
+                             num_workers=num_workers, precise_bn=precise_bn,
+                             **engine.run_options(run_options))
         self._caches: dict[tuple[int, str], object] = {}
         self._input_start = 0
         self._set_split(self._k0)

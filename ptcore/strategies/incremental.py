@@ -109,7 +109,8 @@ class Incremental:
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
-                 progress: bool = True, num_workers: int = 0, precise_bn: int = 0):
+                 progress: bool = True, num_workers: int = 0, precise_bn: int = 0,
+                 **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -139,7 +140,8 @@ class Incremental:
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, progress=progress,
-                             num_workers=num_workers, precise_bn=precise_bn)
+                             num_workers=num_workers, precise_bn=precise_bn,
+                             **engine.run_options(run_options, has_val=False))
         self.plan: Plan | None = None
         self.means: torch.Tensor | None = None  # class means (ncm, simplecil), head-row order
         self.R: dict[str, list[list[float | None]]] = {"class": [], "task": []}
