@@ -10,7 +10,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
                          lr: float = 1e-3, weight_decay: float = 0.01,
                          epochs_help: str = "training epochs") -> None:
-    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --device
+    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --num-workers
+    --device
     --seed --out --resume --overwrite --ddp-timeout --no-progress and the logging and
     checkpoint options. ``--out`` is not required here: a --config may give it."""
     from ptcore.engine.schedules import SCHEDULES
@@ -28,6 +29,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="recompute BatchNorm statistics over N training batches after each "
                    "epoch (short runs; MobileNetV3 students need it)")
+    g.add_argument("--num-workers", type=_workers, default=0, metavar="N",
+                   help="processes loading batches (every loader: training, evaluation, "
+                   "caches, Fisher, herding); auto: the available CPUs, at most 8")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if present)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="output directory (required, here or in --config)")
@@ -82,6 +86,16 @@ def int_list(text: str) -> list[int]:
     return ids
 
 
+def _workers(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0 or 'auto', got {text!r}") \
+            from None
+
+
 def _resume_mode(text: str):
     if text != "auto":
         raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
@@ -93,7 +107,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "schedule": args.schedule, "amp": args.amp,
             "precise_bn": args.precise_bn, "device": args.device, "seed": args.seed,
-            "progress": not args.no_progress, "log": args.log, "log_every": args.log_every,
+            "progress": not args.no_progress, "num_workers": args.num_workers,
+            "log": args.log, "log_every": args.log_every,
             "keep_last": args.keep_last, "keep_best": args.keep_best,
             "best_metric": args.best_metric, "best_mode": args.best_mode,
             "patience": args.patience}

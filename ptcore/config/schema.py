@@ -154,7 +154,8 @@ _VALUES = {
     "ddp_timeout": (lambda v: v is None or 0 < v < math.inf, "a positive number of seconds"),
     "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "accumulate": _POSITIVE_INT,
     "memory": _POSITIVE_INT, "topk": _POSITIVE_INT, "unfreeze_every": _POSITIVE_INT,
-    "num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "num_workers": (lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+                    "an int >= 0 or 'auto'"),
     "precise_bn": (lambda v: v >= 0, "an int >= 0 (batches)"),
     "ewc_samples": _POSITIVE_INT,
     "log": (lambda v: all(isinstance(n, str) and n.strip() in LOGGERS

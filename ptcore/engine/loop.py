@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ptcore.engine import distributed as D
 from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptcore.engine.files import remove_stale_temps
+from ptcore.engine.loaders import check_num_workers, make_loader
 from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
 from ptcore.engine.policy import CheckpointPolicy
@@ -116,7 +117,8 @@ def _default_predict(model, batch):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, *, batch_size: int = 256,
-             predict_fn: Callable | None = None, device=None, amp=None) -> dict:
+             predict_fn: Callable | None = None, device=None, amp=None,
+             num_workers=0) -> dict:
     """Mean cross-entropy and accuracy over ``data`` (labels -100 skipped).
     ``predict_fn(model, batch) -> (logits, labels)``; under DDP each process takes every
     world-th sample and the sums are reduced, so the result is exact."""
@@ -126,7 +128,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256,
     model.eval()
     shard = torch.utils.data.Subset(data, range(D.rank(), len(data), D.world_size()))
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    for batch in DataLoader(shard, batch_size=batch_size):
+    for batch in make_loader(shard, batch_size, num_workers=num_workers, device=device):
         with _autocast(device, resolve_amp(amp, device)):
             logits, y = predict_fn(model, _to(batch, device))
         keep = y != -100
@@ -153,12 +155,12 @@ def _trainable(model: nn.Module) -> tuple[int, ...]:
     return tuple(i for i, p in enumerate(model.parameters()) if p.requires_grad)
 
 
-def _loader(data, batch_size, seed, epoch, drop_last, num_workers) -> DataLoader:
+def _loader(data, batch_size, seed, epoch, drop_last, num_workers, device=None) -> DataLoader:
     sampler = DistributedSampler(data, num_replicas=D.world_size(), rank=D.rank(),
                                  shuffle=True, seed=seed, drop_last=drop_last)
     sampler.set_epoch(epoch)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=num_workers)
+    return make_loader(data, batch_size, sampler=sampler, drop_last=drop_last,
+                       num_workers=num_workers, device=device)
 
 
 def check_grad_clip(grad_clip) -> None:
@@ -204,7 +206,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         predict_fn: Callable | None = None, out_dir=None, resume: bool | str = False,
         accumulate: int = 1, amp="auto", grad_clip: float | None = None,
         on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
-        device=None, progress: bool = True, num_workers: int = 0, drop_last: bool = False,
+        device=None, progress: bool = True, num_workers=0, drop_last: bool = False,
         precise_bn: int = 0, meta: dict | None = None, log=("jsonl",), log_every: int = 50,
         keep_last: int = 0, keep_best: int = 0, best_metric: str = "val_loss",
         best_mode: str = "min", patience: int | None = None) -> list[dict]:
@@ -219,6 +221,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     a checkpoint is refused unless ``resume``. ``resume=True`` continues from the checkpoint
     there exactly (model, optimizer, scheduler, scaler, RNG, epoch) and refuses one made with
     other settings (naming them) or a missing one; ``resume="auto"`` starts when there is none.
+    ``num_workers`` (an int or "auto", :mod:`ptcore.engine.loaders`) load the training and
+    validation batches; the training workers persist while an epoch's data is the same
+    dataset object as the last epoch's.
     ``meta`` is stored in checkpoints (e.g. the model name, for reloading).
     ``precise_bn``: after each epoch, recompute the running statistics of the BatchNorm
     layers in training mode over this many training batches (see
@@ -234,6 +239,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     check_precise_bn(precise_bn)
     check_grad_clip(grad_clip)
+    check_num_workers(num_workers)
     log = check_loggers(log, log_every)
     policy = CheckpointPolicy(keep_last, keep_best, best_metric, best_mode, patience)
     policy.check(has_val=val_data is not None, has_out=out_dir is not None)
@@ -283,7 +289,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                               world=D.world_size())
 
     try:
-        wrapped, wrapped_for = model, None
+        wrapped, wrapped_for, loader = model, None, None
         for epoch in range(start, epochs):
             if policy.should_stop(history):  # also when resuming a run that stopped early
                 break
@@ -297,7 +303,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                 wrapped = DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None)
             data = epoch_data(epoch)
-            loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers)
+            if loader is None or loader.dataset is not data:  # same data: keep the workers
+                loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers, device)
+            loader.sampler.set_epoch(epoch)
             model.train()
             sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
@@ -344,7 +352,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
             if val_data is not None:
                 val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
                                batch_size=max(batch_size, 256),
-                               predict_fn=predict_fn, device=device, amp=amp)
+                               predict_fn=predict_fn, device=device, amp=amp,
+                               num_workers=num_workers)
                 record.update({f"val_{k}": v for k, v in val.items()})
             record["seconds"] = time.perf_counter() - t0
             history.append(record)

@@ -50,14 +50,16 @@ class ExemplarMemory:
     def __len__(self) -> int:
         return sum(len(p) for _, p in self.exemplars.values())
 
-    def _choose(self, model, data, positions: torch.Tensor, row: int, m: int, device):
+    def _choose(self, model, data, positions: torch.Tensor, row: int, m: int, device,
+                num_workers):
         if self.selection == "random":
             g = torch.Generator().manual_seed(self.seed * 100_003 + row)
             return positions[torch.randperm(len(positions), generator=g)[:m]]
-        feats, _ = embed(model, LabeledSubset(data, positions), device=device)
+        feats, _ = embed(model, LabeledSubset(data, positions), device=device,
+                         num_workers=num_workers)
         return positions[herding(feats, m)]
 
-    def add(self, model, task: int, data, rows: list[int], *, device) -> None:
+    def add(self, model, task: int, data, rows: list[int], *, device, num_workers=0) -> None:
         """Choose exemplars of ``rows`` (head rows = labels of ``data``, the training set of
         ``task``) with ``model``'s features, then shrink every class to the new quota. Rank 0
         chooses and broadcasts, so the memory is the same on every process."""
@@ -68,7 +70,8 @@ class ExemplarMemory:
             for row in rows:
                 positions = (targets == row).nonzero().flatten()
                 m = min(quota, len(positions))
-                chosen[row] = (task, self._choose(model, data, positions, row, m, device).tolist())
+                chosen[row] = (task, self._choose(model, data, positions, row, m, device,
+                                                  num_workers).tolist())
         if D.is_distributed():
             box = [chosen]
             dist.broadcast_object_list(box, src=0)

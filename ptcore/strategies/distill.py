@@ -83,7 +83,7 @@ class Distill:
                  epochs: int = 10, batch_size: int = 64, schedule: str = "cosine",
                  warmup: float = 0.1, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, seed: int = 0, device=None,
-                 progress: bool = True, num_workers: int = 0,
+                 progress: bool = True, num_workers: int | str = 0,
                  precise_bn: int = 0, **run_options):
         for name, m in (("teacher", teacher), ("student", student)):
             if not isinstance(m, nn.Module):
@@ -142,7 +142,8 @@ class Distill:
         return FeatureCache(self.view, data,
                             dtype=self.cache_dtype if self.topk is None else torch.float32,
                             path=self._cache_path(out_dir), device=self.device,
-                            progress=self.fit_args["progress"]).build()
+                            progress=self.fit_args["progress"],
+                            num_workers=self.fit_args["num_workers"]).build()
 
     def _check_classes(self, data: PseudoLabelData) -> None:
         """Teacher and student must score the same classes; checked before any step."""

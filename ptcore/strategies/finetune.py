@@ -46,7 +46,7 @@ class FineTune:
                  cache_dtype: torch.dtype = torch.float16, epochs: int = 10,
                  batch_size: int = 32, schedule: str = "cosine", warmup: float = 0.1,
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
-                 seed: int = 0, device=None, progress: bool = True, num_workers: int = 0,
+                 seed: int = 0, device=None, progress: bool = True, num_workers: int | str = 0,
                  precise_bn: int = 0, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -107,7 +107,8 @@ class FineTune:
             prefix = nn.Sequential(*[s.module for s in stages(self.model)[:k]])
             self._caches[key] = FeatureCache(prefix, data, dtype=self.cache_dtype,
                                              device=self.device,
-                                             progress=self.fit_args["progress"]).build()
+                                             progress=self.fit_args["progress"],
+                                             num_workers=self.fit_args["num_workers"]).build()
         return self._caches[key], k
 
     # -- training ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ptcore import engine
 from ptcore.data import is_deterministic, targets_of
@@ -109,7 +109,7 @@ class Incremental:
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
-                 progress: bool = True, num_workers: int = 0, precise_bn: int = 0,
+                 progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
                  **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
@@ -212,7 +212,8 @@ class Incremental:
 
             data = _WithTeacher(data, FeatureCache(
                 teacher, data, dtype=torch.float32, device=self.device,
-                progress=self.fit_args["progress"]).build())
+                progress=self.fit_args["progress"],
+                num_workers=self.fit_args["num_workers"]).build())
         optimizer = torch.optim.AdamW(layer_decay_groups(self.model, self.lr, 1.0,
                                                          self.weight_decay))
         history = engine.fit(self.model, data, optimizer, step_fn=self._step_fn(groups, teacher),
@@ -230,17 +231,21 @@ class Incremental:
         """After task ``t``: choose its exemplars, add its Fisher, update the class means."""
         rows = list(range(*self.plan.spans[t]))
         if self.memory is not None:
-            self.memory.add(self.model, t, train[t], rows, device=self.device)
+            self.memory.add(self.model, t, train[t], rows, device=self.device,
+                            num_workers=self.fit_args["num_workers"])
         if self.ewc is not None and t < len(train) - 1:  # no task follows the last one
             row_task = self.plan.row_task().to(self.device)
             self.ewc.update(self.model, train[t],
                             lambda z, y: F.cross_entropy(self._restrict(z, y, row_task), y),
-                            device=self.device, progress=self.fit_args["progress"])
+                            device=self.device, progress=self.fit_args["progress"],
+                            num_workers=self.fit_args["num_workers"])
         if "ncm" in self.parts:  # every class's mean moves with the backbone: recompute all
             self.means = class_means(self.model, _union(self.memory.datasets(train)),
-                                     list(range(self.plan.spans[t][1])), device=self.device)
+                                     list(range(self.plan.spans[t][1])), device=self.device,
+                                     num_workers=self.fit_args["num_workers"])
         elif "simplecil" in self.parts:  # the backbone is frozen: old prototypes stay valid
-            new = class_means(self.model, train[t], rows, device=self.device)
+            new = class_means(self.model, train[t], rows, device=self.device,
+                              num_workers=self.fit_args["num_workers"])
             self.means = new if self.means is None else torch.cat([self.means, new])
 
     # -- evaluation ----------------------------------------------------------------------
@@ -261,7 +266,8 @@ class Incremental:
         was_training = self.model.training
         self.model.eval()
         shard = Subset(data, range(D.rank(), len(data), D.world_size()))
-        for x, y in DataLoader(shard, batch_size=256):
+        for x, y in engine.make_loader(shard, 256, num_workers=self.fit_args["num_workers"],
+                                       device=self.device):
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                 scores = self._scores(x).float()
