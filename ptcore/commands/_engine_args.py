@@ -51,7 +51,7 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """--log --log-every --keep-last --keep-best --best-metric --best-mode --patience:
+    """--log --log-every --keep-last --keep-best --best-metric --best-mode --patience --ema:
     ptcore.engine.RUN_OPTIONS (docs/logging.md)."""
     from ptcore.engine.loggers import LOGGERS
 
@@ -73,6 +73,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, metavar="EPOCHS",
                    help="stop after EPOCHS epochs without a strict improvement of "
                    "--best-metric (default: never)")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="also keep, validate and checkpoint an exponential moving average of "
+                   "the weights with this decay per step (e.g. 0.999)")
 
 
 def int_list(text: str) -> list[int]:
@@ -111,7 +114,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             "log": args.log, "log_every": args.log_every,
             "keep_last": args.keep_last, "keep_best": args.keep_best,
             "best_metric": args.best_metric, "best_mode": args.best_mode,
-            "patience": args.patience}
+            "patience": args.patience, "ema": args.ema}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

@@ -40,7 +40,7 @@ ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp"
 # (ptcore.engine.RUN_OPTIONS): logging and checkpoint policy. Their accepted types.
 RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,),
                     "keep_best": (int,), "best_metric": (str,), "best_mode": (str,),
-                    "patience": (int, type(None))}
+                    "patience": (int, type(None)), "ema": (float, type(None))}
 ENGINE_KEYS += tuple(RUN_OPTION_TYPES)
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
@@ -161,6 +161,7 @@ _VALUES = {
     "log": (lambda v: all(isinstance(n, str) and n.strip() in LOGGERS
                           for n in (v.split(",") if isinstance(v, str) else v)),
             f"a list of loggers from {', '.join(LOGGERS)}"),
+    "ema": (lambda v: v is None or 0 < v < 1, "null or a decay in (0, 1), e.g. 0.999"),
     "log_every": _POSITIVE_INT, "keep_last": _NON_NEGATIVE, "keep_best": _NON_NEGATIVE,
     "patience": _POSITIVE_INT, "best_mode": (lambda v: v in BEST_MODES, "min or max"),
     "best_metric": (lambda v: v.startswith(("train_", "val_")),

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ptcore.engine import distributed as D
 from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ptcore.engine.ema import check_ema, make_ema
 from ptcore.engine.files import remove_stale_temps
 from ptcore.engine.loaders import check_num_workers, make_loader
 from ptcore.engine.loggers import Loggers, check_loggers
@@ -48,7 +49,7 @@ RESUME_MODES = (False, True, "auto")
 # fit() options that strategies pass through untouched (``**run_options``): what is logged
 # and which checkpoints are kept. Name -> default.
 RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "keep_last": 0, "keep_best": 0,
-               "best_metric": "val_loss", "best_mode": "min", "patience": None}
+               "best_metric": "val_loss", "best_mode": "min", "patience": None, "ema": None}
 
 
 def run_options(options: dict, *, has_val: bool | None = None) -> dict:
@@ -61,6 +62,7 @@ def run_options(options: dict, *, has_val: bool | None = None) -> dict:
                         f"{sorted(RUN_OPTIONS)}")
     kw = {**RUN_OPTIONS, **options}
     check_loggers(kw["log"], kw["log_every"])
+    check_ema(kw["ema"])
     CheckpointPolicy(kw["keep_last"], kw["keep_best"], kw["best_metric"], kw["best_mode"],
                      kw["patience"]).check(has_val=has_val is not False, has_out=True)
     return dict(options)
@@ -209,7 +211,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         device=None, progress: bool = True, num_workers=0, drop_last: bool = False,
         precise_bn: int = 0, meta: dict | None = None, log=("jsonl",), log_every: int = 50,
         keep_last: int = 0, keep_best: int = 0, best_metric: str = "val_loss",
-        best_mode: str = "min", patience: int | None = None) -> list[dict]:
+        best_mode: str = "min", patience: int | None = None,
+        ema: float | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
 
     ``train_data`` and ``val_data``: a Dataset, or ``epoch -> Dataset`` (e.g. a feature cache
@@ -232,7 +235,10 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     with a step record every ``log_every`` optimizer steps (:mod:`ptcore.engine.loggers`).
     ``keep_last``, ``keep_best`` (by ``best_metric`` in ``best_mode``) and ``patience``
     (stop after that many epochs without improvement): :mod:`ptcore.engine.policy`. These
-    may change on resume; they do not change what is trained.
+    may change on resume; they do not change what is trained. ``ema``: keep an exponential
+    moving average of the weights with this decay per optimizer step (e.g. 0.999;
+    :mod:`ptcore.engine.ema`), validated each epoch beside the model (``val_ema_*``) and
+    stored in checkpoints (``ema``).
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -240,6 +246,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     check_precise_bn(precise_bn)
     check_grad_clip(grad_clip)
     check_num_workers(num_workers)
+    check_ema(ema)
     log = check_loggers(log, log_every)
     policy = CheckpointPolicy(keep_last, keep_best, best_metric, best_mode, patience)
     policy.check(has_val=val_data is not None, has_out=out_dir is not None)
@@ -265,13 +272,15 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                 "world_size": D.world_size(), "schedule": schedule, "warmup": warmup,
                 "seed": seed, "drop_last": drop_last, "grad_clip": grad_clip,
                 "precise_bn": precise_bn, "optimizer": optimizer_settings(optimizer),
-                "model": model_signature(model.state_dict()), "meta": meta or {}})
+                "model": model_signature(model.state_dict()), "meta": meta or {},
+                **({"ema": ema} if ema is not None else {})})
     ckpt = _open_run(out, resume, settings) if out is not None else None
     start = ckpt["epoch"] if ckpt is not None else 0
     probe = _loader(epoch_data(min(start, epochs - 1)), batch_size, seed, 0, drop_last, 0)
     steps_per_epoch = math.ceil(len(probe) / accumulate)
     scheduler = make_schedule(schedule, optimizer, epochs * steps_per_epoch, warmup)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    averaged = make_ema(model, ema) if ema is not None else None
     history = []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -279,6 +288,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if averaged is not None:
+            averaged.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
         history = list(ckpt.get("history", []))
     loggers = None
@@ -332,6 +343,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
+                    if averaged is not None:
+                        averaged.update_parameters(model)
                 if loggers is not None:
                     loggers.count(_batch_len(batch))
                     if sync and scheduler.last_epoch % log_every == 0:
@@ -355,6 +368,12 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                                predict_fn=predict_fn, device=device, amp=amp,
                                num_workers=num_workers)
                 record.update({f"val_{k}": v for k, v in val.items()})
+                if averaged is not None:
+                    val = evaluate(averaged.module, val_data(epoch) if callable(val_data)
+                                   else val_data, batch_size=max(batch_size, 256),
+                                   predict_fn=predict_fn, device=device, amp=amp,
+                                   num_workers=num_workers)
+                    record.update({f"val_ema_{k}": v for k, v in val.items()})
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             if out is not None:
@@ -365,7 +384,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                                     scheduler=scheduler.state_dict(),
                                     scaler=scaler.state_dict() if scaler is not None else None,
                                     rng=get_rng_state(), history=history, meta=meta or {},
-                                    settings=settings)
+                                    settings=settings,
+                                    **({"ema": averaged.state_dict()} if averaged is not None else {}))
                     policy.apply(out, history)
                 D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
             else:
