@@ -10,10 +10,10 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
                          lr: float = 1e-3, weight_decay: float = 0.01,
                          epochs_help: str = "training epochs") -> None:
-    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --num-workers
-    --device
-    --seed --out --resume --overwrite --ddp-timeout --no-progress and the logging and
+    """Add --epochs --batch-size --lr --weight-decay --optimizer --momentum --nesterov
+    --schedule --amp --precise-bn --num-workers --device --seed --out --resume --overwrite --ddp-timeout --no-progress and the logging and
     checkpoint options. ``--out`` is not required here: a --config may give it."""
+    from ptcore.engine.optim import OPTIMIZERS
     from ptcore.engine.schedules import SCHEDULES
 
     g = p.add_argument_group("training loop")
@@ -21,7 +21,11 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--batch-size", type=int, default=batch_size)
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     g.add_argument("--weight-decay", type=float, default=weight_decay,
-                   help="AdamW weight decay (never on norms and biases)")
+                   help="weight decay (never on norms and biases)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="adamw, or sgd with --momentum (and --nesterov)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
+    g.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                    help="learning-rate schedule")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -114,7 +118,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             "log": args.log, "log_every": args.log_every,
             "keep_last": args.keep_last, "keep_best": args.keep_best,
             "best_metric": args.best_metric, "best_mode": args.best_mode,
-            "patience": args.patience, "ema": args.ema}
+            "patience": args.patience, "ema": args.ema, "optimizer": args.optimizer,
+            "momentum": args.momentum, "nesterov": args.nesterov}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

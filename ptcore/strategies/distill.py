@@ -71,7 +71,8 @@ class Distill:
     cache_dtype: storage of cached full logits (float16, bfloat16, float32, int8); top-k rows
     are float32. cache_dir: where the offline cache persists and is reused across runs
     (default ``out_dir/teacher_cache``; in memory without either).
-    The rest go to the AdamW optimizer and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
+    The rest go to the optimizer (AdamW, or ``optimizer="sgd"`` with ``momentum``,
+    ``nesterov``) and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
     BatchNorm statistics after each epoch, for short runs and low-momentum BatchNorm).
     """
 
@@ -84,7 +85,8 @@ class Distill:
                  warmup: float = 0.1, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, seed: int = 0, device=None,
                  progress: bool = True, num_workers: int | str = 0,
-                 precise_bn: int = 0, **run_options):
+                 precise_bn: int = 0, optimizer: str = "adamw", momentum: float = 0.9,
+                 nesterov: bool = False, **run_options):
         for name, m in (("teacher", teacher), ("student", student)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
@@ -111,9 +113,10 @@ class Distill:
         self.view = TeacherView(teacher, input_size=_size(teacher_input_size,
                                                           "teacher_input_size"), topk=topk)
         self.device = torch.device(device) if device is not None else D.default_device()
-        self.optimizer = torch.optim.AdamW(student.parameters(), lr=check_float(
-            lr, "lr", positive=True), weight_decay=check_float(weight_decay, "weight_decay",
-                                                              nonneg=True))
+        self.optimizer = engine.make_optimizer(
+            student.parameters(), optimizer, momentum=momentum, nesterov=nesterov,
+            lr=check_float(lr, "lr", positive=True),
+            weight_decay=check_float(weight_decay, "weight_decay", nonneg=True))
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,

@@ -30,7 +30,8 @@ class FineTune:
     mode: "linear" (all frozen but the head), "partial" (frozen through split point
     ``freeze``, e.g. "layer3"), "full" (nothing frozen).
     lr: the head's learning rate; each layer group further from the head gets
-    ``layer_decay`` times the one after it. AdamW with ``weight_decay`` (none on biases and
+    ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
+    ``nesterov``) with ``weight_decay`` (none on biases and
     norms). unfreeze_every: every N epochs one more layer group is unfrozen (ULMFiT).
     bn: BatchNorm of the trainable part, "train", "eval" (running stats fixed) or "frozen"
     (stats and affine fixed); frozen layers always keep their statistics.
@@ -47,7 +48,8 @@ class FineTune:
                  batch_size: int = 32, schedule: str = "cosine", warmup: float = 0.1,
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
                  seed: int = 0, device=None, progress: bool = True, num_workers: int | str = 0,
-                 precise_bn: int = 0, **run_options):
+                 precise_bn: int = 0, optimizer: str = "adamw", momentum: float = 0.9,
+                 nesterov: bool = False, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "partial") != (freeze is not None):
@@ -66,8 +68,9 @@ class FineTune:
         self.mode, self.bn, self.cache, self.cache_dtype = mode, bn, cache, cache_dtype
         self.unfreeze_every = unfreeze_every
         self.device = torch.device(device) if device is not None else D.default_device()
-        self.optimizer = torch.optim.AdamW(
-            layer_decay_groups(self.model, lr, layer_decay, weight_decay))
+        self.optimizer = engine.make_optimizer(
+            layer_decay_groups(self.model, lr, layer_decay, weight_decay), optimizer,
+            momentum=momentum, nesterov=nesterov)
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,

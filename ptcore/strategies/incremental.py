@@ -110,7 +110,8 @@ class Incremental:
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
                  progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
-                 **run_options):
+                 optimizer: str = "adamw", momentum: float = 0.9,
+                 nesterov: bool = False, **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -136,6 +137,8 @@ class Incremental:
             freeze_module(nn.ModuleList(
                 s.module for s in stages(self.model)[:split_index(self.model, freeze)]))
         self.lr, self.weight_decay, self.cache, self.seed = lr, weight_decay, cache, seed
+        engine.check_optimizer(optimizer, momentum, nesterov)
+        self.optim = dict(optimizer=optimizer, momentum=momentum, nesterov=nesterov)
         self.device = torch.device(device) if device is not None else D.default_device()
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
@@ -214,8 +217,8 @@ class Incremental:
                 teacher, data, dtype=torch.float32, device=self.device,
                 progress=self.fit_args["progress"],
                 num_workers=self.fit_args["num_workers"]).build())
-        optimizer = torch.optim.AdamW(layer_decay_groups(self.model, self.lr, 1.0,
-                                                         self.weight_decay))
+        optimizer = engine.make_optimizer(layer_decay_groups(self.model, self.lr, 1.0,
+                                                             self.weight_decay), **self.optim)
         history = engine.fit(self.model, data, optimizer, step_fn=self._step_fn(groups, teacher),
                              out_dir=out_dir, resume=resume, device=self.device,
                              seed=self.seed + t, meta={"task": t, "method": self.method},

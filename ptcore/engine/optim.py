@@ -1,0 +1,35 @@
+"""The optimizer a strategy trains with, by name: AdamW (the default) or SGD with momentum
+(optionally Nesterov), over the strategy's parameter groups (their own ``lr`` and
+``weight_decay``: layer-wise rates, no decay on norms and biases). Checked when the strategy
+is built, before any training."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["OPTIMIZERS", "check_optimizer", "make_optimizer"]
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def check_optimizer(optimizer: str, momentum, nesterov) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+            or not 0 <= momentum < 1 or not math.isfinite(momentum):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if not isinstance(nesterov, bool):
+        raise ValueError(f"nesterov must be true or false, got {nesterov!r}")
+    if nesterov and (optimizer != "sgd" or momentum == 0):
+        raise ValueError("nesterov needs optimizer='sgd' with momentum > 0")
+
+
+def make_optimizer(params, optimizer: str = "adamw", *, momentum: float = 0.9,
+                   nesterov: bool = False, **defaults) -> torch.optim.Optimizer:
+    """``params``: parameters or parameter groups; ``defaults`` (lr, weight_decay) apply
+    where a group gives none. ``momentum``/``nesterov`` are SGD's (AdamW has its betas)."""
+    check_optimizer(optimizer, momentum, nesterov)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=momentum, nesterov=nesterov, **defaults)
+    return torch.optim.AdamW(params, **defaults)
