@@ -9,10 +9,12 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
                          lr: float = 1e-3, weight_decay: float = 0.01,
-                         epochs_help: str = "training epochs") -> None:
+                         epochs_help: str = "training epochs",
+                         label_smoothing: bool = False) -> None:
     """Add --epochs --batch-size --lr --weight-decay --optimizer --momentum --nesterov
-    --schedule --amp --precise-bn --num-workers --device --seed --out --resume --overwrite --ddp-timeout --no-progress and the logging and
-    checkpoint options. ``--out`` is not required here: a --config may give it."""
+    (--label-smoothing if asked) --schedule --amp --precise-bn --num-workers --device --seed
+    --out --resume --overwrite --ddp-timeout --no-progress and the logging and checkpoint
+    options. ``--out`` is not required here: a --config may give it."""
     from ptcore.engine.optim import OPTIMIZERS
     from ptcore.engine.schedules import SCHEDULES
 
@@ -26,6 +28,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
                    help="adamw, or sgd with --momentum (and --nesterov)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     g.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    if label_smoothing:  # the strategies whose loss is a plain cross-entropy
+        g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                       help="cross-entropy against targets with EPS spread over all classes")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                    help="learning-rate schedule")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -119,7 +124,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             "keep_last": args.keep_last, "keep_best": args.keep_best,
             "best_metric": args.best_metric, "best_mode": args.best_mode,
             "patience": args.patience, "ema": args.ema, "optimizer": args.optimizer,
-            "momentum": args.momentum, "nesterov": args.nesterov}
+            "momentum": args.momentum, "nesterov": args.nesterov,
+            **({"label_smoothing": args.label_smoothing} if "label_smoothing" in args else {})}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

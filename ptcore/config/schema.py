@@ -42,7 +42,8 @@ ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp"
 RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,),
                     "keep_best": (int,), "best_metric": (str,), "best_mode": (str,),
                     "patience": (int, type(None)), "ema": (float, type(None))}
-ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov")
+ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
+                                          "label_smoothing")
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
@@ -164,6 +165,7 @@ _VALUES = {
             f"a list of loggers from {', '.join(LOGGERS)}"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema": (lambda v: v is None or 0 < v < 1, "null or a decay in (0, 1), e.g. 0.999"),
     "log_every": _POSITIVE_INT, "keep_last": _NON_NEGATIVE, "keep_best": _NON_NEGATIVE,
     "patience": _POSITIVE_INT, "best_mode": (lambda v: v in BEST_MODES, "min or max"),

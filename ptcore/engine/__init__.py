@@ -11,13 +11,14 @@ from ptcore.engine.loop import (CHECKPOINT, METRICS, RUN_OPTIONS, RunFolderError
                                 classification_step, evaluate, fit, resolve_amp, run_options)
 from ptcore.engine.loaders import make_loader, resolve_num_workers
 from ptcore.engine.metrics import MetricsLog, read_metrics
-from ptcore.engine.optim import OPTIMIZERS, check_optimizer, make_optimizer
+from ptcore.engine.optim import (OPTIMIZERS, check_label_smoothing, check_optimizer,
+                                 make_optimizer)
 from ptcore.engine.schedules import SCHEDULES, make_schedule, schedule_factor
 
 __all__ = [
     "fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS",
     "RUN_OPTIONS", "run_options", "make_loader", "resolve_num_workers",
-    "OPTIMIZERS", "check_optimizer", "make_optimizer",
+    "OPTIMIZERS", "check_optimizer", "make_optimizer", "check_label_smoothing",
     "RunFolderError", "save_checkpoint", "load_checkpoint", "is_checkpoint", "state_digest",
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save",
     "read_torch_file", "UnreadableFileError",

@@ -385,7 +385,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                                     scaler=scaler.state_dict() if scaler is not None else None,
                                     rng=get_rng_state(), history=history, meta=meta or {},
                                     settings=settings,
-                                    **({"ema": averaged.state_dict()} if averaged is not None else {}))
+                                    **({} if averaged is None else
+                                       {"ema": averaged.state_dict()}))
                     policy.apply(out, history)
                 D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
             else:

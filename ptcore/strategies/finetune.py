@@ -31,8 +31,9 @@ class FineTune:
     ``freeze``, e.g. "layer3"), "full" (nothing frozen).
     lr: the head's learning rate; each layer group further from the head gets
     ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
-    ``nesterov``) with ``weight_decay`` (none on biases and
-    norms). unfreeze_every: every N epochs one more layer group is unfrozen (ULMFiT).
+    ``nesterov``) with ``weight_decay`` (none on biases and norms); ``label_smoothing`` in
+    the training loss. unfreeze_every: every N epochs one more layer group is unfrozen
+    (ULMFiT).
     bn: BatchNorm of the trainable part, "train", "eval" (running stats fixed) or "frozen"
     (stats and affine fixed); frozen layers always keep their statistics.
     cache: use ptcore.FeatureCache for the frozen prefix when it is non-empty and the
@@ -48,8 +49,8 @@ class FineTune:
                  batch_size: int = 32, schedule: str = "cosine", warmup: float = 0.1,
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
                  seed: int = 0, device=None, progress: bool = True, num_workers: int | str = 0,
-                 precise_bn: int = 0, optimizer: str = "adamw", momentum: float = 0.9,
-                 nesterov: bool = False, **run_options):
+                 precise_bn: int = 0, label_smoothing: float = 0.0, optimizer: str = "adamw",
+                 momentum: float = 0.9, nesterov: bool = False, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "partial") != (freeze is not None):
@@ -67,6 +68,7 @@ class FineTune:
                     else self._blocks[-1][0] if mode == "linear" else 0)
         self.mode, self.bn, self.cache, self.cache_dtype = mode, bn, cache, cache_dtype
         self.unfreeze_every = unfreeze_every
+        self.label_smoothing = engine.check_label_smoothing(label_smoothing)
         self.device = torch.device(device) if device is not None else D.default_device()
         self.optimizer = engine.make_optimizer(
             layer_decay_groups(self.model, lr, layer_decay, weight_decay), optimizer,
@@ -143,7 +145,8 @@ class FineTune:
         def step(model, batch):
             x, y = batch
             logits = model(x, start=self._input_start)
-            return {"loss": F.cross_entropy(logits.float(), y),
+            return {"loss": F.cross_entropy(logits.float(), y,
+                                            label_smoothing=self.label_smoothing),
                     "accuracy": (logits.argmax(-1) == y).float().mean()}
 
         def predict(model, batch):

@@ -110,7 +110,7 @@ class Incremental:
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
                  progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
-                 optimizer: str = "adamw", momentum: float = 0.9,
+                 label_smoothing: float = 0.0, optimizer: str = "adamw", momentum: float = 0.9,
                  nesterov: bool = False, **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
@@ -139,6 +139,7 @@ class Incremental:
         self.lr, self.weight_decay, self.cache, self.seed = lr, weight_decay, cache, seed
         engine.check_optimizer(optimizer, momentum, nesterov)
         self.optim = dict(optimizer=optimizer, momentum=momentum, nesterov=nesterov)
+        self.label_smoothing = engine.check_label_smoothing(label_smoothing)
         self.device = torch.device(device) if device is not None else D.default_device()
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
@@ -175,7 +176,8 @@ class Incremental:
         def step(model, batch):
             x, y, *cached = batch
             logits = model(x).float()
-            loss = F.cross_entropy(self._restrict(logits, y, row_task), y)
+            loss = F.cross_entropy(self._restrict(logits, y, row_task), y,
+                                   label_smoothing=self.label_smoothing)
             out = {"accuracy": (logits.argmax(-1) == y).float().mean()}
             if groups:
                 if cached:

@@ -53,3 +53,28 @@ def test_strategies_build_the_chosen_optimizer(tmp_path, monkeypatch):
                                     "engine": {"optimizer": "sgd", "momentum": 0.5}}))
     assert main(["finetune", "--config", str(path), "--model", "resnet18", "--nesterov"]) == 0
     assert (seen["optimizer"], seen["momentum"], seen["nesterov"]) == ("sgd", 0.5, True)
+
+
+def test_label_smoothing_changes_the_training_loss_as_written_by_hand():
+    from ptcore.data import digits_dataset, train_val_test_split
+
+    data = train_val_test_split(digits_dataset(16), 0.0, 0.95, seed=0)[0]  # ~90 images
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([data[i][1] for i in range(len(data))])
+    losses = {}
+    for eps in (0.0, 0.2):
+        torch.manual_seed(0)
+        model = create_model("resnet18", num_classes=10)
+        logp = torch.log_softmax(model.train()(x).double(), -1).detach()
+        # (1 - eps)·NLL of the label + eps·mean over classes of -log p: the smoothed target
+        ref = ((1 - eps) * -logp[torch.arange(len(y)), y] - eps * logp.mean(-1)).mean()
+        # One full batch at a vanishing rate: the epoch's train_loss is the loss at the start.
+        ft = FineTune(model, mode="full", epochs=1, batch_size=len(data), lr=1e-12,
+                      label_smoothing=eps, optimizer="sgd", momentum=0.0, progress=False,
+                      device="cpu")
+        losses[eps] = ft.fit(data)["history"][0]["train_loss"]
+        assert losses[eps] == pytest.approx(float(ref), rel=1e-4)
+    assert losses[0.2] != pytest.approx(losses[0.0], rel=1e-3)
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            Incremental(create_model("resnet18", num_classes=4), label_smoothing=bad)
