@@ -8,7 +8,8 @@ record), the first parameter group's learning rate and the samples per second of
 since the previous record. Epoch records are the loop's per-epoch metrics, logged at the
 step that ended the epoch. On resume each file is cut back to the checkpoint: ``epochs.csv``
 is rewritten from the checkpoint's history, ``steps.csv`` keeps the rows up to the resumed
-step, and TensorBoard purges the events after the resumed step (``purge_step``)."""
+step, and TensorBoard purges the events after the resumed step (``purge_step``; all of them when a
+run starts over in the folder, e.g. after ``--overwrite``)."""
 from __future__ import annotations
 
 import csv
@@ -83,7 +84,7 @@ class Loggers:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / TENSORBOARD),
-                                    purge_step=step + 1 if step > 0 else None)
+                                    purge_step=step + 1 if step > 0 else 0)
 
     def count(self, samples: int) -> None:
         """Samples this rank consumed (every batch): the throughput's numerator."""

@@ -71,6 +71,14 @@ def test_resumed_logs_equal_an_uninterrupted_runs(tmp_path):
     assert [s for s, _ in _scalars(tmp_path / "b", "epoch/val_loss")] == [6, 12, 18]
 
 
+def test_a_run_started_over_in_the_folder_hides_the_old_events(tmp_path):
+    _run(tmp_path, epochs=1)
+    (tmp_path / "last.pt").unlink()  # what --overwrite does
+    _run(tmp_path, epochs=1)
+    assert [s for s, _ in _scalars(tmp_path, "step/loss")] == [2, 4, 6]
+    assert [r["step"] for r in _csv(tmp_path / "steps.csv")] == ["2", "4", "6"]
+
+
 def test_jsonl_only_by_default_and_bad_logger_settings(tmp_path):
     _run(tmp_path / "d", epochs=1, log=("jsonl",))
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["last.pt", "metrics.jsonl"]
