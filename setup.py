@@ -188,6 +188,8 @@ setup(
     version=FULL_VERSION,
     install_requires=_install_requires(DEPENDENCIES),
     packages=find_packages(include=["ptcore", "ptcore.*"]),
+    # The glyph-pretrained backbone the demo starts from (docs/demo.md), and its provenance.
+    package_data={"ptcore": ["weights/*/*/model.pt", "weights/*/*/provenance.json"]},
     ext_modules=[_extension(WITH_CUDA, FULL_VERSION)],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

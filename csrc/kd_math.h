@@ -20,9 +20,10 @@ namespace ptcore::kd {
 
 enum class Div : int { Forward = 0, Reverse = 1, JSD = 2 };
 
-// Per-row statistics saved by the forward for the backward: [N, kStats].
-enum Stat : int { kMaxS = 0, kLogZS = 1, kMaxT = 2, kLogZT = 3, kLse1 = 4, kDiv = 5 };
-constexpr int kStats = 6;
+// Per-row statistics saved by the forward for the backward: [N, kStats]. kTail is the top-k
+// tail bucket's q_tail / P_tail (see tail_term), 0 for every other loss.
+enum Stat : int { kMaxS = 0, kLogZS = 1, kMaxT = 2, kLogZT = 3, kLse1 = 4, kDiv = 5, kTail = 6 };
+constexpr int kStats = 7;
 
 struct Options {
   double inv_t;
@@ -160,7 +161,38 @@ C10_HOST_DEVICE inline T finish_row(const RowAcc<T>& a, Div div, T* stats) {
   if (div == Div::Forward) d = a.w / a.z_t - log_zt + log_zs;
   if (div == Div::Reverse) d = a.w / a.z_s - log_zs + log_zt;
   stats[kDiv] = d;
+  stats[kTail] = 0;
   return d;
+}
+
+// The top-k tail bucket. A teacher kept as K log-probabilities leaves the mass
+// 1 − Σ_k p_t[i_k] on the other classes; as one more bin against the student's remaining
+// mass P_tail = 1 − Σ_k p_s[i_k] it adds q_tail (log q_tail − log P_tail) to the divergence,
+// and the student's gradient off the K classes becomes (1 − r) p_s, r = q_tail / P_tail (on
+// the K classes it stays p_s − q). Sums of K rounded probabilities are only good to about
+// 2^-20 near 1, so the teacher's tail counts as empty below that (-inf: the values held all
+// the mass, or more, e.g. logits instead of log-probs), and the student's is floored there.
+constexpr double kEmptyTail = 1.0 / (1 << 20);
+
+template <typename T>
+C10_HOST_DEVICE inline T log_teacher_rest(T mass) {
+  return T(1) - mass < T(kEmptyTail) ? -std::numeric_limits<T>::infinity() : std::log1p(-mass);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T log_student_rest(T mass) {
+  const T most = T(1) - T(kEmptyTail);
+  return std::log1p(-(mass > most ? most : mass));  // NaN stays NaN
+}
+
+// Adds the tail bin to the divergence d; returns r (0 when the teacher's tail is empty,
+// whatever the student's; NaN goes on).
+template <typename T>
+C10_HOST_DEVICE inline T tail_term(T log_q_tail, T log_p_tail, T& d) {
+  if (log_q_tail == -std::numeric_limits<T>::infinity()) return T(0);
+  const T log_r = log_q_tail - log_p_tail;
+  d += std::exp(log_q_tail) * log_r;
+  return std::exp(log_r);
 }
 
 }  // namespace ptcore::kd

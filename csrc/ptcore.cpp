@@ -22,7 +22,7 @@ bool input_checks_enabled() {
 
 TORCH_LIBRARY(ptcore, m) {
   // Fused temperature-softmax distillation loss over rows of [N, V] logits.
-  // Returns per-row losses [N] (float32), per-row statistics [N, 6] for backward, and, when
+  // Returns per-row losses [N] (float32), per-row statistics [N, 7] for backward, and, when
   // compute_grad, the student's gradient [N, V] for a gradient of grad_scale on every row's
   // loss (else an empty tensor): the backward consumes it, rescaling it in place if needed.
   m.def(
@@ -34,16 +34,19 @@ TORCH_LIBRARY(ptcore, m) {
       "_kd_loss_rows_backward(Tensor grad_rows, Tensor student, Tensor teacher, Tensor? labels, "
       "Tensor stats, float temperature, str divergence, float beta, float hard_weight, "
       "float soft_weight, int ignore_index, bool scale_by_t2) -> Tensor");
-  // The same loss against a teacher kept as its top-K logits: values [N, K], indices [N, K].
+  // The same loss against a teacher kept as its top-K logits or log-probabilities: values
+  // [N, K], indices [N, K]; with tail_bucket (log-probabilities), the mass they leave is one
+  // more bin against the student's remaining mass.
   m.def(
       "kd_loss_topk_rows(Tensor student, Tensor teacher_values, Tensor teacher_indices, "
       "Tensor? labels, float temperature, float hard_weight, float soft_weight, "
-      "int ignore_index, bool scale_by_t2, float grad_scale=1.0, bool compute_grad=False) "
-      "-> (Tensor, Tensor, Tensor)");
+      "int ignore_index, bool scale_by_t2, bool tail_bucket=False, float grad_scale=1.0, "
+      "bool compute_grad=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "_kd_loss_topk_rows_backward(Tensor grad_rows, Tensor student, Tensor teacher_values, "
       "Tensor teacher_indices, Tensor? labels, Tensor stats, float temperature, "
-      "float hard_weight, float soft_weight, int ignore_index, bool scale_by_t2) -> Tensor");
+      "float hard_weight, float soft_weight, int ignore_index, bool scale_by_t2, "
+      "bool tail_bucket=False) -> Tensor");
 
   // Frozen-layer feature cache: int8 row quantization and fused gather + dequantize.
   m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");

@@ -8,11 +8,13 @@ from ptcore._version import __version__
 from ptcore._extension import build_info, has_cuda_kernels, has_native, info  # noqa: E402
 from ptcore import ops, reference  # noqa: E402
 from ptcore import nn  # noqa: E402
-from ptcore.ops import input_checks, kd_loss, kd_loss_topk, set_input_checks  # noqa: E402
+from ptcore.ops import (fused_linear_kd_loss, input_checks, kd_loss, kd_loss_topk,  # noqa: E402
+                        set_input_checks)  # noqa: E402
 
 __all__ = [
     "__version__", "info", "build_info", "has_native", "has_cuda_kernels",
-    "ops", "nn", "reference", "kd_loss", "kd_loss_topk", "FeatureCache", "set_input_checks",
+    "ops", "nn", "reference", "kd_loss", "kd_loss_topk", "fused_linear_kd_loss", "FeatureCache",
+    "set_input_checks",
     "input_checks",
 ]
 

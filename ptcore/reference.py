@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ptcore import _kd_args
 
-__all__ = ["kd_loss", "kd_loss_rows", "quantize_rows", "gather_rows"]
+__all__ = ["kd_loss", "kd_loss_rows", "kd_loss_topk", "fused_linear_kd_loss", "quantize_rows",
+           "gather_rows"]
 
 
 def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -75,9 +76,11 @@ def _hard_term(loss, s, labels, hard_weight, ignore_index):
 
 
 def kd_loss_topk_rows(student, teacher_values, teacher_indices, labels, temperature,
-                      hard_weight, soft_weight, ignore_index, scale_by_t2):
+                      hard_weight, soft_weight, ignore_index, scale_by_t2, tail_bucket=False):
     """Per-row loss [N] for [N, V] student logits against a top-K teacher ([N, K] values and
-    class indices): forward KL from softmax(values / T) over the K classes to the student."""
+    class indices): forward KL from softmax(values / T) over the K classes to the student;
+    with ``tail_bucket``, over K + 1 bins, the last one the mass the K log-probabilities
+    leave, against the student's mass off the K classes."""
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     s = student.to(acc)
     V = s.shape[-1]
@@ -89,13 +92,36 @@ def kd_loss_topk_rows(student, teacher_values, teacher_indices, labels, temperat
             raise ValueError(f"teacher_indices must be in [0, {V})")
         if idx.shape[-1] > 1 and bool((idx.sort(dim=-1).values.diff(dim=-1) == 0).any()):
             raise ValueError("teacher_indices must not repeat a class within a row")
-    if idx.shape[-1] == 0:  # a teacher that kept no class teaches nothing
+    if tail_bucket:
+        div = _tail_bucket_kl(s, teacher_values.detach().to(acc), idx, temperature)
+    elif idx.shape[-1] == 0:  # a teacher that kept no class teaches nothing
         div = s[..., :0].sum(dim=-1)  # zeros, with a (zero) gradient
     else:
         log_pt = _log_softmax(teacher_values.detach().to(acc), temperature)
         div = _kl(log_pt, _log_softmax(s, temperature).gather(-1, idx))
     loss = soft_weight * (temperature ** 2 if scale_by_t2 else 1.0) * div
     return _hard_term(loss, s, labels, hard_weight, ignore_index)
+
+
+# Sums of K rounded probabilities are good to about this near 1: a teacher's rest below it
+# is empty, a student's is at least this.
+_EMPTY_TAIL = 2.0 ** -20
+
+
+def _tail_bucket_kl(s, log_probs, idx, temperature):
+    """KL over K + 1 bins: the teacher's K log-probabilities and the rest of its mass
+    (tempered together), against the student's probabilities of the K classes and the sum of
+    its probabilities over every other class (summed, not 1 − Σ: no cancellation here)."""
+    rest = 1.0 - log_probs.exp().sum(dim=-1, keepdim=True)
+    rest = torch.where(rest < _EMPTY_TAIL, 0.0, rest)
+    log_q = torch.log_softmax(torch.cat([log_probs, rest.log()], dim=-1) / temperature, dim=-1)
+    p_s = torch.softmax(s / temperature, dim=-1)
+    off_k = torch.ones_like(p_s).scatter(-1, idx, 0.0)
+    # Where the teacher's tail is empty the student's is not looked at (no 0 · log 0 gradient).
+    p_tail = torch.where(rest > 0, (p_s * off_k).sum(dim=-1, keepdim=True), 1.0)
+    p_tail = p_tail.clamp_min(_EMPTY_TAIL)
+    log_p = torch.cat([p_s.gather(-1, idx), p_tail], dim=-1).log()
+    return _kl(log_q, log_p)
 
 
 def kd_loss(student_logits, teacher_logits, *, temperature=1.0, reduction="batchmean",
@@ -155,12 +181,30 @@ def gather_rows(store: torch.Tensor, scales: torch.Tensor | None, indices: torch
 
 def kd_loss_topk(student_logits, teacher_values, teacher_indices, *, temperature=1.0,
                  reduction="batchmean", labels=None, hard_weight=0.0, soft_weight=1.0,
-                 ignore_index=-100, scale_by_t2=True):
+                 ignore_index=-100, scale_by_t2=True, tail_bucket=False):
     """Reference for ptcore.kd_loss_topk: same signature, same results, plain PyTorch."""
     _kd_args.check_hyper(temperature, reduction, "forward_kl", 0.5, hard_weight, soft_weight,
                          ignore_index)
     s, v, i, lab, lead = _kd_args.flatten_topk(student_logits, teacher_values, teacher_indices,
                                                labels)
     rows = kd_loss_topk_rows(s, v, i, lab, float(temperature), float(hard_weight),
-                             float(soft_weight), ignore_index, bool(scale_by_t2))
+                             float(soft_weight), ignore_index, bool(scale_by_t2),
+                             bool(tail_bucket))
     return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
+
+
+def fused_linear_kd_loss(student_hidden, student_weight, student_bias=None, *,
+                         teacher_hidden=None, teacher_weight=None, teacher_bias=None,
+                         teacher_values=None, teacher_indices=None, chunk_size=None,
+                         tail_bucket=False, **options):
+    """Reference for ptcore.fused_linear_kd_loss: the logits materialised, then the KD loss
+    (chunk_size changes nothing here)."""
+    logits = F.linear(student_hidden, student_weight, student_bias)
+    if teacher_values is None:
+        teacher = F.linear(teacher_hidden, teacher_weight, teacher_bias).detach()
+        return kd_loss(logits, teacher.to(logits.dtype), **options)
+    if options.pop("divergence", "forward_kl") != "forward_kl":
+        raise ValueError("a top-k teacher supports divergence='forward_kl' only")
+    options.pop("beta", None)
+    return kd_loss_topk(logits, teacher_values, teacher_indices, tail_bucket=tail_bucket,
+                        **options)

@@ -101,6 +101,9 @@ def test_wheel_is_tagged_and_holds_only_the_package(cpu_wheel):
     assert cpu_wheel.name.startswith(f"ptcore-{__version__}+{tag}-"), cpu_wheel.name
     names = zipfile.ZipFile(cpu_wheel).namelist()
     assert [n for n in names if n.startswith("ptcore/_C") and n.endswith(".so")], names
+    # The demo's pretrained backbone ships as package data (docs/demo.md).
+    assert {"ptcore/weights/glyphs/resnet18/model.pt",
+            "ptcore/weights/glyphs/resnet18/provenance.json"} <= set(names), names
     top = {n.split("/")[0] for n in names}
     assert top == {"ptcore", f"ptcore-{__version__}+{tag}.dist-info"}, top
     metadata = zipfile.ZipFile(cpu_wheel).read(

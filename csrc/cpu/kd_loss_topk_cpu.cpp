@@ -30,15 +30,24 @@ void check_topk_indices(const at::Tensor& idx, int64_t V) {
   }
 }
 
-// The teacher's softmax over its K logits: fills stats kMaxT and kLogZT (-inf for K = 0).
+// The teacher's softmax over its K logits, and with `tail` over K + 1 bins (the last one
+// the mass its K log-probabilities leave): fills stats kMaxT and kLogZT (-inf for K = 0
+// without the tail). Returns the tail bin's log-probability at T = 1 (-inf without it).
 template <typename A>
-void teacher_stats(const A* v, int64_t K, A inv_t, A* st) {
-  A m = -std::numeric_limits<A>::infinity();
-  for (int64_t k = 0; k < K; ++k) m = (std::isnan(v[k]) || v[k] > m) ? v[k] : m;  // NaN wins
-  A z = 0;
+A teacher_stats(const A* v, int64_t K, A inv_t, bool tail, A* st) {
+  auto nan_max = [](A a, A b) { return (std::isnan(b) || b > a) ? b : a; };  // NaN wins
+  A m = -std::numeric_limits<A>::infinity(), mass = 0;
+  for (int64_t k = 0; k < K; ++k) m = nan_max(m, v[k]);
+  if (tail) {
+    for (int64_t k = 0; k < K; ++k) mass += std::exp(v[k]);
+  }
+  const A lt = tail ? kd::log_teacher_rest(mass) : -std::numeric_limits<A>::infinity();
+  m = nan_max(m, lt);
+  A z = std::exp((lt - base(m)) * inv_t);
   for (int64_t k = 0; k < K; ++k) z += std::exp((v[k] - base(m)) * inv_t);
   st[kd::kMaxT] = m;
   st[kd::kLogZT] = std::log(z);
+  return lt;
 }
 
 template <typename A>
@@ -52,7 +61,8 @@ A log_ps(scalar_t s, A inv_t, const A* st) {
 }
 
 // One row's gradient for a row-loss gradient gr: c_soft (p_s − q) + c_hard (softmax(s) −
-// onehot(label)), q zero off the K classes. K = 0 keeps no teacher mass: no soft gradient.
+// onehot(label)), q zero off the K classes, where the tail bucket scales p_s by 1 − r (r in
+// stats kTail, 0 without it). K = 0 keeps no teacher mass: no soft gradient.
 // With `cache` (the forward's exps of this row), the dense part needs no exp per element.
 template <typename scalar_t>
 void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, int64_t V,
@@ -65,7 +75,8 @@ void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, 
   const A c_soft = K == 0 ? A(0) : coefs.c_soft, c_hard = coefs.c_hard;
   const bool hard = o.hard_coef != 0;
   // Dense part, c_soft · p_s + c_hard · softmax(s).
-  const Vec vc_soft(c_soft), vc_hard(c_hard), vinv(inv_t);
+  const A c_dense = c_soft * (A(1) - sti[kd::kTail]);
+  const Vec vc_soft(c_dense), vc_hard(c_hard), vinv(inv_t);
   const Vec ms(base(sti[kd::kMaxS])), lzs(sti[kd::kLogZS]), lse1(sti[kd::kLse1]);
   auto put = [&](int64_t j, int64_t n, const Vec& out) {
     if (n == lanes<scalar_t>()) {
@@ -79,7 +90,7 @@ void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, 
     const A m = sti[kd::kMaxS];
     for (int64_t c = 0; c < V; c += kChunk) {
       const int64_t ce = std::min(V, c + kChunk), k = c / kChunk;
-      const Vec fs(c_soft * cache_scale(cache->bs[k], m, inv_t, sti[kd::kLogZS]));
+      const Vec fs(c_dense * cache_scale(cache->bs[k], m, inv_t, sti[kd::kLogZS]));
       const Vec f1(hard ? c_hard * cache_scale(cache->bs[k], m, A(1), sti[kd::kLse1] - m) : A(0));
       for (int64_t j = c; j < ce; j += L) {
         const int64_t n = std::min(L, ce - j);
@@ -96,24 +107,25 @@ void grad_row(const scalar_t* si, const acc_t<scalar_t>* v, const int64_t* idx, 
     }, si);
   }
   // The K teacher classes and the label, recomputed exactly rather than patched.
-  auto exact = [&](int64_t j, A q) {
-    A val = c_soft * (std::exp(log_ps<A>(si[j], inv_t, sti)) - q);
+  // c_ps: c_soft on the K classes, c_dense on the label off them (q = 0 there).
+  auto exact = [&](int64_t j, A c_ps, A q) {
+    A val = c_ps * std::exp(log_ps<A>(si[j], inv_t, sti)) - c_soft * q;
     if (hard) val += c_hard * (std::exp(static_cast<A>(si[j]) - sti[kd::kLse1]) - A(j == label));
     gi[j] = static_cast<scalar_t>(val);
   };
   bool label_done = !hard;
   for (int64_t k = 0; k < K; ++k) {
     const int64_t j = idx[k];
-    exact(j, std::exp(log_q(v[k], inv_t, sti)));
+    exact(j, c_soft, std::exp(log_q(v[k], inv_t, sti)));
     label_done = label_done || j == label;
   }
-  if (!label_done) exact(label, 0);
+  if (!label_done) exact(label, c_dense, 0);
 }
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& student, const at::Tensor& values, const at::Tensor& indices,
-                  const int64_t* labels, const Options& o, at::Tensor& rows, at::Tensor& stats,
-                  scalar_t* grad, double grad_scale) {
+                  const int64_t* labels, const Options& o, bool tail, at::Tensor& rows,
+                  at::Tensor& stats, scalar_t* grad, double grad_scale) {
   using A = acc_t<scalar_t>;
   const int64_t N = student.size(0), V = student.size(1), K = values.size(1);
   const scalar_t* s = student.const_data_ptr<scalar_t>();
@@ -134,12 +146,16 @@ void forward_impl(const at::Tensor& student, const at::Tensor& values, const at:
       const auto acc = hard ? accumulate_row<scalar_t, true>(V, inv_t, Div::JSD, cp, si)
                             : accumulate_row<scalar_t, false>(V, inv_t, Div::JSD, cp, si);
       kd::finish_row(acc, Div::JSD, sti);
-      teacher_stats(v + i * K, K, inv_t, sti);
+      const A lt = teacher_stats(v + i * K, K, inv_t, tail, sti);
       A d = 0;  // Σ q_k (log q_k − log p_s[i_k]), with 0 · log 0 = 0 (NaN q stays NaN)
+      A ps_mass = 0;  // Σ p_s[i_k], for the tail bucket
       for (int64_t k = 0; k < K; ++k) {
         const A lq = log_q(v[i * K + k], inv_t, sti), q = std::exp(lq);
-        if (q != 0) d += q * (lq - log_ps<A>(si[idx[i * K + k]], inv_t, sti));
+        const A lp = log_ps<A>(si[idx[i * K + k]], inv_t, sti);
+        if (q != 0) d += q * (lq - lp);
+        if (tail) ps_mass += std::exp(lp);
       }
+      if (tail) sti[kd::kTail] = kd::tail_term(log_q(lt, inv_t, sti), kd::log_student_rest(ps_mass), d);
       sti[kd::kDiv] = d;
       const bool counts = row_counts(labels, i, o);
       if (grad != nullptr) {
@@ -198,8 +214,8 @@ Options options_for(const at::Tensor& student, const at::Tensor& values,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows_cpu(
     const at::Tensor& student_in, const at::Tensor& values_in, const at::Tensor& indices_in,
     const std::optional<at::Tensor>& labels, double temperature, double hard_weight,
-    double soft_weight, int64_t ignore_index, bool scale_by_t2, double grad_scale,
-    bool compute_grad) {
+    double soft_weight, int64_t ignore_index, bool scale_by_t2, bool tail_bucket,
+    double grad_scale, bool compute_grad) {
   const Options o = options_for(student_in, values_in, indices_in, labels, temperature,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const at::Tensor student = student_in.contiguous();
@@ -212,7 +228,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows_cpu(
   kd::RowOutputs out = kd::empty_row_outputs(student, acc, compute_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_loss_topk_rows_cpu", [&] {
     scalar_t* g = compute_grad ? out.grad.data_ptr<scalar_t>() : nullptr;
-    forward_impl<scalar_t>(student, values, indices, lp, o, out.rows, out.stats, g, grad_scale);
+    forward_impl<scalar_t>(student, values, indices, lp, o, tail_bucket, out.rows, out.stats, g,
+                           grad_scale);
   });
   return {out.rows, out.stats, out.grad};
 }
@@ -223,7 +240,7 @@ at::Tensor kd_loss_topk_backward_cpu(const at::Tensor& grad_rows, const at::Tens
                                      const std::optional<at::Tensor>& labels,
                                      const at::Tensor& stats, double temperature,
                                      double hard_weight, double soft_weight, int64_t ignore_index,
-                                     bool scale_by_t2) {
+                                     bool scale_by_t2, bool /*tail_bucket: in stats kTail*/) {
   const Options o = options_for(student_in, values_in, indices_in, labels, temperature,
                                 hard_weight, soft_weight, ignore_index, scale_by_t2);
   const auto acc = kd::acc_dtype(student_in);

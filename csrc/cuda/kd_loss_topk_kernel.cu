@@ -26,10 +26,12 @@ struct Sum {
 struct Hyper {
   float inv_t, soft_coef, hard_coef;
   int64_t ignore_index;
+  bool tail;  // the tail bucket (kd_math.h: tail_term)
 };
 
 // One row's gradient (this thread's share): c_soft (p_s − q) + c_hard (softmax(s) −
-// onehot(label)), q zero off the K classes. The dense part first, then, after a barrier,
+// onehot(label)), q zero off the K classes, p_s scaled by 1 − r there with the tail bucket
+// (r in stats kTail, 0 without it). The dense part first, then, after a barrier,
 // the K classes and the label recomputed exactly (classes are distinct: validated).
 template <bool kHard, typename scalar_t>
 __device__ __forceinline__ void write_grad_row(const scalar_t* s, scalar_t* g, const float* v,
@@ -39,15 +41,18 @@ __device__ __forceinline__ void write_grad_row(const scalar_t* s, scalar_t* g, c
   if (K == 0) c.c_soft = 0.f;  // a teacher that kept no class teaches nothing
   const float ms = base(st[kd::kMaxS]), lzs = st[kd::kLogZS], lse1 = st[kd::kLse1];
   const float mt = base(st[kd::kMaxT]), lzt = st[kd::kLogZT];
-  auto exact = [&](int64_t j, float sj, float q) {
-    float val = c.c_soft * (expf((sj - ms) * h.inv_t - lzs) - q);
+  const float c_dense = c.c_soft * (1.f - st[kd::kTail]);
+  // On the K classes c_soft (p_s − q); elsewhere, the label included, c_dense p_s.
+  auto exact = [&](int64_t j, float sj, float q, bool in_topk) {
+    const float ps = expf((sj - ms) * h.inv_t - lzs);
+    float val = in_topk ? c.c_soft * (ps - q) : c_dense * ps;
     if (kHard) val += c.c_hard * (expf(sj - lse1) - (j == label ? 1.f : 0.f));
     return counts ? val : 0.f;
   };
   for_each_pack(V, vec, [&](int64_t j, auto n, const auto& sv) {
     Pack<scalar_t> out;
 #pragma unroll
-    for (int e = 0; e < n; ++e) out.v[e] = static_cast<scalar_t>(exact(-1, sv[e], 0.f));
+    for (int e = 0; e < n; ++e) out.v[e] = static_cast<scalar_t>(exact(-1, sv[e], 0.f, false));
     store_at<decltype(n)::value>(g, j, out);
   }, s);
   __syncthreads();  // the K classes and the label are rewritten exactly below
@@ -55,15 +60,19 @@ __device__ __forceinline__ void write_grad_row(const scalar_t* s, scalar_t* g, c
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
     const int64_t j = idx[k];
     label_in_topk = label_in_topk || j == label;
-    g[j] = static_cast<scalar_t>(exact(j, static_cast<float>(s[j]), expf((v[k] - mt) * h.inv_t - lzt)));
+    const float q = expf((v[k] - mt) * h.inv_t - lzt);
+    g[j] = static_cast<scalar_t>(exact(j, static_cast<float>(s[j]), q, true));
   }
   if (kHard && !__syncthreads_or(label_in_topk) && threadIdx.x == 0) {
-    g[label] = static_cast<scalar_t>(exact(label, static_cast<float>(s[label]), 0.f));
+    g[label] = static_cast<scalar_t>(exact(label, static_cast<float>(s[label]), 0.f, false));
   }
 }
 
+// minBlocks spelled out: with the tail bucket's few extra values, ptxas for sm_80 held the
+// <float, no-hard-term> instance to 32 registers and spilled. With 2 (at most 64 registers,
+// two 512-thread blocks per SM), no instance spills on sm_80 or sm_90.
 template <typename scalar_t, bool kHard>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, 2)
     kd_topk_forward_kernel(const scalar_t* __restrict__ student,  // [N, V]
                            const float* __restrict__ values,      // [N, K]
                            const int64_t* __restrict__ indices,   // [N, K]
@@ -87,22 +96,40 @@ __global__ void __launch_bounds__(kMaxThreads)
   float st[kd::kStats];
   kd::finish_row(r, Div::JSD, st);
 
-  float mt = -INFINITY;
+  // The teacher's softmax over its K values, and the tail bin (as in the CPU kernel).
+  float mt = -INFINITY, lt = -INFINITY;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) mt = Max{}(mt, v[k]);
   mt = block_allreduce(mt, Max{}, -INFINITY, smem_f);
-  float zt = 0.f;
+  if (h.tail) {
+    float mass = 0.f;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) mass += expf(v[k]);
+    lt = kd::log_teacher_rest(block_allreduce(mass, Sum{}, 0.f, smem_f));
+    mt = Max{}(mt, lt);
+  }
+  float zt = threadIdx.x == 0 ? expf((lt - base(mt)) * h.inv_t) : 0.f;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) zt += expf((v[k] - base(mt)) * h.inv_t);
   zt = block_allreduce(zt, Sum{}, 0.f, smem_f);
   st[kd::kMaxT] = mt;
   st[kd::kLogZT] = logf(zt);
+  // The tail bin's log q until tail_term below replaces it (fewer live registers).
+  if (h.tail) st[kd::kTail] = (lt - base(mt)) * h.inv_t - st[kd::kLogZT];
 
   const float bs = base(st[kd::kMaxS]), lzs = st[kd::kLogZS];
+  auto log_ps = [&](int64_t k) {
+    return (static_cast<float>(s[idx[k]]) - bs) * h.inv_t - lzs;
+  };
   float d = 0.f;  // Σ q_k (log q_k − log p_s[i_k]), with 0 · log 0 = 0 (NaN q stays NaN)
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
     const float lq = (v[k] - base(mt)) * h.inv_t - st[kd::kLogZT], q = expf(lq);
-    if (q != 0.f) d += q * (lq - ((static_cast<float>(s[idx[k]]) - bs) * h.inv_t - lzs));
+    if (q != 0.f) d += q * (lq - log_ps(k));
   }
   d = block_allreduce(d, Sum{}, 0.f, smem_f);
+  if (h.tail) {  // Σ p_s[i_k]: K more reads of the row, only with the tail bucket
+    float ps_mass = 0.f;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ps_mass += expf(log_ps(k));
+    ps_mass = block_allreduce(ps_mass, Sum{}, 0.f, smem_f);
+    st[kd::kTail] = kd::tail_term(st[kd::kTail], kd::log_student_rest(ps_mass), d);
+  }
   st[kd::kDiv] = d;
   const bool counts = labels == nullptr || labels[i] != h.ignore_index;
   const int64_t label = kHard ? labels[i] : -1;  // validated on the host beforehand
@@ -148,23 +175,23 @@ struct Prepared {
 
 Prepared prepare(const at::Tensor& student, const at::Tensor& values, const at::Tensor& indices,
                  const std::optional<at::Tensor>& labels, double temperature, double hard_weight,
-                 double soft_weight, int64_t ignore_index, bool scale_by_t2) {
+                 double soft_weight, int64_t ignore_index, bool scale_by_t2, bool tail) {
   kd::check_topk_inputs(student, values, indices, labels);
   TORCH_CHECK(student.size(0) <= std::numeric_limits<int32_t>::max(),
               "student_logits has too many rows for one launch: ", student.size(0));
   const kd::Options o = kd::make_options(temperature, "forward_kl", 0.5, hard_weight, soft_weight,
                                          ignore_index, scale_by_t2, labels.has_value());
   return {o, Hyper{static_cast<float>(o.inv_t), static_cast<float>(o.soft_coef),
-                   static_cast<float>(o.hard_coef), o.ignore_index}};
+                   static_cast<float>(o.hard_coef), o.ignore_index, tail}};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows_cuda(
     const at::Tensor& student_in, const at::Tensor& values_in, const at::Tensor& indices_in,
     const std::optional<at::Tensor>& labels, double temperature, double hard_weight,
-    double soft_weight, int64_t ignore_index, bool scale_by_t2, double grad_scale,
-    bool compute_grad) {
+    double soft_weight, int64_t ignore_index, bool scale_by_t2, bool tail_bucket,
+    double grad_scale, bool compute_grad) {
   const Prepared p = prepare(student_in, values_in, indices_in, labels, temperature, hard_weight,
-                             soft_weight, ignore_index, scale_by_t2);
+                             soft_weight, ignore_index, scale_by_t2, tail_bucket);
   const c10::cuda::CUDAGuard guard(student_in.device());
   const at::Tensor student = student_in.contiguous();
   const at::Tensor values = values_in.to(at::kFloat).contiguous(), indices = indices_in.contiguous();
@@ -200,9 +227,10 @@ at::Tensor kd_loss_topk_backward_cuda(const at::Tensor& grad_rows, const at::Ten
                                       const std::optional<at::Tensor>& labels,
                                       const at::Tensor& stats_in, double temperature,
                                       double hard_weight, double soft_weight,
-                                      int64_t ignore_index, bool scale_by_t2) {
+                                      int64_t ignore_index, bool scale_by_t2,
+                                      bool tail_bucket) {
   const Prepared p = prepare(student_in, values_in, indices_in, labels, temperature, hard_weight,
-                             soft_weight, ignore_index, scale_by_t2);
+                             soft_weight, ignore_index, scale_by_t2, tail_bucket);
   const c10::cuda::CUDAGuard guard(student_in.device());
   const int64_t N = student_in.size(0), V = student_in.size(1), K = values_in.size(1);
   const kd::RowGradInputs in = kd::backward_row_inputs(grad_rows, stats_in, student_in, at::kFloat);

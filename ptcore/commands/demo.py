@@ -4,8 +4,9 @@ with no network, and a report of what each strategy is for (docs/demo.md)."""
 
 def add_parser(sub):
     p = sub.add_parser("demo", help="all of ptcore on real data in a couple of minutes",
-                       description="Pretrain a backbone on digits 0-4, fine-tune it to 5-9 with "
-                       "few labels, learn 5-9 incrementally, distil it into a small student; "
+                       description="From a backbone ptcore pretrained on rendered glyphs of "
+                       "many scripts: fine-tune it to digits 5-9 with few labels, train it on "
+                       "0-4, learn 5-9 incrementally, distil it into a small student; "
                        "write results.json, report.md, plots and each stage's config to --out.")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--preset", choices=("quick", "seed"), default="quick",
@@ -14,11 +15,15 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every epoch count (e.g. 0.3 for a smoke test)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (on a stderr that is not a terminal, progress "
+                   "otherwise comes as a plain line every few seconds)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ptcore.demo.demo import run_demo
 
-    run_demo(args.out, preset=args.preset, seed=args.seed, scale=args.scale)  # errors: cli.py
+    run_demo(args.out, preset=args.preset, seed=args.seed, scale=args.scale,
+             progress=not args.no_progress)  # errors: cli.py
     return 0

@@ -3,6 +3,8 @@ and an unlabelled pool (ptcore.strategies.Distill)."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
 
+from ptcore._kd_args import DIVERGENCES
+
 CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
 
@@ -42,6 +44,13 @@ def add_parser(sub):
     p.add_argument("--hard-weight", type=float, default=1.0)
     p.add_argument("--threshold", type=float,
                    help="use unlabelled samples where the teacher's confidence is at least this")
+    p.add_argument("--method", default="kd", help="kd (Hinton) or dkd (decoupled KD), "
+                   "optionally + fitnets or at (feature KD between the --features layers)")
+    p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
+                   help="the logit KD term's divergence (method kd, full logits)")
+    p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
+    p.add_argument("--features", dest="feature_pairs", help="layer pairs for fitnets/at: "
+                   "student.path:teacher.path[,student.path:teacher.path...]")
     p.add_argument("--cache-dtype", choices=CACHE_DTYPES, default="float16",
                    help="storage of the offline cache's full logits")
     p.add_argument("--cache-dir", help="offline cache directory (default: OUT/teacher_cache)")
@@ -77,7 +86,7 @@ def _distill(args) -> dict:
     from ptcore import engine
     from ptcore.data import (class_subset, dataset_from_spec, k_shot, targets_of,
                              train_val_test_split)
-    from ptcore.models import create_model, get_head
+    from ptcore.models import create_model, get_head, head_width
     from ptcore.strategies import Distill
 
     data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
@@ -89,16 +98,17 @@ def _distill(args) -> dict:
                             if args.labels_per_class is not None else (train, None))
     progress = not args.no_progress
     teacher = create_model(args.teacher, weights=args.teacher_weights, progress=progress)
-    if get_head(teacher).out_features != classes:  # before the teacher runs over the data
+    if head_width(get_head(teacher)) != classes:  # before the teacher runs over the data
         raise ValueError(f"--teacher-weights give {args.teacher} a head of "
-                         f"{get_head(teacher).out_features} classes; the data has {classes}")
+                         f"{head_width(get_head(teacher))} classes; the data has {classes}")
     student = create_model(args.student, num_classes=classes, weights=args.student_weights,
                            progress=progress)
     strategy = Distill(teacher, student, **strategy_kwargs(
         args, temperature=args.temperature, soft_weight=args.soft_weight,
         hard_weight=args.hard_weight, mode=args.mode, topk=args.topk, threshold=args.threshold,
         teacher_input_size=args.teacher_image_size, cache_dtype=getattr(torch, args.cache_dtype),
-        cache_dir=args.cache_dir))
+        cache_dir=args.cache_dir, method=args.method, divergence=args.divergence, beta=args.beta,
+        **({"features": args.feature_pairs.split(",")} if args.feature_pairs else {})))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
             "teacher": args.teacher, "image_size": args.image_size}
     resume = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched

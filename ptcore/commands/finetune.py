@@ -2,6 +2,7 @@
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
+from ptcore.commands._splits import add_data_arguments
 
 
 def add_parser(sub):
@@ -15,8 +16,11 @@ def add_parser(sub):
                    "or a local state_dict / ptcore checkpoint file")
     p.add_argument("--data", default="digits", help="'digits', an ImageFolder directory, or a "
                    "torchvision dataset name with --data-root")
-    p.add_argument("--data-root", help="root of a torchvision dataset given by name")
+    p.add_argument("--data-root", help="root of a torchvision dataset given by name (its "
+                   "official train/test splits are used, and an ImageFolder root's train/, "
+                   "val/, test/ subfolders)")
     p.add_argument("--image-size", type=int, default=32)
+    add_data_arguments(p)
     p.add_argument("--classes", type=int_list,
                    help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--shots", type=int, help="labelled samples per class for training")
@@ -58,10 +62,24 @@ def _finetune(args) -> dict:
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
-    dataset = D.dataset_from_spec(args.data, image_size=args.image_size, root=args.data_root)
+    from ptcore.commands._splits import model_transform, official_data
+
+    splits = official_data(args, data=args.data, root=args.data_root)
+    if splits is None:
+        dataset = D.dataset_from_spec(args.data, image_size=args.image_size,
+                                      root=args.data_root, transform=model_transform(args))
+    else:  # its own test (and val) split; a val fraction of train where it has none
+        dataset = splits["train"]
     if args.classes:
         dataset = D.class_subset(dataset, args.classes)
-    train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
+        splits = splits and {k: D.class_subset(v, args.classes) for k, v in splits.items()}
+    if splits is None:
+        train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
+    elif "val" in splits:
+        train, val, test = dataset, splits["val"], splits["test"]
+    else:
+        train, val, _ = D.train_val_test_split(dataset, args.val, 0.0, seed=args.seed)
+        test = splits["test"]
     if args.shots:
         train, _ = D.k_shot(train, args.shots, seed=args.seed)
     num_classes = len(D.targets_of(dataset).unique())

@@ -3,6 +3,7 @@ import argparse
 
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
+from ptcore.commands._splits import add_data_arguments
 
 
 def _tasks(text: str) -> int | list[list[int]]:
@@ -24,7 +25,7 @@ def add_parser(sub):
     from ptcore.config import add_config_argument
 
     p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
-                       "NCM, SimpleCIL) and report forgetting")
+                       "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC) and report forgetting")
     p.add_argument("--model", default="resnet18", help="registered model name")
     p.add_argument("--weights", help="torchvision weights name or local file (state_dict or "
                    "ptcore checkpoint); default: random init")
@@ -32,7 +33,11 @@ def add_parser(sub):
                    "already holds, in row order (e.g. 0,1 after fine-tuning on the first task)")
     p.add_argument("--data", default="digits", help="'digits', an image folder, or a "
                    "torchvision dataset name with --root")
-    p.add_argument("--root", help="where a torchvision dataset's files are")
+    p.add_argument("--root", help="where a torchvision dataset's or a benchmark's files are")
+    p.add_argument("--benchmark", help="a class-incremental benchmark by name with its "
+                   "official splits and class order: split-cifar100, split-imagenet-subset "
+                   "(see docs/data.md); --tasks is then a task count")
+    add_data_arguments(p)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--data-classes", type=int_list,
                    help="comma-separated classes of the data to use (default: all)")
@@ -40,8 +45,9 @@ def add_parser(sub):
                    "classes of each task: 0,1,2,3,4;5,6,7;8,9")
     p.add_argument("--shots", type=int, help="training samples per class (default: all)")
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--method", default="lwf+replay", help="naive, or lwf/replay/ewc/ncm joined "
-                   "by '+', or simplecil")
+    p.add_argument("--method", default="lwf+replay", help="naive, or lwf/replay/ewc/ncm/wa/bic/"
+                   "der joined by '+' (e.g. wa+replay, der+replay = DER++), the preset icarl, "
+                   "or simplecil or ranpac alone")
     p.add_argument("--protocol", choices=("class", "task"), default="class")
     p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
@@ -67,17 +73,27 @@ def run(args) -> int:
 
 
 def _incremental(args) -> int:
-    from ptcore.data import (class_subset, class_tasks, dataset_from_spec, k_shot,
-                             train_val_test_split)
+    from ptcore.commands._splits import model_transform, official_data
+    from ptcore.data import (benchmark_tasks, class_subset, class_tasks, dataset_from_spec,
+                             k_shot, train_val_test_split)
     from ptcore.engine import distributed as D
     from ptcore.models import create_model
     from ptcore.strategies import Incremental
 
-    data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
-    if args.data_classes:
-        data = class_subset(data, args.data_classes, relabel=False)
-    train, _, test = train_val_test_split(data, 0.0, args.test_fraction, seed=args.seed)
-    train_tasks = class_tasks(train, args.tasks)
+    splits = official_data(args, data=args.data, root=args.root, benchmark=args.benchmark)
+    if splits is None:
+        data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root,
+                                 transform=model_transform(args))
+        if args.data_classes:
+            data = class_subset(data, args.data_classes, relabel=False)
+        train, _, test = train_val_test_split(data, 0.0, args.test_fraction, seed=args.seed)
+    else:
+        train, test = splits["train"], splits["test"]
+        if args.data_classes:
+            train, test = (class_subset(d, args.data_classes, relabel=False)
+                           for d in (train, test))
+    tasks = (benchmark_tasks(args.benchmark, args.tasks) if args.benchmark else args.tasks)
+    train_tasks = class_tasks(train, tasks)
     if args.shots is not None:
         train_tasks = [k_shot(t, args.shots, seed=args.seed)[0] for t in train_tasks]
     test_tasks = class_tasks(test, [t.targets.unique().tolist() for t in train_tasks])

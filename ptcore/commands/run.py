@@ -9,6 +9,9 @@ def add_parser(sub):
                        "config's out). See docs/config.md.")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="stage config files, run in order")
     p.add_argument("--out", help="where results.json and report.md go")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (on a stderr that is not a terminal, progress "
+                   "otherwise comes as a plain line every few seconds)")
     p.set_defaults(func=run)
 
 
@@ -19,5 +22,6 @@ def run(args) -> int:
     # Errors: ptcore/cli.py prints those a user can fix on one line (exit 2).
     cfgs = [load_config(path) for path in args.configs]
     run_stages(cfgs, args.out or cfgs[-1]["out"], sources=args.configs,
-               command="ptcore run " + " ".join(args.configs))
+               command="ptcore run " + " ".join(args.configs),
+               progress=not args.no_progress)
     return 0

@@ -48,12 +48,13 @@ ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
 METHOD_EXTRAS = {
-    "pretrain": {"model": (str,)},
+    "pretrain": {"model": (str,), "weights": (str,), "save_dtype": (str,)},
     "finetune": {"model": (str,), "weights": (str,), "from_scratch": (bool,),
                  "compare_uncached": (bool,)},
     "distill": {"unlabelled": (bool,)},
 }
 _DTYPES = ("float16", "bfloat16", "float32", "int8")
+_DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # ptcore.kd_loss's
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,13 @@ _DATA = {
     "test": Key((float, int), default=0.15),
     "shots": Key((int, type(None)), help="labelled training samples per class"),
     "tasks": Key((list, int, type(None)), help="incremental: class lists, or a task count"),
+    "benchmark": Key((str, type(None)), help="incremental: a benchmark by name with its "
+                     "official splits and class order (docs/data.md)"),
+    "download": Key((bool,), default=False, help="download a torchvision dataset"),
+    "preprocess": Key((dict,), default={}, help="override the weights' preprocessing: "
+                      "image_size, crop_size, resize_size, interpolation, mean, std"),
 }
+_PREPROCESS = {"image_size", "crop_size", "resize_size", "interpolation", "mean", "std"}
 _SECTIONS = {"model": _MODEL, "teacher": _MODEL, "data": _DATA}
 _TOP = {"stage", "seed", "out", "model", "teacher", "data", "engine", "strategy", "methods"}
 
@@ -176,6 +183,7 @@ _VALUES = {
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "amp": (lambda v: v in ("auto", "bf16", "fp16", "off", None, False), "auto, bf16, fp16 or off"),
     "cache_dtype": (lambda v: v in _DTYPES, f"one of {', '.join(_DTYPES)}"),
+    "divergence": (lambda v: v in _DIVERGENCES, f"one of {', '.join(_DIVERGENCES)}"),
 }
 
 
@@ -214,6 +222,7 @@ def _check_data(data: dict, stage: str) -> None:
         check_value(name, data[name], f"data.{name}")
     if data["classes"] is not None and not all(_class_id(c) for c in data["classes"]):
         raise ConfigError(f"data.classes must be a list of class ids, got {data['classes']!r}")
+    _check_data_source(data, stage)
     if data["tasks"] is not None and stage != "incremental":
         raise ConfigError("data.tasks belongs to the incremental stage only")
     tasks = data["tasks"]
@@ -223,6 +232,23 @@ def _check_data(data: dict, stage: str) -> None:
                           f"lists, got {tasks!r}")
     if isinstance(tasks, int) and tasks < 1:
         raise ConfigError(f"data.tasks must be a positive task count, got {tasks!r}")
+
+
+def _check_data_source(data: dict, stage: str) -> None:
+    from ptcore.data.benchmarks import BENCHMARKS
+
+    bench = data["benchmark"]
+    if bench is not None and (stage != "incremental" or bench not in BENCHMARKS):
+        raise ConfigError(f"data.benchmark belongs to the incremental stage and must be one of "
+                          f"{', '.join(BENCHMARKS)}, got {bench!r}")
+    unknown = sorted(set(data["preprocess"]) - _PREPROCESS)
+    if unknown:
+        raise ConfigError(f"data.preprocess: unknown key(s) {unknown}; allowed: "
+                          f"{sorted(_PREPROCESS)}")
+    interpolation = data["preprocess"].get("interpolation", "bilinear")
+    if interpolation not in ("nearest", "bilinear", "bicubic"):
+        raise ConfigError(f"data.preprocess.interpolation must be nearest, bilinear or "
+                          f"bicubic, got {interpolation!r}")
 
 
 def validate_config(raw: dict, *, source: str = "config", partial: bool = False) -> dict:
@@ -251,6 +277,9 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
         if name in raw or name in ("model", "data"):
             cfg[name] = _section(raw.get(name, {}), _SECTIONS[name], name, partial)
     _check_data(cfg["data"], stage)
+    if not partial and (cfg["data"]["benchmark"] or cfg["data"]["preprocess"]):
+        raise ConfigError("data.benchmark and data.preprocess are read by `ptcore incremental "
+                          "--config` and `ptcore finetune --config`, not yet by `ptcore run`")
     if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:
         raise ConfigError(f"{source}: data.tasks (the classes of each task) is required by the "
                           "incremental stage")

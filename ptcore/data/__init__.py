@@ -1,15 +1,23 @@
-"""Datasets (the embedded digits, image folders, torchvision datasets by name) and
-deterministic splits (train/val/test, class subsets and tasks, k-shot, unlabelled pool)."""
+"""Datasets (the embedded digits, glyphs of many scripts rendered from bundled fonts, image
+folders, torchvision datasets by name with their official splits, class-incremental
+benchmarks with their published class orders) and deterministic splits (train/val/test,
+class subsets and tasks, k-shot, unlabelled pool)."""
+from ptcore.data.benchmarks import (BENCHMARKS, PYCIL_SEED, benchmark_splits, benchmark_tasks,
+                                    class_order)
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, digits_dataset
+from ptcore.data.glyphs import GLYPH_FONTS, GlyphsDataset, glyph_characters
 from ptcore.data.folders import (dataset_from_spec, image_folder, image_transform,
                                  is_deterministic, torchvision_dataset)
+from ptcore.data.official import folder_splits, has_official_splits, official_splits
 from ptcore.data.splits import (LabeledSubset, class_subset, class_tasks, hide_labels, k_shot,
                                 targets_of, train_val_test_split)
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TensorImageDataset", "digits_dataset",
+    "GlyphsDataset", "glyph_characters", "GLYPH_FONTS",
     "image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
-    "dataset_from_spec",
+    "dataset_from_spec", "official_splits", "folder_splits", "has_official_splits",
+    "BENCHMARKS", "PYCIL_SEED", "class_order", "benchmark_splits", "benchmark_tasks",
     "targets_of", "LabeledSubset", "train_val_test_split", "class_subset", "class_tasks",
     "k_shot", "hide_labels",
 ]

@@ -1,7 +1,6 @@
 """Image datasets from disk: ImageFolder directories and torchvision datasets by name."""
 from __future__ import annotations
 
-import inspect
 import os
 
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD
@@ -28,44 +27,40 @@ def image_transform(image_size: int = 224, *, augment: bool = False, mean=IMAGEN
     return T.Compose([T.Lambda(_rgb), *geometry, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def image_folder(root: str | os.PathLike, *, image_size: int = 224, augment: bool = False):
-    """``root/<class>/<image>`` as a torchvision ImageFolder with :func:`image_transform`."""
+def image_folder(root: str | os.PathLike, *, image_size: int = 224, augment: bool = False,
+                 transform=None):
+    """``root/<class>/<image>`` as a torchvision ImageFolder with :func:`image_transform`
+    (or ``transform``, e.g. the weights' own, see ptcore.models.preprocess; then ``augment``
+    says whether it is random)."""
     from torchvision.datasets import ImageFolder
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder root {str(root)!r} is not a directory")
-    ds = ImageFolder(root, transform=image_transform(image_size, augment=augment))
+    ds = ImageFolder(root, transform=transform or image_transform(image_size, augment=augment))
     ds.deterministic = not augment
     return ds
 
 
 def torchvision_dataset(name: str, root: str | os.PathLike, *, train: bool = True,
-                        image_size: int = 224, augment: bool = False, download: bool = False):
+                        image_size: int = 224, augment: bool = False, download: bool = False,
+                        transform=None, split: str | None = None):
     """torchvision dataset ``name`` (e.g. "CIFAR10", "MNIST") from a local ``root``; grey
-    images become RGB. No download unless ``download=True``."""
-    import torchvision.datasets as tvd
+    images become RGB. ``split`` (its official "train", "val", "test", ...) wins over
+    ``train``. No download unless ``download=True``; without the files, the error names
+    those to place (see :mod:`ptcore.data.official`)."""
+    from ptcore.data.official import dataset_class, load_split
 
-    cls = getattr(tvd, name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, tvd.VisionDataset)):
-        raise ValueError(f"{name!r} is not a torchvision dataset class")
-    params = inspect.signature(cls).parameters
-    kwargs = {"transform": image_transform(image_size, augment=augment), "download": download}
-    if "train" in params:
-        kwargs["train"] = train
-    elif "split" in params:
-        kwargs["split"] = "train" if train else "test"
-    try:
-        ds = cls(root, **kwargs)
-    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        raise FileNotFoundError(f"{name} not found under {str(root)!r} ({e}); put the files "
-                                "there or pass download=True") from e
+    cls = dataset_class(name)
+    ds = load_split(cls, root, split or ("train" if train else "test"), download=download,
+                    transform=transform or image_transform(image_size, augment=augment))
     ds.deterministic = not augment
     return ds
 
 
 _DETERMINISTIC_TRANSFORMS = {"Compose", "Lambda", "Resize", "CenterCrop", "ToTensor",
                              "PILToTensor", "ToImage", "ToDtype", "ConvertImageDtype",
-                             "Normalize", "Grayscale"}
+                             "Normalize", "Grayscale", "ImageClassification", "MaybeToTensor",
+                             "ResizeKeepRatio"}
 
 
 def is_deterministic(dataset) -> bool:
@@ -92,17 +87,21 @@ def is_deterministic(dataset) -> bool:
 
 
 def dataset_from_spec(spec: str, *, image_size: int = 32, root: str | None = None,
-                      train: bool = True, augment: bool = False):
-    """What the CLI's ``--data`` names: "digits", an ImageFolder directory, or a torchvision
-    dataset name (with ``root``)."""
+                      train: bool = True, augment: bool = False, transform=None):
+    """What the CLI's ``--data`` names: "digits", "glyphs" (:class:`GlyphsDataset` at its
+    default size and seed), an ImageFolder directory, or a torchvision dataset name (with
+    ``root``). ``transform``: for images read from files."""
     from ptcore.data.digits import digits_dataset
+    from ptcore.data.glyphs import GlyphsDataset
 
     if spec == "digits":
         return digits_dataset(image_size)
+    if spec == "glyphs":
+        return GlyphsDataset(image_size=image_size)
     if os.path.isdir(spec):
-        return image_folder(spec, image_size=image_size, augment=augment)
+        return image_folder(spec, image_size=image_size, augment=augment, transform=transform)
     if root is not None:
         return torchvision_dataset(spec, root, train=train, image_size=image_size,
-                                   augment=augment)
-    raise ValueError(f"data {spec!r} is neither 'digits', an existing directory, nor a "
-                     "torchvision dataset name given with a root")
+                                   augment=augment, transform=transform)
+    raise ValueError(f"data {spec!r} is neither 'digits', 'glyphs', an existing directory, "
+                     "nor a torchvision dataset name given with a root")

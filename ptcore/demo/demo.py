@@ -7,8 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from ptcore.demo.pipeline import run_stages
-from ptcore.demo.presets import preset_configs
+from ptcore.demo.backbones import ensure_backbone
+from ptcore.demo.pipeline import run_stages, without_progress
+from ptcore.demo.presets import preset_backbones, preset_configs
+from ptcore.demo.progress import plain_progress
 from ptcore.engine.files import atomic_write_bytes
 
 __all__ = ["run_demo", "write_configs"]
@@ -21,14 +23,21 @@ def write_configs(configs: list[dict], directory: str | os.PathLike) -> list[Pat
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, preset: str = "quick", seed: int = 0,
-             scale: float = 1.0) -> dict:
-    """Run ``preset`` into ``out``; returns the results document (also results.json)."""
+             scale: float = 1.0, progress: bool = True) -> dict:
+    """Run ``preset`` into ``out``; returns the results document (also results.json).
+    Glyph-pretrained backbones that do not ship are built first (once, then cached)."""
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
     out = Path(out)
     configs = preset_configs(preset, str(out), seed=seed, scale=scale)
+    if not progress:
+        configs = without_progress(configs)
+    for arch, image_size in preset_backbones(preset):
+        with plain_progress():
+            ensure_backbone(arch, image_size, progress=progress)
     paths = write_configs(configs, out / "configs")
     command = f"ptcore demo --out {out} --preset {preset} --seed {seed}"
     if scale != 1.0:
         command += f" --scale {scale}"
-    return run_stages(configs, out, command=command, sources=[str(p) for p in paths])
+    return run_stages(configs, out, command=command, sources=[str(p) for p in paths],
+                      progress=progress)

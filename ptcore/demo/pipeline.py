@@ -12,9 +12,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ptcore.config import validate_config
+from ptcore.demo.progress import plain_progress
+from ptcore.demo.sources import weights_sources
 from ptcore.demo.stages import prepare, pretrained_path
 
-__all__ = ["run_stages"]
+__all__ = ["run_stages", "without_progress"]
 
 
 def _say(msg: str) -> None:
@@ -29,11 +31,25 @@ def _method_line(stage: str, name: str, record: dict) -> str:
             f"in {record['train_seconds']:.1f}s")
 
 
+def without_progress(configs: list[dict]) -> list[dict]:
+    """``configs`` with progress bars off in every stage."""
+    return [{**c, "engine": {**(c.get("engine") or {}), "progress": False}} for c in configs]
+
+
 def run_stages(configs: list[dict], out: str | os.PathLike, *, command: str = "",
-               sources: list[str] | None = None) -> dict:
+               sources: list[str] | None = None, progress: bool = True) -> dict:
     """Run validated-or-raw stage ``configs`` in order; write results.json, report.md and
     the plots to ``out``; return the results document. Stages of the same kind must not
-    repeat (results.json holds one entry per stage)."""
+    repeat (results.json holds one entry per stage). ``progress``: False turns every
+    progress bar off; otherwise, on a stderr that is not a terminal, progress comes as a
+    plain line every few seconds."""
+    if not progress:
+        configs = without_progress(configs)
+    with plain_progress():
+        return _run(configs, Path(out), command, sources)
+
+
+def _run(configs: list[dict], out: Path, command: str, sources: list[str] | None) -> dict:
     from ptcore import info
     from ptcore.report import text_table, write_report, write_results
 
@@ -53,7 +69,8 @@ def run_stages(configs: list[dict], out: str | os.PathLike, *, command: str = ""
             produced.update(str(pretrained_path(cfg, m)) for m in cfg["methods"])
     results = {"format": "ptcore.results", "version": 1, "seed": cfgs[0]["seed"],
                "command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "environment": info(), "configs": {}, "context": {}}
+               "environment": info(), "configs": {}, "context": {},
+               "weights_sources": weights_sources(cfgs, out, produced=produced)}
     for p in prepared:
         stage = p.cfg["stage"]
         _say(f"== {stage}: {', '.join(p.cfg['methods'])}")
@@ -63,7 +80,6 @@ def run_stages(configs: list[dict], out: str | os.PathLike, *, command: str = ""
         results["context"][stage] = {**p.context, "seconds": time.perf_counter() - t0}
         _say(text_table(stage, results[stage]))
     results["wall_seconds"] = time.perf_counter() - started
-    out = Path(out)
     write_results(out / "results.json", results)
     report = write_report(results, out)
     _say(f"done in {results['wall_seconds']:.1f}s: {out / 'results.json'}, {report}")

@@ -2,14 +2,18 @@
 `ptcore demo` writes each to OUT/configs/<stage>.yaml, and examples/ holds the quick
 preset's as files). Why these settings: docs/demo.md.
 
-The story on the embedded digits (10 classes): a backbone is pretrained on SOURCE; it is
-fine-tuned to TARGET with few labels; the TARGET classes then arrive as new tasks for the
-pretrained model; finally the pretrained model teaches a smaller student the SOURCE task
-from a few labels plus the unlabelled rest.
+The story on the embedded digits (10 classes), told from a backbone that ptcore pretrained
+on rendered glyphs of many scripts (ptcore/demo/backbones.py; no digits among them): it is
+fine-tuned to TARGET with few labels (against the same network from random weights); it
+learns SOURCE with all labels, the model to which the TARGET classes then arrive as new
+tasks; and that model teaches a smaller student SOURCE from a few labels plus the
+unlabelled rest.
 """
 from __future__ import annotations
 
-__all__ = ["PRESETS", "preset_configs", "SOURCE", "TARGET"]
+from ptcore.demo.backbones import backbone_path
+
+__all__ = ["PRESETS", "preset_configs", "preset_backbones", "SOURCE", "TARGET"]
 
 SOURCE = [0, 1, 2, 3, 4]
 TARGET = [5, 6, 7, 8, 9]
@@ -45,9 +49,17 @@ def _digits(p: dict, **kw) -> dict:
     return {"dataset": "digits", "image_size": p["image_size"], **kw}
 
 
+def preset_backbones(preset: str) -> list[tuple[str, int]]:
+    """(architecture, input size) of every glyph-pretrained backbone ``preset`` loads."""
+    p = PRESETS[preset]
+    return [(a, p["image_size"]) for a in dict.fromkeys([p["backbone"], p["teacher"],
+                                                          *p["extra"]])]
+
+
 def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) -> list[dict]:
     """The stage configs of ``preset`` writing under ``out``. ``scale`` multiplies every
-    epoch count (at least 1 each), e.g. for a faster smoke test."""
+    epoch count (at least 1 each), e.g. for a faster smoke test. The glyph-pretrained
+    backbones they load may still have to be built (:func:`preset_backbones`)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     p = PRESETS[preset]
@@ -59,17 +71,21 @@ def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) 
     def pretrained(arch: str) -> str:
         return f"{out}/pretrain/{arch}/model.pt"
 
+    def glyphs(arch: str) -> str:
+        return str(backbone_path(arch, p["image_size"]))
+
     backbone, (student, student_kwargs) = p["backbone"], p["student"]
     archs = list(dict.fromkeys([backbone, p["teacher"], *p["extra"]]))
     pretrain = {"stage": "pretrain", "seed": seed, "out": f"{out}/pretrain",
                 "model": {"name": backbone}, "data": _digits(p, classes=list(SOURCE)),
                 "engine": engine("pretrain_epochs"),
                 "strategy": {"mode": "full", "lr": 2e-3, "layer_decay": 1.0},
-                "methods": {a: {"model": a} for a in archs}}
+                "methods": {a: {"model": a, "weights": glyphs(a)} for a in archs}}
     finetune = {
         "stage": "finetune", "seed": seed, "out": f"{out}/finetune",
-        "model": {"name": backbone, "weights": pretrained(backbone)},
-        "data": _digits(p, classes=list(TARGET), shots=p["shots"]),
+        "model": {"name": backbone, "weights": glyphs(backbone)},
+        # Tested on every image of 5-9 that is neither a shot nor validation (test: 0).
+        "data": _digits(p, classes=list(TARGET), shots=p["shots"], test=0.0),
         # 25 labelled images: batches of 16 give the optimizer two steps per epoch.
         "engine": engine("finetune_epochs", 16), "strategy": {"lr": 5e-3},
         "methods": {
@@ -79,7 +95,7 @@ def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) 
                              "epochs": engine("probe_epochs")["epochs"]},
             "partial": {"mode": "partial", "freeze": "layer3"},
             "full": {"mode": "full", "layer_decay": 0.5},
-            **{f"{a}_{mode}": {"model": a, "weights": pretrained(a), "mode": mode}
+            **{f"{a}_{mode}": {"model": a, "weights": glyphs(a), "mode": mode}
                for a in p["extra"] for mode in ("linear", "full")},
         }}
     incremental = {
@@ -88,7 +104,7 @@ def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) 
         "data": _digits(p, shots=p["incremental_shots"],
                         tasks=[list(SOURCE), TARGET[:3], TARGET[3:]]),
         "engine": engine("incremental_epochs"),
-        "strategy": {"classes": list(SOURCE), "lr": 1e-3, "memory": 60, "ewc_samples": 24},
+        "strategy": {"classes": list(SOURCE), "lr": 3e-3, "memory": 60, "ewc_samples": 24},
         "methods": {m: {"method": m} for m in ("naive", "lwf", "replay", "ewc")}}
     distill = {
         "stage": "distill", "seed": seed, "out": f"{out}/distill",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from ptcore.config import ConfigError
 from ptcore.config.schema import METHOD_EXTRAS
+from ptcore.demo.provenance import write_provenance
 
 __all__ = ["Prepared", "prepare", "pretrained_path"]
 
@@ -90,16 +90,20 @@ def _load_data(cfg: dict) -> dict:
     d = cfg["data"]
     stage = cfg["stage"]
     dataset = D.dataset_from_spec(d["dataset"], image_size=d["image_size"], root=d["root"])
+    size = len(dataset)
     if d["classes"] is not None:  # incremental keeps class ids: the head grows by class
         dataset = D.class_subset(dataset, d["classes"], relabel=stage != "incremental")
     train, val, test = D.train_val_test_split(dataset, d["val"], d["test"], seed=cfg["seed"])
-    if len(test) == 0:
-        raise ConfigError("data.test is 0: the stage reports test accuracy, keep a test split")
     unlabelled = None
     if d["shots"] is not None:
         train, unlabelled = D.k_shot(train, d["shots"], seed=cfg["seed"])
+    if d["shots"] is not None and d["test"] == 0 and stage in ("pretrain", "finetune"):
+        test = unlabelled  # evaluate on every sample that is neither a shot nor validation
+    if len(test) == 0:
+        raise ConfigError("data.test is 0: the stage reports test accuracy, keep a test split "
+                          "(or, with data.shots, test on the samples that are not shots)")
     out = {"train": train, "val": val if len(val) else None, "test": test,
-           "unlabelled": unlabelled}
+           "unlabelled": unlabelled, "dataset_size": size}
     if stage == "incremental":
         out["train"] = D.class_tasks(train, d["tasks"])
         out["test"] = D.class_tasks(test, d["tasks"])
@@ -109,15 +113,17 @@ def _load_data(cfg: dict) -> dict:
 # -- pretrain and finetune (FineTune) ----------------------------------------------------
 def _finetune_model(p: Prepared, opts: dict, *, real: bool):
     """The method's model: the config's, or another architecture (``model``) with its
-    own ``weights``; pretraining and ``from_scratch`` start from random weights."""
+    own ``weights``; without weights, or with ``from_scratch``, from random weights."""
     section = p.cfg["model"]
     if "model" in opts:
         section = {"name": opts["model"], "weights": None, "kwargs": {}}
     section = {**section, "weights": opts.get("weights", section["weights"])}
-    pretrained = real and section["weights"] is not None and not opts.get("from_scratch") \
-        and p.cfg["stage"] != "pretrain"
+    pretrained = real and section["weights"] is not None and not opts.get("from_scratch")
     model = _model(section, num_classes=_num_classes(p.data["test"]), pretrained=pretrained)
     return _fresh_head(model) if pretrained else model
+
+
+_SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def pretrained_path(cfg: dict, method: str) -> Path:
@@ -148,17 +154,26 @@ def _finetune(p: Prepared, name: str, opts: dict) -> dict:
         "cached_epochs": len(summary["cached_epochs"]), "history": summary["history"]})
     if p.cfg["stage"] == "pretrain":
         path = pretrained_path(p.cfg, name)
-        atomic_torch_save(model.state_dict(), path)
+        state = model.state_dict()
+        if "save_dtype" in opts:  # e.g. float16: half the file, for weights that ship
+            dtype = getattr(torch, opts["save_dtype"])
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        atomic_torch_save(state, path)
         record["weights_file"] = str(path)
+        write_provenance(path, p.cfg, name, record, p.context)
     return record
 
 
 def _check_finetune(p: Prepared) -> None:
     from ptcore.strategies import FineTune
 
-    for opts in p.cfg["methods"].values():
+    for name, opts in p.cfg["methods"].items():
+        if opts.get("save_dtype", "float16") not in _SAVE_DTYPES:
+            raise ConfigError(f"methods.{name}.save_dtype must be one of {_SAVE_DTYPES}, got "
+                              f"{opts['save_dtype']!r}")
         FineTune(_finetune_model(p, opts, real=False), **_strategy_kwargs(p.cfg, opts))
-    p.context.update(classes=_num_classes(p.data["test"]), train_samples=len(p.data["train"]),
+    p.context.update(dataset=p.cfg["data"]["dataset"], dataset_size=p.data["dataset_size"],
+                     classes=_num_classes(p.data["test"]), train_samples=len(p.data["train"]),
                      test_samples=len(p.data["test"]))
 
 

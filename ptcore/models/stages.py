@@ -4,15 +4,19 @@ Cutting there gives the named split points: a frozen prefix (the feature extract
 FeatureCache stores the output of) and a trainable rest. Stage names follow the module
 paths ("layer3", "features.7", "encoder.layers.encoder_layer_5", "fc"); a split point is a
 stage name or a group of them ("features", "encoder.layers") and includes that stage or
-group in the prefix. The last stage is always the classifier head.
+group in the prefix. The last stage is always the classifier head. Stages are derived for
+any model (every torchvision classifier, timm models) by :mod:`ptcore.models._trace`.
 """
 from __future__ import annotations
 
+import sys
+import weakref
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
-import torchvision.models as tvm
+from torch.fx import GraphModule
+
+from ptcore.models._trace import segment_module, trace_segments
 
 __all__ = ["Stage", "stages", "split_points", "split_index", "split_model", "blocks",
            "StagedModel"]
@@ -24,65 +28,40 @@ class Stage:
     module: nn.Module
 
 
-class _ViTEmbed(nn.Module):
-    """Patch projection + class token: ViT's forward up to its encoder."""
-
-    def __init__(self, vit: tvm.VisionTransformer):
-        super().__init__()
-        self.conv_proj = vit.conv_proj
-        self.class_token = vit.class_token  # the same Parameter, so it trains in place
-        self.patch_size, self.image_size, self.hidden_dim = (vit.patch_size, vit.image_size,
-                                                             vit.hidden_dim)
-
-    def forward(self, x):
-        # torchvision's own reshaping, so this stage cannot drift from the original model
-        x = tvm.VisionTransformer._process_input(self, x)
-        return torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-
-
-class _PosEmbed(nn.Module):
-    """The encoder's position embedding and its dropout (the encoder's first two steps)."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.pos_embedding = encoder.pos_embedding
-        self.dropout = encoder.dropout
-
-    def forward(self, x):
-        return self.dropout(x + self.pos_embedding)
-
-
-class _ClassToken(nn.Module):
-    def forward(self, x):
-        return x[:, 0]
-
-
-def _children(prefix: str, module: nn.Module) -> list[Stage]:
-    return [Stage(f"{prefix}.{n}", m) for n, m in module.named_children()]
+# model -> (the modules its stages call, its stages). Tracing is done once per model; a
+# replaced submodule (a new head) changes the key and the stages are derived again.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def stages(model: nn.Module) -> list[Stage]:
     """The model's stages in forward order (new list of views; parameters are shared)."""
     if isinstance(model, StagedModel):
         model = model.model
-    if isinstance(model, tvm.ResNet):
-        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
-                 "avgpool"]
-        return ([Stage(n, getattr(model, n)) for n in names]
-                + [Stage("flatten", nn.Flatten(1)), Stage("fc", model.fc)])
-    if isinstance(model, (tvm.AlexNet, tvm.VGG, tvm.MobileNetV3, tvm.EfficientNet)):
-        return (_children("features", model.features)
-                + [Stage("avgpool", model.avgpool), Stage("flatten", nn.Flatten(1))]
-                + _children("classifier", model.classifier))
-    if isinstance(model, tvm.VisionTransformer):
-        enc = model.encoder
-        return ([Stage("conv_proj", _ViTEmbed(model)),
-                 Stage("encoder.pos_embedding", _PosEmbed(enc))]
-                + _children("encoder.layers", enc.layers)
-                + [Stage("encoder.ln", enc.ln), Stage("class_token", _ClassToken())]
-                + _children("heads", model.heads))
-    raise TypeError(f"cannot split a {type(model).__name__}; supported: torchvision ResNet, "
-                    "AlexNet, VGG, MobileNetV3, EfficientNet, VisionTransformer")
+    hit = _CACHE.get(model)
+    if hit is not None:
+        calls, key, cached = hit
+        try:
+            if tuple(id(model.get_submodule(c)) for c in calls) == key:
+                return _in_mode(cached, model.training)
+        except AttributeError:  # a called module was removed
+            pass
+    segments = trace_segments(model)
+    cached = [Stage(s.name, segment_module(model, s)) for s in segments]
+    calls = [c for s in segments for c in s.modules]
+    _CACHE[model] = (calls, tuple(id(model.get_submodule(c)) for c in calls), cached)
+    return _in_mode(cached, model.training)
+
+
+def _in_mode(cached: list[Stage], training: bool) -> list[Stage]:
+    """The stages with their own glue modules (dropout that was functional in the model's
+    forward) in the model's train/eval mode: they are not the model's submodules, so
+    ``model.train()`` does not reach them."""
+    for s in cached:
+        if isinstance(s.module, GraphModule):
+            for name, m in s.module.named_children():
+                if name.startswith("glue_"):
+                    m.training = training
+    return list(cached)
 
 
 def split_points(model: nn.Module) -> list[str]:
@@ -126,21 +105,51 @@ def split_model(model: nn.Module, at: str | int) -> tuple[nn.Sequential, nn.Sequ
             nn.Sequential(*[s.module for s in st[k:]]))
 
 
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
 def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+    """Whether every module with parameters in ``m`` is a norm layer (LayerNorm2d too)."""
+    own = [x for x in m.modules() if any(True for _ in x.parameters(recurse=False))]
+    return bool(own) and all(isinstance(x, _NORMS) for x in own)
+
+
+def _timm_groups(model: nn.Module) -> dict[int, int] | None:
+    """id(parameter) -> layer group of timm's own ``group_matcher`` (coarse: one group per
+    stage of the network), for models that have one."""
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is None or "timm" not in sys.modules:
+        return None
+    from timm.models import group_parameters
+
+    params = dict(model.named_parameters())
+    return {id(params[n]): g for g, names in group_parameters(model, matcher(coarse=True)).items()
+            for n in names}
 
 
 def blocks(model: nn.Module) -> list[tuple[int, int]]:
     """Stage ranges [start, stop) that form the layer groups for discriminative learning
-    rates and gradual unfreezing: each stage with parameters starts a new group unless it is
-    a norm layer (it belongs with the layer it normalises); stages without parameters join the
-    group before them. The last group is the head."""
-    starts = [0]
-    for i, s in enumerate(stages(model)):
-        if i and any(True for _ in s.module.parameters()) and not _is_norm(s.module):
+    rates and gradual unfreezing. timm models follow their own ``group_matcher``; otherwise
+    each stage with parameters starts a new group unless it is a norm layer (it belongs with
+    the layer it normalises). Stages without parameters join the group before them. The last
+    group is the head."""
+    st = stages(model)
+    groups = _timm_groups(model.model if isinstance(model, StagedModel) else model)
+    starts, previous = [0], None
+    for i, s in enumerate(st):
+        params = list(s.module.parameters())
+        if not params:
+            continue
+        if groups is not None:
+            group = min(groups.get(id(p), -1) for p in params)
+            new = previous is not None and group != previous
+            previous = group
+        else:
+            new = not _is_norm(s.module)
+        if i and (new or i == len(st) - 1):
             starts.append(i)
-    n = len(stages(model))
-    return list(zip(starts, starts[1:] + [n]))
+    starts = sorted(set(starts))
+    return list(zip(starts, starts[1:] + [len(st)]))
 
 
 class StagedModel(nn.Module):

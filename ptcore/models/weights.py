@@ -79,7 +79,7 @@ def load_weights(model: nn.Module, name: str, weights, *, progress: bool = True)
     The head takes the size it has in the weights; everything must match otherwise
     (a strict load), so a wrong architecture is an error, not a silent partial load.
     """
-    from ptcore.models.heads import get_head, head_path, replace_head
+    from ptcore.models.heads import get_head, head_path, head_width, replace_head
 
     if _is_path(weights):
         state = read_state_dict(weights)
@@ -92,7 +92,7 @@ def load_weights(model: nn.Module, name: str, weights, *, progress: bool = True)
     if key not in state:
         raise WeightsMismatchError(f"weights for {name} lack the head tensor {key!r}: wrong "
                                    "model?")
-    if state[key].shape[0] != get_head(model).out_features:
+    if state[key].shape[0] != head_width(get_head(model)):
         replace_head(model, int(state[key].shape[0]))
     try:
         model.load_state_dict(state, strict=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-STATS = 6  # per-row statistics the forward saves for backward (see csrc/kd_math.h)
+STATS = 7  # per-row statistics the forward saves for backward (see csrc/kd_math.h)
 
 # An incoming gradient within this of what the forward assumed needs no rescaling pass.
 _SAME_SCALE = 2.0 ** -22

@@ -22,8 +22,9 @@ __all__ = ["INTROS", "HEADLINE", "seen_accuracy_curve", "make_plots", "render_re
 
 # What each stage is for: context for the reader, the numbers come from the run.
 INTROS = {
-    "pretrain": "A backbone trained from random initialisation on the source classes: "
-                "the \"pretrained model\" the other stages adapt.",
+    "pretrain": "A model trained on the source classes with all their labels (from random "
+                "weights, or from the pretrained weights its config names): the model the "
+                "later stages adapt or learn from.",
     "finetune": "Adapting the pretrained backbone to a new task with few labels: `scratch` "
                 "trains the same architecture from random weights; `linear_probe` trains only "
                 "the head, on features of the frozen backbone cached once; `partial` freezes "
@@ -102,6 +103,25 @@ def _figures(entries: list[tuple[str, str]]) -> list[str]:
     return [f"![{caption}]({name})\n\n*{caption}*\n" for caption, name in entries]
 
 
+def _sources(sources: list[dict]) -> list[str]:
+    """Where the pretrained weights came from (their provenance records)."""
+    if not sources:
+        return []
+    lines = ["## pretrained weights", ""]
+    for s in sources:
+        src = s["source"]
+        lines += [f"- `{s['weights']}` ({', '.join(s['used_by'])}): {s['model']} trained by "
+                  f"ptcore {s['ptcore']} for {s['epochs']} epochs on `{src['dataset']}` "
+                  f"({src['size']:,} images, {src['classes']} classes, {src['image_size']}px; "
+                  f"seed {s['seed']}), {100 * s['source_accuracy']:.1f}% on its "
+                  f"{src['test_samples']:,} test images; SHA-256 `{s['sha256'][:16]}…` "
+                  "verified against its provenance record"]
+    lines.append("")
+    for name in dict.fromkeys(s["samples"] for s in sources if s.get("samples")):
+        lines += _figures([("Samples of the pretraining source", name)])
+    return lines
+
+
 def render_report(results: dict, figures: dict[str, list[tuple[str, str]]]) -> str:
     """report.md text: what was run, the findings, a table and the plots per stage."""
     env = results["environment"]
@@ -113,6 +133,7 @@ def render_report(results: dict, figures: dict[str, list[tuple[str, str]]]) -> s
               f"torch {env.get('torch', '?')}, Python {env.get('python', '?')}, "
               f"device {results.get('device', 'cpu')}", ""]
     lines += _figures(figures.get("summary", []))
+    lines += _sources(results.get("weights_sources", []))
     for stage in (s for s in STAGES if s in results):
         methods = results[stage]
         lines += [f"## {stage}", "", INTROS[stage], ""]

@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ptcore.engine.files import atomic_write_bytes  # noqa: E402
 
-__all__ = ["accuracy_heatmap", "accuracy_curve", "learning_curves", "method_comparison"]
+__all__ = ["accuracy_heatmap", "accuracy_curve", "learning_curves", "method_comparison",
+           "image_grid"]
 
 
 def _save(fig, path) -> Path:
@@ -135,4 +136,24 @@ def method_comparison(groups: Mapping[str, Mapping[str, float]], path: str | os.
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def image_grid(images, path: str | os.PathLike, *, labels: Sequence[str] | None = None,
+               columns: int = 12, title: str = "Samples") -> Path:
+    """Grey images ``[N, H, W]`` (values in [0, 1], ink bright) in a grid, each captioned
+    with its entry of ``labels``."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("image_grid needs at least one image")
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(0.75 * columns, 0.85 * rows + 0.4),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if labels is not None:
+                ax.set_title(labels[i], fontsize=8, pad=2)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

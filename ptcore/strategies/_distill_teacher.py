@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ptcore
+from ptcore.strategies._distill_dkd import dkd_loss
 
 __all__ = ["TeacherView", "unpack", "distill_loss", "MAX_TOPK_CLASSES"]
 
@@ -68,14 +69,18 @@ def _kd(student: torch.Tensor, teacher: tuple[torch.Tensor, ...], **kw) -> torch
 def distill_loss(student_logits: torch.Tensor, labels: torch.Tensor,
                  teacher: tuple[torch.Tensor, ...], *, temperature: float, soft_weight: float,
                  hard_weight: float, threshold: float | None = None,
-                 ignore_index: int = -100) -> dict:
+                 ignore_index: int = -100, divergence: str = "forward_kl", beta: float = 0.5,
+                 dkd: tuple[float, float] | None = None) -> dict:
     r"""Mean over the rows that count of
 
     .. math::
         w_{soft}\,T^2\,KL(p_t\|p_s) + w_{hard}\,\mathrm{CE}(s, y)\,[y \ne \text{ignore}]
 
     with :math:`p = \mathrm{softmax}(\cdot/T)` (the teacher's over its K kept classes
-    when ``teacher`` is top-k). Labelled rows always count; unlabelled rows (label
+    when ``teacher`` is top-k). ``divergence``/``beta`` replace the forward KL as in
+    :func:`ptcore.kd_loss` (full logits only); ``dkd`` = (α, β) replaces the soft term by
+    :func:`~ptcore.strategies._distill_dkd.dkd_loss`, whose target class is the label, or
+    the teacher's top class on unlabelled rows. Labelled rows always count; unlabelled rows (label
     ``ignore_index``) count when the teacher's confidence, its top probability at T = 1,
     is at least ``threshold``. Returns ``{"loss", "pseudo"}`` (pseudo: the share of the
     batch's rows that learn from the teacher alone)."""
@@ -83,8 +88,19 @@ def distill_loss(student_logits: torch.Tensor, labels: torch.Tensor,
     pseudo = ~labelled
     if threshold is not None:
         pseudo &= torch.softmax(teacher[0].float(), dim=-1).amax(dim=-1) >= threshold
+    if dkd is not None:
+        counted = labelled | pseudo
+        target = torch.where(labelled, labels, teacher[0].argmax(-1))
+        soft = dkd_loss(student_logits[counted], teacher[0][counted], target[counted],
+                        temperature=temperature, alpha=dkd[0], beta=dkd[1], reduction="sum")
+        hard = F.cross_entropy(student_logits[labelled].float(), labels[labelled],
+                               reduction="sum") if labelled.any() else soft * 0.0
+        return {"loss": (soft_weight * soft + hard_weight * hard) / counted.sum().clamp_min(1),
+                "pseudo": pseudo.float().mean()}
     # kd_loss gives ignore_index rows no loss at all, so the two kinds of rows go separately.
     kw = dict(temperature=temperature, soft_weight=soft_weight, reduction="sum")
+    if len(teacher) == 1:
+        kw.update(divergence=divergence, beta=beta)
     total = (_kd(student_logits[labelled], tuple(t[labelled] for t in teacher),
                  labels=labels[labelled], hard_weight=hard_weight, **kw)
              + _kd(student_logits[pseudo], tuple(t[pseudo] for t in teacher), **kw))

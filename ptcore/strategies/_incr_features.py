@@ -12,7 +12,7 @@ from ptcore.engine import distributed as D
 from ptcore.engine.loaders import make_loader
 from ptcore.models import stages
 
-__all__ = ["backbone_features", "embed", "class_means", "ncm_scores"]
+__all__ = ["Backbone", "backbone_features", "embed", "class_means", "ncm_scores"]
 
 
 def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -20,6 +20,17 @@ def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for s in stages(model)[:-1]:
         x = s.module(x)
     return F.normalize(x.flatten(1).float(), dim=1)
+
+
+class Backbone(nn.Module):
+    """:func:`backbone_features` as a module (what a FeatureCache runs)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return backbone_features(self.model, x)
 
 
 @torch.no_grad()

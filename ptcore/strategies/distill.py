@@ -15,17 +15,36 @@ import torch
 import torch.nn as nn
 
 from ptcore import engine
-from ptcore._kd_args import check_float
+from ptcore._kd_args import DIVERGENCES, check_float
 from ptcore.cache.build import inference
 from ptcore.engine import distributed as D
 from ptcore.models import freeze
 from ptcore.strategies._distill_data import PseudoLabelData, WithTeacherRows
+from ptcore.strategies._distill_features import (FEATURE_METHODS, StudentWithAdapters, Taps,
+                                                 feature_loss, parse_pairs)
 from ptcore.strategies._distill_teacher import TeacherView, distill_loss, unpack
 
-__all__ = ["Distill", "DISTILL_MODES"]
+__all__ = ["Distill", "DISTILL_MODES", "DISTILL_METHODS", "DIVERGENCES", "parse_distill_method"]
 
 DISTILL_MODES = ("online", "offline")
+LOGIT_METHODS = ("kd", "dkd")
+DISTILL_METHODS = LOGIT_METHODS + FEATURE_METHODS
 IGNORE = -100  # the label of unlabelled samples
+
+
+def parse_distill_method(method: str) -> tuple[str, str | None]:
+    """(logit term, feature term or None) of a method such as "dkd" or "fitnets+kd"; the
+    logit term is "kd" unless "dkd" is named."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str such as 'kd' or 'at+dkd', got "
+                        f"{type(method).__name__}")
+    parts = [p.strip() for p in method.lower().split("+")]
+    logit = [p for p in parts if p in LOGIT_METHODS]
+    feature = [p for p in parts if p in FEATURE_METHODS]
+    if len(logit) > 1 or len(feature) > 1 or len(logit) + len(feature) != len(parts):
+        raise ValueError(f"method {method!r}: at most one of {LOGIT_METHODS} and one of "
+                         f"{FEATURE_METHODS}, joined by '+'")
+    return (logit or ["kd"])[0], (feature or [None])[0]
 
 
 def _size(value, name: str) -> tuple[int, int] | None:
@@ -67,7 +86,15 @@ class Distill:
     topk: distil against the teacher's K largest logits only (``ptcore.kd_loss_topk``); the
     offline cache then holds K values + K indices per sample instead of V logits.
     threshold: unlabelled samples count only where the teacher's top probability (T = 1) is
-    at least this. teacher_input_size: resize inputs (bilinear) for the teacher.
+    at least this.
+    method: the logit term, "kd" (``divergence``: "forward_kl", "reverse_kl" or "jsd" with
+    ``beta``, as in :func:`ptcore.kd_loss`) or "dkd" (decoupled KD, ``dkd_alpha`` on the
+    target-class term, ``dkd_beta`` on the non-target term), optionally joined by "+" with a
+    feature term, "fitnets" (hints through a learned adapter) or "at" (attention transfer)
+    between the layer pairs ``features`` (module paths, ``[("student.path",
+    "teacher.path"), ...]`` or "student.path:teacher.path"), weight ``feature_weight``;
+    logit KD stays on top (``soft_weight=0`` turns it off). Feature terms need the online
+    teacher. teacher_input_size: resize inputs (bilinear) for the teacher.
     cache_dtype: storage of cached full logits (float16, bfloat16, float32, int8); top-k rows
     are float32. cache_dir: where the offline cache persists and is reused across runs
     (default ``out_dir/teacher_cache``; in memory without either).
@@ -80,7 +107,10 @@ class Distill:
                  soft_weight: float = 1.0, hard_weight: float = 1.0, mode: str = "online",
                  topk: int | None = None, threshold: float | None = None,
                  teacher_input_size=None, cache_dtype: torch.dtype = torch.float16,
-                 cache_dir=None, lr: float = 1e-3, weight_decay: float = 0.01,
+                 cache_dir=None, method: str = "kd", divergence: str = "forward_kl",
+                 beta: float = 0.5, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
+                 features: list | None = None, feature_weight: float = 1.0,
+                 lr: float = 1e-3, weight_decay: float = 0.01,
                  epochs: int = 10, batch_size: int = 64, schedule: str = "cosine",
                  warmup: float = 0.1, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, seed: int = 0, device=None,
@@ -107,6 +137,30 @@ class Distill:
             raise TypeError(f"cache_dtype must be float16, bfloat16, float32 or int8, got "
                             f"{cache_dtype}")
         self.mode, self.topk, self.threshold = mode, topk, threshold
+        self.method = method.lower() if isinstance(method, str) else method
+        self.logit_method, self.feature_method = parse_distill_method(method)
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        if not 0.0 < check_float(beta, "beta") < 1.0:
+            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+        self.divergence, self.beta = divergence, beta
+        if divergence != "forward_kl" and (topk is not None or self.logit_method == "dkd"):
+            raise ValueError(f"divergence={divergence!r} needs full logits and method 'kd': "
+                             "top-k and DKD distil with the forward KL")
+        if self.logit_method == "dkd" and topk is not None:
+            raise ValueError("dkd needs the teacher's full logits (its non-target term spans "
+                             "every class); topk must be None")
+        self.dkd = (check_float(dkd_alpha, "dkd_alpha", nonneg=True),
+                    check_float(dkd_beta, "dkd_beta", nonneg=True))
+        self.feature_weight = check_float(feature_weight, "feature_weight", nonneg=True)
+        self.pairs = parse_pairs(features) if features is not None else None
+        if (self.pairs is None) != (self.feature_method is None):
+            raise ValueError(f"features (layer pairs) go with a feature method ('fitnets' or "
+                             f"'at') and only then; method {method!r}, features {features!r}")
+        if self.feature_method is not None and mode == "offline":
+            raise ValueError(f"{self.feature_method} reads the teacher's intermediate layers "
+                             "every step, so it needs mode='online'")
+        self.trained = None  # feature methods: the student with its adapters, as trained
         self.cache_dtype, self.cache_dir = cache_dtype, cache_dir
         self.teacher = freeze(teacher)  # no grads, eval mode held even under .train()
         self.student = student
@@ -180,9 +234,39 @@ class Distill:
         else:
             with torch.no_grad():
                 rows = self.view(x)
-        return distill_loss(model(x), y, unpack(rows, self.topk), temperature=self.temperature,
-                            soft_weight=self.soft_weight, hard_weight=self.hard_weight,
-                            threshold=self.threshold, ignore_index=IGNORE)
+        out = distill_loss(model(x), y, unpack(rows, self.topk), temperature=self.temperature,
+                           soft_weight=self.soft_weight, hard_weight=self.hard_weight,
+                           threshold=self.threshold, ignore_index=IGNORE,
+                           divergence=self.divergence, beta=self.beta,
+                           dkd=self.dkd if self.logit_method == "dkd" else None)
+        if self.feature_method is not None:
+            teacher = [self.teacher_taps.outputs[t] for _, t in self.pairs]
+            every = torch.ones(len(x), dtype=torch.bool, device=x.device)
+            hint = feature_loss(self.feature_method, self.trained.hints, teacher, every) / len(x)
+            out["loss"] = out["loss"] + self.feature_weight * hint
+            out["feature"] = hint.detach()
+        return out
+
+    def _prepare_features(self, data: PseudoLabelData) -> None:
+        """Hooks on both sides, and the FitNets adapters sized from one probe sample and
+        handed to the optimizer (once: a later fit reuses them)."""
+        self.teacher_taps = Taps(self.teacher, [t for _, t in self.pairs], "teacher")
+        if self.trained is None:
+            self.trained = StudentWithAdapters(self.student, self.pairs)
+            x = data[0][0].unsqueeze(0).to(self.device)
+            with torch.no_grad():
+                self.view.logits(x)
+            with inference(self.student):
+                self.student(x)
+            teacher = [self.teacher_taps.outputs[t] for _, t in self.pairs]
+            if self.feature_method == "fitnets":
+                self.trained.build_adapters(teacher, self.fit_args["seed"])
+                self.trained.to(self.device)
+                params = list(self.trained.adapters.parameters())
+                if params:
+                    self.optimizer.add_param_group({"params": params})
+        else:
+            self.trained.taps = Taps(self.student, [s for s, _ in self.pairs], "student")
 
     def fit(self, train, unlabelled=None, val=None, *, out_dir=None, resume: bool = False,
             meta: dict | None = None) -> dict:
@@ -200,13 +284,21 @@ class Distill:
         with _count_samples(self.teacher) as teacher_samples:
             self.cache = self._build_cache(data, out_dir) if self.mode == "offline" else None
             self._check_classes(data)
-            history = engine.fit(
-                self.student,
-                WithTeacherRows(data, self.cache) if self.cache is not None else data,
-                self.optimizer, step_fn=self._step, val_data=val, out_dir=out_dir,
-                resume=resume, device=self.device, meta=meta, **self.fit_args)
+            if self.feature_method is not None:
+                self._prepare_features(data)
+            try:
+                history = engine.fit(
+                    self.student if self.feature_method is None else self.trained,
+                    WithTeacherRows(data, self.cache) if self.cache is not None else data,
+                    self.optimizer, step_fn=self._step, val_data=val, out_dir=out_dir,
+                    resume=resume, device=self.device, meta=meta, **self.fit_args)
+            finally:
+                if self.feature_method is not None:
+                    self.teacher_taps.remove()
+                    self.trained.taps.remove()
         summary = {
-            "mode": self.mode, "topk": self.topk, "temperature": self.temperature,
+            "mode": self.mode, "method": self.method, "divergence": self.divergence,
+            "features": self.pairs, "topk": self.topk, "temperature": self.temperature,
             "soft_weight": self.soft_weight, "hard_weight": self.hard_weight,
             "threshold": self.threshold, "labelled": data.num_labelled,
             "unlabelled": len(data) - data.num_labelled, "teacher_samples": teacher_samples[0],

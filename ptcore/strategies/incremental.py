@@ -15,44 +15,62 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from ptcore import engine
-from ptcore.data import is_deterministic, targets_of
+from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.engine import distributed as D
 from ptcore.engine.rng import get_rng_state, set_rng_state
-from ptcore.models import StagedModel, expand_head, get_head, replace_head, split_index, stages
+from ptcore.models import (StagedModel, expand_head, get_head, head_width, replace_head,
+                           split_index, stages)
 from ptcore.models import freeze as freeze_module
 from ptcore.ops import kd_loss
+from ptcore.strategies._incr_bias import BiasCorrection, fit_bias, weight_align
+from ptcore.strategies._incr_der import LogitStore, Targets, der_loss
 from ptcore.strategies._incr_ewc import EWC
-from ptcore.strategies._incr_features import class_means, ncm_scores
-from ptcore.strategies._incr_memory import SELECTIONS, ExemplarMemory
+from ptcore.strategies._incr_features import (Backbone, backbone_features, class_means,
+                                              ncm_scores)
+from ptcore.strategies._incr_memory import SELECTIONS, ExemplarMemory, union
+from ptcore.strategies._incr_ranpac import RanPAC
 from ptcore.strategies._incr_metrics import summarize
 from ptcore.strategies._incr_plan import Plan, make_plan
 from ptcore.strategies._param_groups import layer_decay_groups
 
-__all__ = ["Incremental", "METHODS", "PROTOCOLS", "parse_method"]
+__all__ = ["Incremental", "METHODS", "PRESETS", "PROTOCOLS", "parse_method"]
 
-METHODS = ("naive", "lwf", "replay", "ewc", "ncm", "simplecil")
+METHODS = ("naive", "lwf", "replay", "ewc", "ncm", "simplecil", "wa", "bic", "der", "ranpac")
+# Named methods that are combinations of the parts above.
+PRESETS = {"icarl": ("lwf", "replay", "ncm")}
 PROTOCOLS = ("class", "task")
 STATE = "state.pt"
 
 
 def parse_method(method: str) -> frozenset[str]:
-    """The parts of a method such as "lwf+replay" ("naive" is the empty set)."""
+    """The parts of a method such as "lwf+replay" ("naive" is the empty set; a preset
+    such as "icarl" stands for its parts)."""
     if not isinstance(method, str):
         raise TypeError(f"method must be a str such as 'lwf+replay', got {type(method).__name__}")
     parts = [p.strip() for p in method.lower().split("+")]
+    parts = [q for p in parts for q in PRESETS.get(p, (p,))]
     unknown = [p for p in parts if p not in METHODS]
     if unknown or len(set(parts)) != len(parts):
-        raise ValueError(f"method {method!r}: parts must be distinct, from {METHODS}, "
-                         "joined by '+'")
-    for alone in ("naive", "simplecil"):
+        raise ValueError(f"method {method!r}: parts must be distinct, from {METHODS} or the "
+                         f"presets {tuple(PRESETS)}, joined by '+'")
+    for alone in ("naive", "simplecil", "ranpac"):
         if alone in parts and len(parts) > 1:
             raise ValueError(f"method {method!r}: {alone!r} cannot be combined with anything")
     if "ncm" in parts and "replay" not in parts:
         raise ValueError(f"method {method!r}: ncm classifies by the means of the exemplars, so "
                          "it needs replay too (e.g. 'replay+ncm')")
+    if "bic" in parts and not {"replay", "der"} & set(parts):
+        raise ValueError(f"method {method!r}: bic fits its correction on a held-out slice of "
+                         "the exemplar memory, so it needs replay or der (e.g. 'bic+replay')")
+    if {"wa", "bic"} <= set(parts):
+        raise ValueError(f"method {method!r}: wa and bic both correct the head's bias; "
+                         "choose one")
+    if "ncm" in parts and {"wa", "bic"} & set(parts):
+        raise ValueError(f"method {method!r}: ncm does not use the head, so there is no head "
+                         "bias for wa or bic to correct")
     return frozenset(parts) - {"naive"}
 
 
@@ -73,14 +91,6 @@ class _WithTeacher(Dataset):
         return [(*self.data[i], t) for i, t in zip(indices, logits)]
 
 
-def _union(parts: list):
-    if len(parts) == 1:
-        return parts[0]
-    data = ConcatDataset(parts)
-    data.deterministic = all(is_deterministic(p) for p in parts)  # lets the teacher be cached
-    return data
-
-
 class Incremental:
     """Learn tasks one after another with ``model`` (a registered torchvision classifier).
 
@@ -90,7 +100,15 @@ class Incremental:
     ``selection``: "herding" or "random"), "ewc" (online diagonal-Fisher penalty,
     ``ewc_lambda``, ``ewc_decay``; the Fisher from at most ``ewc_samples`` samples per
     task), "ncm" (with replay: classify by the nearest mean of
-    exemplars, iCaRL); or "simplecil" alone (frozen backbone, class-mean prototypes).
+    exemplars, iCaRL); "wa" (after each task, scale the new classes' head rows to the old
+    rows' mean norm); "bic" (with a memory: fit α·z + β on the new classes' logits over a
+    held-out share ``bic_holdout`` of the memory, never trained on); "der" (store the
+    model's logits beside each exemplar and replay them, weight ``der_weight``: MSE of
+    float16 logits, or with ``der_topk`` the KD loss on the top-k; "der" alone replays the
+    exemplars through their logits only, "der+replay" through labels too: DER++); or alone
+    "simplecil" (frozen backbone, class-mean prototypes) or "ranpac" (frozen backbone,
+    ``ranpac_dim`` random ReLU features, closed-form ridge classifier, ``ranpac_ridge``).
+    "icarl" is the preset "lwf+replay+ncm" (herding selection).
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
     matrices are measured either way.
@@ -105,7 +123,10 @@ class Incremental:
                  classes: list[int] | None = None, memory: int = 200,
                  selection: str = "herding", temperature: float = 2.0,
                  lwf_weight: float = 1.0, ewc_lambda: float = 1000.0, ewc_decay: float = 1.0,
-                 ewc_samples: int | None = 200, freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
+                 ewc_samples: int | None = 200, bic_holdout: float = 0.1,
+                 der_weight: float = 0.1, der_topk: int | None = None,
+                 ranpac_dim: int = 1024, ranpac_ridge: float = 1.0,
+                 freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
@@ -130,7 +151,20 @@ class Incremental:
         self.model = StagedModel(model)
         self.protocol, self.initial_classes = protocol, None if classes is None else list(classes)
         self.temperature, self.lwf_weight = float(temperature), float(lwf_weight)
-        self.memory = ExemplarMemory(memory, selection, seed) if "replay" in self.parts else None
+        if "icarl" in self.method.split("+") and selection != "herding":
+            raise ValueError("icarl chooses its exemplars by herding; selection must be "
+                             f"'herding', got {selection!r}")
+        if "bic" in self.parts and not 0 < bic_holdout < 0.5:
+            raise ValueError(f"bic_holdout must be in (0, 0.5), got {bic_holdout!r}")
+        if not der_weight >= 0:
+            raise ValueError(f"der_weight must be >= 0, got {der_weight!r}")
+        self.der_weight = float(der_weight)
+        self.memory = (ExemplarMemory(memory, selection, seed,
+                                      bic_holdout if "bic" in self.parts else 0.0)
+                       if self.parts & {"replay", "der"} else None)
+        self.logits = LogitStore(der_topk) if "der" in self.parts else None
+        self.bias = BiasCorrection() if "bic" in self.parts else None
+        self.ranpac = RanPAC(ranpac_dim, ranpac_ridge, seed) if "ranpac" in self.parts else None
         self.ewc = (EWC(ewc_lambda, ewc_decay, samples=ewc_samples, seed=seed)
                     if "ewc" in self.parts else None)
         if freeze is not None:
@@ -172,13 +206,27 @@ class Incremental:
 
     def _step_fn(self, groups, teacher):
         row_task = self.plan.row_task().to(self.device)
+        der = self.logits is not None
 
         def step(model, batch):
             x, y, *cached = batch
+            if der:
+                stored, width, *cached = cached
             logits = model(x).float()
-            loss = F.cross_entropy(self._restrict(logits, y, row_task), y,
-                                   label_smoothing=self.label_smoothing)
+            restricted = self._restrict(logits, y, row_task)
+            if der and "replay" not in self.parts:  # DER: exemplars learn from logits only
+                new = width == 0
+                loss = (F.cross_entropy(restricted[new], y[new], reduction="sum",
+                                        label_smoothing=self.label_smoothing)
+                        / new.sum().clamp_min(1))
+            else:
+                loss = F.cross_entropy(restricted, y, label_smoothing=self.label_smoothing)
             out = {"accuracy": (logits.argmax(-1) == y).float().mean()}
+            if der:
+                replayed = der_loss(logits, stored, width, topk=self.logits.topk,
+                                    temperature=self.temperature)
+                loss = loss + self.der_weight * replayed
+                out["der"] = replayed.detach()
             if groups:
                 if cached:
                     old = cached[0]
@@ -205,13 +253,23 @@ class Incremental:
         stop = self.plan.spans[t][1]
         if t == 0 and self.initial_classes is None:
             replace_head(self.model.model, stop)
-        elif stop > get_head(self.model).out_features:
-            expand_head(self.model.model, stop - get_head(self.model).out_features)
+        elif stop > head_width(get_head(self.model)):
+            expand_head(self.model.model, stop - head_width(get_head(self.model)))
         self.model.to(self.device)
-        if "simplecil" in self.parts or (t == 0 and self.plan.skip_first):
+        own = train[t]
+        if self.memory is not None and self.memory.holdout:  # BiC: before anything trains
+            own = LabeledSubset(own, self.memory.reserve(t, own, list(range(*self.plan.spans[t]))))
+        if self.parts & {"simplecil", "ranpac"} or (t == 0 and self.plan.skip_first):
             return []
-        parts = [train[t]] + (self.memory.datasets(train) if self.memory is not None else [])
-        data = _union(parts)
+        if self.logits is not None:
+            size = len(self.plan.classes) if self.logits.topk is None else 2 * self.logits.topk
+            parts = [Targets(own, torch.zeros(len(own), size), torch.zeros(len(own),
+                                                                           dtype=torch.long))]
+            if self.logits.stored:
+                parts.append(self.logits.dataset(self.memory, train, size))
+        else:
+            parts = [own] + (self.memory.datasets(train) if self.memory is not None else [])
+        data = union(parts)
         if teacher is not None and self.cache and is_deterministic(data):
             from ptcore.cache import FeatureCache
 
@@ -233,11 +291,24 @@ class Incremental:
         return history
 
     def _consolidate(self, t: int, train: list) -> None:
-        """After task ``t``: choose its exemplars, add its Fisher, update the class means."""
+        """After task ``t``: correct the head's bias, choose its exemplars (and store their
+        logits), add its Fisher, update the class means or the RanPAC classifier."""
         rows = list(range(*self.plan.spans[t]))
+        start, stop = self.plan.spans[t]
+        if start and not (t == 0 and self.plan.skip_first):  # there are older classes
+            if "wa" in self.parts:
+                weight_align(get_head(self.model), start, stop)
+            if self.bias is not None:
+                logits, labels = self._outputs(union(self.memory.heldout_datasets(train)))
+                self.bias.layers.append((start, stop, *fit_bias(self.bias(logits), labels,
+                                                                start, stop)))
         if self.memory is not None:
             self.memory.add(self.model, t, train[t], rows, device=self.device,
                             num_workers=self.fit_args["num_workers"])
+            if self.logits is not None:
+                self.logits.add(self.model, self.memory, train, rows, device=self.device,
+                                progress=self.fit_args["progress"])
+                self.logits.sync(self.memory)
         if self.ewc is not None and t < len(train) - 1:  # no task follows the last one
             row_task = self.plan.row_task().to(self.device)
             self.ewc.update(self.model, train[t],
@@ -245,17 +316,41 @@ class Incremental:
                             device=self.device, progress=self.fit_args["progress"],
                             num_workers=self.fit_args["num_workers"])
         if "ncm" in self.parts:  # every class's mean moves with the backbone: recompute all
-            self.means = class_means(self.model, _union(self.memory.datasets(train)),
+            self.means = class_means(self.model, union(self.memory.datasets(train)),
                                      list(range(self.plan.spans[t][1])), device=self.device,
                                      num_workers=self.fit_args["num_workers"])
         elif "simplecil" in self.parts:  # the backbone is frozen: old prototypes stay valid
             new = class_means(self.model, train[t], rows, device=self.device,
                               num_workers=self.fit_args["num_workers"])
             self.means = new if self.means is None else torch.cat([self.means, new])
+        elif self.ranpac is not None:  # frozen backbone: each sample's features once
+            from ptcore.cache import FeatureCache
+
+            cache = FeatureCache(Backbone(self.model), train[t], dtype=torch.float32,
+                                 device=self.device, shard=True,
+                                 progress=self.fit_args["progress"]).build()
+            self.ranpac.update(cache.get(slice(None)), cache.labels, stop)
+
+    def _outputs(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, C], labels [N]) of ``data`` in eval mode."""
+        from ptcore.cache.build import inference
+
+        logits, labels = [], []
+        with inference(self.model):
+            for x, y in engine.make_loader(data, 256, num_workers=self.fit_args["num_workers"],
+                                           device=self.device):
+                logits.append(self.model(x.to(self.device)).float())
+                labels.append(y.to(self.device))
+        return torch.cat(logits), torch.cat(labels)
 
     # -- evaluation ----------------------------------------------------------------------
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) if self.means is None else ncm_scores(self.model, x, self.means)
+        if self.ranpac is not None:
+            return self.ranpac.scores(backbone_features(self.model, x))
+        if self.means is not None:
+            return ncm_scores(self.model, x, self.means)
+        logits = self.model(x)
+        return logits if self.bias is None else self.bias(logits.float())
 
     @torch.no_grad()
     def _correct(self, data) -> torch.Tensor:
@@ -265,7 +360,7 @@ class Incremental:
         is why this is not engine.evaluate; under DDP each process takes every world-th
         sample and the counts are summed."""
         row_task = self.plan.row_task().to(self.device)
-        n = get_head(self.model).out_features
+        n = head_width(get_head(self.model))
         amp = engine.resolve_amp(self.fit_args["amp"], self.device)
         counts = torch.zeros(3, len(self.plan.spans), dtype=torch.float64, device=self.device)
         was_training = self.model.training
@@ -289,7 +384,7 @@ class Incremental:
         classes learned so far; the task of a sample is the one its class came with)."""
         if self.plan is None:
             raise RuntimeError("nothing learned yet: call fit() first")
-        learned = self.plan.classes[: get_head(self.model).out_features]
+        learned = self.plan.classes[: head_width(get_head(self.model))]
         unseen = sorted(set(targets_of(data).unique().tolist()) - set(learned))
         if unseen:
             raise ValueError(f"data has classes {unseen} that have not been learned yet")
@@ -298,7 +393,7 @@ class Incremental:
                 "count": int(count)}
 
     def _record(self, t: int, test: list) -> None:
-        right_all, right_own, count = self._correct(_union(test[: t + 1])).tolist()
+        right_all, right_own, count = self._correct(union(test[: t + 1])).tolist()
         for proto, right in (("class", right_all), ("task", right_own)):
             self.R[proto].append([right[k] / count[k] if k <= t else None
                                   for k in range(len(test))])
@@ -313,9 +408,9 @@ class Incremental:
             engine.save_checkpoint(
                 out / f"task_{t}" / STATE, self.model.state_dict(), task=t,
                 plan=self._plan_record(), R=self.R, history=self.history, means=self.means,
-                memory=self.memory.state_dict() if self.memory is not None else None,
-                ewc=self.ewc.state_dict() if self.ewc is not None else None,
-                rng=get_rng_state())  # the next task's new head rows and batches
+                rng=get_rng_state(),  # the next task's new head rows and batches
+                **{name: part.state_dict() if part is not None else None
+                   for name, part in self._parts_with_state().items()})
             # The task is done: its state supersedes the engine's mid-task checkpoint.
             (out / f"task_{t}" / engine.CHECKPOINT).unlink(missing_ok=True)
         D.barrier()
@@ -337,14 +432,20 @@ class Incremental:
         self.R, self.history, self.means = state["R"], state["history"], state["means"]
         if self.means is not None:
             self.means = self.means.to(self.device)
-        if self.memory is not None:
-            self.memory.load_state_dict(state["memory"])
-        if self.ewc is not None:
+        for name, part in self._parts_with_state().items():
+            if part is not None and name != "ewc":
+                part.load_state_dict(state[name])
+        if self.ewc is not None:  # its tensors meet the parameters on the device
             self.ewc.load_state_dict({k: {n: v.to(self.device) for n, v in d.items()}
                                       for k, d in state["ewc"].items()})
         if "rng" in state:
             set_rng_state(state["rng"])
         return t + 1
+
+    def _parts_with_state(self) -> dict:
+        """What each method carries from task to task besides the model (in state.pt)."""
+        return {"memory": self.memory, "ewc": self.ewc, "logits": self.logits,
+                "bias": self.bias, "ranpac": self.ranpac}
 
     # -- the sequence --------------------------------------------------------------------
     def fit(self, train_tasks: list, test_tasks: list, *, out_dir=None,
@@ -359,12 +460,14 @@ class Incremental:
         if resume and out_dir is None:
             raise ValueError("resume=True needs out_dir (where the checkpoints are)")
         self.plan = make_plan(train_tasks, test_tasks, self.initial_classes,
-                              get_head(self.model).out_features)
-        if self.memory is not None and self.memory.budget < len(self.plan.classes):
+                              head_width(get_head(self.model)))
+        if self.memory is not None and self.memory.budget < self.memory.min_budget(
+                len(self.plan.classes)):
             raise ValueError(f"memory={self.memory.budget} is smaller than the "
-                             f"{len(self.plan.classes)} classes: replay needs at least one "
-                             "exemplar per class")
-        if self.means is None and self.plan.spans[0][0] and self.parts & {"ncm", "simplecil"}:
+                             f"{len(self.plan.classes)} classes need: replay needs at least one "
+                             "exemplar per class (bic: and one held out)")
+        if self.means is None and self.plan.spans[0][0] and self.parts & {"ncm", "simplecil",
+                                                                          "ranpac"}:
             raise ValueError(f"{self.method} needs data of every class, but classes "
                              f"{self.plan.classes[:self.plan.spans[0][0]]} of the model's head "
                              "are in no task")

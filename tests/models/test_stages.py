@@ -1,49 +1,9 @@
-"""Split points: for every registered model the stages compose to the original forward,
-and every split point cuts that sequence into a prefix and a rest."""
+"""Split points of known models, their names and layer groups (every classifier is swept in
+test_sweep_torchvision.py)."""
 import pytest
 import torch
 
-from ptcore.models import (StagedModel, blocks, create_model, list_models, split_index,
-                           split_model, split_points, stages)
-
-
-def _small(name):
-    """The model at a small input: ViTs are built for 32×32, AlexNet needs 64."""
-    kwargs = {"image_size": 32} if name.startswith("vit") else {}
-    size = 64 if name == "alexnet" else 32
-    torch.manual_seed(0)
-    return create_model(name, num_classes=3, **kwargs).eval(), torch.randn(2, 3, size, size)
-
-
-# The big ones (over 80M parameters, seconds just to initialise) are marked slow.
-_BIG = {"vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n
-                                  for n in list_models()])
-def test_split_composition_equals_forward(name):
-    model, x = _small(name)
-    st = stages(model)
-    with torch.no_grad():
-        y = model(x)
-        # Stage by stage == the original forward, bitwise: so every cut between stages
-        # composes back to it.
-        outs = [x]
-        for s in st:
-            outs.append(s.module(outs[-1]))
-        torch.testing.assert_close(outs[-1], y, rtol=0, atol=0)
-        points = split_points(model)
-        for p in points:
-            prefix, rest = split_model(model, p)
-            assert len(prefix) == split_index(model, p) and len(prefix) + len(rest) == len(st)
-        mid = points[len(points) // 2]
-        prefix, rest = split_model(model, mid)
-        torch.testing.assert_close(rest(prefix(x)), y)
-        k = split_index(model, mid)
-        torch.testing.assert_close(StagedModel(model)(outs[k], start=k), y)
-    assert st[-1].module is model.get_submodule(st[-1].name)  # the head is last
-    assert isinstance(st[-1].module, torch.nn.Linear) and st[-1].module.out_features == 3
-    assert blocks(model)[-1] == (len(st) - 1, len(st))
+from ptcore.models import StagedModel, blocks, create_model, split_index, split_points, stages
 
 
 def test_resnet_points_and_groups():

@@ -82,3 +82,30 @@ def test_cli_from_a_config(tmp_path, capsys):
 def test_cli_names_what_is_missing(tmp_path, capsys):
     assert main(["distill", "--student", "resnet18", "--out", str(tmp_path / "run")]) == 2
     assert "needs --teacher, --teacher-weights" in capsys.readouterr().err
+
+
+def test_cli_dkd(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", "resnet18", "--teacher-weights", _teacher_file(tmp_path, 2),
+            "--student", "mobilenet_v3_small", "--data", "digits", "--image-size", "16",
+            "--classes", "0,1", "--labels-per-class", "3", "--method", "dkd", "--epochs", "1",
+            "--batch-size", "128", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "dkd" and summary["divergence"] == "forward_kl"
+    assert main(args[:-3] + ["--divergence", "jsd", "--out", str(tmp_path / "bad")]) == 2
+    assert "divergence='jsd' needs full logits and method 'kd'" in capsys.readouterr().err
+
+
+def test_cli_feature_kd_from_a_config(tmp_path):
+    out = tmp_path / "run"
+    cfg = stage_config(tmp_path, "distill", out, model={"name": "mobilenet_v3_small"},
+                       teacher={"name": "resnet18", "weights": _teacher_file(tmp_path, 2)},
+                       data={"image_size": 16, "classes": [0, 1], "shots": 3},
+                       engine={"epochs": 1, "batch_size": 128},
+                       strategy={"method": "fitnets", "features": [["features.1", "layer1"]],
+                                 "divergence": "jsd", "feature_weight": 0.5})
+    assert main(["distill", "--config", cfg, "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "fitnets" and summary["features"] == [["features.1", "layer1"]]
+    assert summary["divergence"] == "jsd" and "train_feature" in summary["final"]

@@ -1,6 +1,7 @@
 """Shared pieces of the Incremental tests (no tests here): the digits scenario, a small
 torchvision model that trains in seconds on a CPU, and runs of each method, cached per
 session because every learning test reads several of them."""
+import contextlib
 import functools
 
 import torch
@@ -28,6 +29,19 @@ def tiny_model(num_classes: int = 2, seed: int = SEED) -> nn.Module:
                        norm_layer=functools.partial(nn.BatchNorm2d, eps=1e-3))
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run on one thread: reductions over more threads round differently, and a few hundred
+    steps later that is a few points of accuracy; one thread makes the numbers the same
+    whatever the machine or the tests before (and these models are too small to gain)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @functools.lru_cache(maxsize=None)
 def scenario(seed: int = SEED, shots: int = SHOTS):
     """(train tasks, test tasks): digits at 16×16 in 5 tasks of 2 classes, ``shots``
@@ -42,8 +56,9 @@ def pretrained_state(seed: int = SEED) -> dict:
     """A tiny model trained on all training images of task 1 (digits 0 and 1)."""
     train, _, _ = train_val_test_split(digits_dataset(16), 0.0, 0.25, seed=seed)
     model = tiny_model(2, seed)
-    engine.fit(model, class_tasks(train, 5)[0], torch.optim.AdamW(model.parameters(), 3e-3),
-               epochs=5, batch_size=32, seed=seed, progress=False)
+    with one_thread(), torch.enable_grad():  # the first caller may be under no_grad
+        engine.fit(model, class_tasks(train, 5)[0], torch.optim.AdamW(model.parameters(), 3e-3),
+                   epochs=5, batch_size=32, seed=seed, progress=False)
     return model.state_dict()
 
 
@@ -60,9 +75,15 @@ def make(method: str, protocol: str = "class", seed: int = SEED, **kw) -> Increm
 
 
 @functools.lru_cache(maxsize=None)
-def run(method: str, protocol: str = "class", seed: int = SEED) -> dict:
-    """Results of ``method`` over the 5 digit tasks, from the model pretrained on task 1."""
-    return make(method, protocol, seed).fit(*scenario(seed))
+def run(method: str, protocol: str = "class", seed: int = SEED, **kw) -> dict:
+    """Results of ``method`` over the 5 digit tasks, from the model pretrained on task 1.
+    The global generator (which initialises the rows a head grows) is seeded first and the
+    run uses one thread, so it gives the same numbers whatever ran before it: those of
+    benchmarks/methods_incremental.py, which prints these runs for any seed."""
+    with one_thread():
+        inc = make(method, protocol, seed, **kw)
+        torch.manual_seed(seed)
+        return inc.fit(*scenario(seed))
 
 
 def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -86,8 +107,19 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     fresh = EWC(1.0)  # the Fisher of the last task's data under DDP: sharded, then reduced
     fresh.update(inc.model, inc.plan.remap(train[2]), F.cross_entropy, device="cpu",
                  progress=False)
+    # The later methods' state: held-out slice, (α, β), stored logits; RanPAC's G and Q.
+    bic = Incremental(tiny_model(2), method="bic+der+replay", memory=12, epochs=1,
+                      batch_size=10, lr=3e-3, seed=SEED, progress=False)  # no 1-sample batch
+    bic_R = bic.fit(list(train[:3]), list(test[:3]))["accuracy_matrix"]
+    ranpac = Incremental(tiny_model(2), method="ranpac", classes=[0, 1], ranpac_dim=64,
+                         progress=False)
+    ranpac.fit(list(train[:3]), list(test[:3]))
     torch.save({"memory": inc.memory.state_dict(), "fisher": inc.ewc.fisher,
                 "fresh_fisher": fresh.fisher, "model": inc.model.state_dict(),
                 "R": res["accuracy_matrix"], "head": get_head(inc.model).out_features,
-                "world": dist.get_world_size()}, os.path.join(out, f"rank{rank}.pt"))
+                "world": dist.get_world_size(), "bic_memory": bic.memory.state_dict(),
+                "bic_layers": bic.bias.layers, "bic_R": bic_R,
+                "der": {r: b for r, (_, b) in bic.logits.stored.items()},
+                "ranpac_G": ranpac.ranpac.G, "ranpac_W": ranpac.ranpac.W},
+               os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()

@@ -1,0 +1,53 @@
+"""The data of a command run: official train/test splits when the data has them (a
+benchmark by name, a torchvision dataset with a root, an ImageFolder root with train/ and
+val/ or test/), read with the model's weights' preprocessing; else None (the command carves
+splits out of one dataset, as for the embedded digits)."""
+from __future__ import annotations
+
+
+def _pairs(text: str) -> dict:
+    """``crop_size=384,interpolation=bicubic,mean=0.5/0.5/0.5``."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--preprocess takes KEY=VALUE pairs, got {item!r}")
+        out[key] = ([float(v) for v in value.split("/")] if key in ("mean", "std")
+                    else value if key == "interpolation" else int(value))
+    return out
+
+
+def add_data_arguments(p) -> None:
+    p.add_argument("--preprocess", type=_pairs, default={}, metavar="K=V,...",
+                   help="override the weights' preprocessing: image_size, crop_size, "
+                   "resize_size, interpolation, mean/std as a/b/c")
+    p.add_argument("--download", action="store_true", help="download a torchvision dataset "
+                   "that is not under the root")
+
+
+def model_transform(args):
+    """The evaluation transform of the model's weights, with the overrides of
+    ``--image-size`` and ``--preprocess`` (docs/models.md)."""
+    from ptcore.models.preprocess import eval_transform, preprocessing
+
+    size = getattr(args, "image_size", None)
+    overrides = {**({"image_size": size} if size else {}), **(args.preprocess or {})}
+    return eval_transform(preprocessing(args.model, getattr(args, "weights", None),
+                                        **overrides))
+
+
+def official_data(args, *, data: str, root: str | None, benchmark: str | None = None):
+    """{"train", "test"(, "val")} datasets, or None when ``data`` has no splits of its own."""
+    from ptcore import data as D
+
+    if benchmark is None and not D.has_official_splits(data, root):
+        return None
+    transforms = {"test": model_transform(args)}
+    download = args.download
+    if benchmark is not None:
+        if root is None:
+            raise ValueError(f"--benchmark {benchmark} needs --root (where its files are)")
+        return D.benchmark_splits(benchmark, root, transforms=transforms, download=download)
+    if root is None:
+        return D.folder_splits(data, transforms=transforms)
+    return D.official_splits(data, root, transforms=transforms, download=download)

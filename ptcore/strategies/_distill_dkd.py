@@ -1,0 +1,39 @@
+"""Decoupled knowledge distillation (DKD, Zhao et al. 2022) on logits, built from the fused
+``ptcore.kd_loss``: the target-class term (TCKD) is a KL between two-class distributions
+and the non-target term (NCKD) a KL over the other classes, which is kd_loss with the
+target class masked to -inf (the op's masked-vocabulary case)."""
+from __future__ import annotations
+
+import torch
+
+from ptcore.ops import kd_loss
+
+__all__ = ["dkd_loss"]
+
+
+def _binary(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[n, 2] logits whose softmax at ``temperature`` is (p_target, 1 - p_target) of
+    softmax(logits / T): the target logit, and T·logsumexp of the others / T."""
+    is_target = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, target[:, None], True)
+    rest = (logits / temperature).masked_fill(is_target, float("-inf")).logsumexp(-1)
+    return torch.stack([logits.gather(1, target[:, None])[:, 0], temperature * rest], -1)
+
+
+def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
+             temperature: float, alpha: float = 1.0, beta: float = 8.0,
+             reduction: str = "batchmean") -> torch.Tensor:
+    r"""Per row :math:`T^2(\alpha\,KL(b_t\|b_s) + \beta\,KL(\hat p_t\|\hat p_s))` with
+    :math:`b = (p_y, 1-p_y)`, :math:`p = \mathrm{softmax}(z/T)`, and :math:`\hat p` the
+    softmax over the classes other than ``target`` :math:`y`. Shapes: logits ``[n, V]``,
+    ``target`` ``[n]`` int64; ``reduction`` "sum" or "batchmean"."""
+    if student.shape[0] == 0:
+        return student.sum() * 0.0
+    teacher = teacher.to(student.dtype)
+    is_target = torch.zeros_like(student, dtype=torch.bool).scatter_(1, target[:, None], True)
+    tckd = kd_loss(_binary(student, target, temperature),
+                   _binary(teacher, target, temperature),
+                   temperature=temperature, reduction=reduction)
+    nckd = kd_loss(student.masked_fill(is_target, float("-inf")),
+                   teacher.masked_fill(is_target, float("-inf")),
+                   temperature=temperature, reduction=reduction)
+    return alpha * tckd + beta * nckd
