@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export MAX_JOBS="${MAX_JOBS:-2}"
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
-python -m pip install -q numpy scikit-learn tqdm matplotlib pyyaml pytest hypothesis pytest-benchmark safetensors timm \
-    setuptools wheel ninja
+python -m pip install -q numpy scikit-learn tqdm matplotlib pyyaml pytest hypothesis pytest-benchmark \
+    safetensors timm tensorboard setuptools wheel ninja
 python -m pip install -q --no-build-isolation -e .
 python -m ptcore info

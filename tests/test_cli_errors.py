@@ -45,6 +45,11 @@ BAD_CONFIG = {
         st.lists(st.one_of(st.integers(max_value=-1), st.booleans(), st.text(max_size=2)),
                  min_size=1, max_size=3), st.integers(), st.text(max_size=3)),
     ("data", "shots"): st.one_of(st.integers(-100, 0), st.floats(), st.booleans()),
+    ("engine", "log"): st.one_of(st.just(["wandb"]), st.just("csv,nope"), st.integers(),
+                                 st.booleans(), st.lists(st.integers(), min_size=1, max_size=2)),
+    ("engine", "keep_best"): st.one_of(st.integers(-100, -1), st.floats(), NOT_NUMBERS),
+    ("engine", "patience"): st.one_of(st.integers(-100, 0), st.floats(), st.booleans()),
+    ("engine", "best_mode"): st.text(max_size=4).filter(lambda v: v not in ("min", "max")),
     (None, "seed"): st.one_of(st.integers(max_value=-1), st.floats(), st.booleans(),
                               st.text(max_size=3)),
 }
@@ -80,7 +85,9 @@ BAD_ARGV = {
     "--test": ["2", "inf"], "--classes": ["a", "-1", "1,,x", ","], "--shots": ["0", "-2"],
     "--seed": ["-1", "x", "0.5"], "--precise-bn": ["-1", "y"], "--resume": ["maybe", "yes"],
     "--ddp-timeout": ["0", "-5", "nan", "inf", "x"], "--layer-decay": ["0", "2", "nan"],
-    "--unfreeze-every": ["0", "-1"],
+    "--unfreeze-every": ["0", "-1"], "--log": ["wandb", "csv,x", ""],
+    "--log-every": ["0", "x"], "--keep-best": ["-1", "x"], "--keep-last": ["-2"],
+    "--patience": ["0", "-2"], "--best-mode": ["up"], "--best-metric": ["accuracy"],
 }
 
 

@@ -6,8 +6,9 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
+from ptcore.engine.loaders import make_loader
 from ptcore.ops import quantize_rows
 
 __all__ = ["inference", "module_device", "run_module", "encode"]
@@ -52,9 +53,9 @@ def run_module(module: torch.nn.Module, dataset, items: Sequence[int], batch_siz
                num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """``module(x)`` ``[b, *sample_shape]`` with the labels, for dataset ``items`` in order.
     The module must be inside :func:`inference`."""
-    loader = DataLoader(Subset(dataset, items), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
     device = module_device(module)
+    loader = make_loader(Subset(dataset, items), batch_size, num_workers=num_workers,
+                         device=device)
     for batch in loader:
         x, y = _split(batch)
         out = module(x.to(device, non_blocking=True))

@@ -9,10 +9,13 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
                          lr: float = 1e-3, weight_decay: float = 0.01,
-                         epochs_help: str = "training epochs") -> None:
-    """Add --epochs --batch-size --lr --weight-decay --schedule --amp --precise-bn --device
-    --seed --out --resume --overwrite --ddp-timeout --no-progress. ``--out`` is not required
-    here: a --config may give it."""
+                         epochs_help: str = "training epochs",
+                         label_smoothing: bool = False) -> None:
+    """Add --epochs --batch-size --lr --weight-decay --optimizer --momentum --nesterov
+    (--label-smoothing if asked) --schedule --amp --precise-bn --num-workers --device --seed
+    --out --resume --overwrite --ddp-timeout --no-progress and the logging and checkpoint
+    options. ``--out`` is not required here: a --config may give it."""
+    from ptcore.engine.optim import OPTIMIZERS
     from ptcore.engine.schedules import SCHEDULES
 
     g = p.add_argument_group("training loop")
@@ -20,7 +23,14 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--batch-size", type=int, default=batch_size)
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     g.add_argument("--weight-decay", type=float, default=weight_decay,
-                   help="AdamW weight decay (never on norms and biases)")
+                   help="weight decay (never on norms and biases)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="adamw, or sgd with --momentum (and --nesterov)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
+    g.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    if label_smoothing:  # the strategies whose loss is a plain cross-entropy
+        g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                       help="cross-entropy against targets with EPS spread over all classes")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                    help="learning-rate schedule")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -28,6 +38,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="recompute BatchNorm statistics over N training batches after each "
                    "epoch (short runs; MobileNetV3 students need it)")
+    g.add_argument("--num-workers", type=_workers, default=0, metavar="N",
+                   help="processes loading batches (every loader: training, evaluation, "
+                   "caches, Fisher, herding); auto: the available CPUs, at most 8")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if present)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="output directory (required, here or in --config)")
@@ -43,6 +56,35 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     # --quiet: the spelling `ptcore finetune` had first; kept so old scripts still run.
     g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="no progress bars")
+    _add_run_arguments(p)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--log --log-every --keep-last --keep-best --best-metric --best-mode --patience --ema:
+    ptcore.engine.RUN_OPTIONS (docs/logging.md)."""
+    from ptcore.engine.loggers import LOGGERS
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--log", default="jsonl", metavar="LOGGERS",
+                   help=f"comma-separated loggers from {', '.join(LOGGERS)} (metrics.jsonl is "
+                   "always written); e.g. --log csv,tensorboard")
+    g.add_argument("--log-every", type=int, default=50, metavar="STEPS",
+                   help="a step record (loss, lr, samples/s) every STEPS optimizer steps")
+    g.add_argument("--keep-last", type=int, default=0, metavar="K",
+                   help="also keep the last K epochs' checkpoints (epoch-NNNN.pt)")
+    g.add_argument("--keep-best", type=int, default=0, metavar="K",
+                   help="keep the K best epochs' checkpoints by --best-metric "
+                   "(best-epoch-NNNN.pt, ranked in best.json)")
+    g.add_argument("--best-metric", default="val_loss", metavar="NAME",
+                   help="epoch metric that ranks checkpoints and drives --patience")
+    g.add_argument("--best-mode", choices=("min", "max"), default="min",
+                   help="whether a lower or a higher --best-metric is better")
+    g.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="stop after EPOCHS epochs without a strict improvement of "
+                   "--best-metric (default: never)")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="also keep, validate and checkpoint an exponential moving average of "
+                   "the weights with this decay per step (e.g. 0.999)")
 
 
 def int_list(text: str) -> list[int]:
@@ -56,6 +98,16 @@ def int_list(text: str) -> list[int]:
     return ids
 
 
+def _workers(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0 or 'auto', got {text!r}") \
+            from None
+
+
 def _resume_mode(text: str):
     if text != "auto":
         raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
@@ -67,7 +119,13 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "schedule": args.schedule, "amp": args.amp,
             "precise_bn": args.precise_bn, "device": args.device, "seed": args.seed,
-            "progress": not args.no_progress}
+            "progress": not args.no_progress, "num_workers": args.num_workers,
+            "log": args.log, "log_every": args.log_every,
+            "keep_last": args.keep_last, "keep_best": args.keep_best,
+            "best_metric": args.best_metric, "best_mode": args.best_mode,
+            "patience": args.patience, "ema": args.ema, "optimizer": args.optimizer,
+            "momentum": args.momentum, "nesterov": args.nesterov,
+            **({"label_smoothing": args.label_smoothing} if "label_smoothing" in args else {})}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

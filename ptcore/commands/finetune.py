@@ -35,7 +35,7 @@ def add_parser(sub):
     p.add_argument("--unfreeze-every", type=int)
     p.add_argument("--bn", choices=("train", "eval", "frozen"), default="train")
     p.add_argument("--no-cache", action="store_true", help="do not cache frozen features")
-    add_engine_arguments(p, epochs=10, batch_size=32)
+    add_engine_arguments(p, epochs=10, batch_size=32, label_smoothing=True)
     add_config_argument(p, "finetune")
     p.set_defaults(func=run)
 

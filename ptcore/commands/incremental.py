@@ -53,7 +53,8 @@ def add_parser(sub):
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
     p.add_argument("--ewc-lambda", type=float, default=1000.0)
     p.add_argument("--freeze", help="split point frozen throughout (e.g. layer2)")
-    add_engine_arguments(p, epochs=5, batch_size=32, weight_decay=0.0, epochs_help="epochs per task")
+    add_engine_arguments(p, epochs=5, batch_size=32, weight_decay=0.0, epochs_help="epochs per task",
+                         label_smoothing=True)
     add_config_argument(p, "incremental")
     p.set_defaults(func=run)
 

@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ptcore.engine.loggers import LOGGERS
+from ptcore.engine.optim import OPTIMIZERS
+from ptcore.engine.policy import MODES as BEST_MODES
 from ptcore.engine.schedules import SCHEDULES
 
 from ptcore.errors import UserError
@@ -34,6 +37,13 @@ STRATEGY = {"pretrain": "FineTune", "finetune": "FineTune", "incremental": "Incr
 # Strategy keyword arguments that belong in the engine section (the loop's settings).
 ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp", "grad_clip",
                "device", "progress", "num_workers", "precise_bn")
+# Loop options the strategies pass through to the engine as ``**run_options``
+# (ptcore.engine.RUN_OPTIONS): logging and checkpoint policy. Their accepted types.
+RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,),
+                    "keep_best": (int,), "best_metric": (str,), "best_mode": (str,),
+                    "patience": (int, type(None)), "ema": (float, type(None))}
+ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
+                                          "label_smoothing")
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
@@ -153,9 +163,21 @@ _VALUES = {
     "ddp_timeout": (lambda v: v is None or 0 < v < math.inf, "a positive number of seconds"),
     "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "accumulate": _POSITIVE_INT,
     "memory": _POSITIVE_INT, "topk": _POSITIVE_INT, "unfreeze_every": _POSITIVE_INT,
-    "num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "num_workers": (lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+                    "an int >= 0 or 'auto'"),
     "precise_bn": (lambda v: v >= 0, "an int >= 0 (batches)"),
     "ewc_samples": _POSITIVE_INT,
+    "log": (lambda v: all(isinstance(n, str) and n.strip() in LOGGERS
+                          for n in (v.split(",") if isinstance(v, str) else v)),
+            f"a list of loggers from {', '.join(LOGGERS)}"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema": (lambda v: v is None or 0 < v < 1, "null or a decay in (0, 1), e.g. 0.999"),
+    "log_every": _POSITIVE_INT, "keep_last": _NON_NEGATIVE, "keep_best": _NON_NEGATIVE,
+    "patience": _POSITIVE_INT, "best_mode": (lambda v: v in BEST_MODES, "min or max"),
+    "best_metric": (lambda v: v.startswith(("train_", "val_")),
+                    "an epoch metric (train_loss, val_loss, val_accuracy, ...)"),
     "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
     "warmup": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
@@ -261,7 +283,7 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
     if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:
         raise ConfigError(f"{source}: data.tasks (the classes of each task) is required by the "
                           "incremental stage")
-    params = _strategy_params(stage)
+    params = {**_strategy_params(stage), **RUN_OPTION_TYPES}
     engine = {k: v for k, v in params.items() if k in ENGINE_KEYS}
     strategy = {k: v for k, v in params.items() if k not in ENGINE_KEYS}
     cfg["engine"] = _options(raw.get("engine", {}), engine, "engine")

@@ -1,18 +1,24 @@
 """The training engine: one explicit loop driven by a strategy's step function, with AMP,
-gradient accumulation, LR schedules, evaluation, JSONL metrics, tqdm, atomic checkpoints,
-exact resume and DDP (torchrun; gloo on CPU, NCCL on GPU)."""
+gradient accumulation, LR schedules, evaluation, JSONL/CSV/TensorBoard logs, tqdm, atomic
+checkpoints with a keep/best/early-stopping policy, exact resume and DDP (torchrun; gloo on
+CPU, NCCL on GPU)."""
 from ptcore.engine import distributed
 from ptcore.engine.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint,
                                       save_checkpoint, state_digest)
 from ptcore.engine.files import (UnreadableFileError, atomic_torch_save, atomic_write_bytes,
                                  atomic_write_json, read_torch_file)
-from ptcore.engine.loop import (CHECKPOINT, METRICS, RunFolderError, classification_step,
-                                evaluate, fit, resolve_amp)
+from ptcore.engine.loop import (CHECKPOINT, METRICS, RUN_OPTIONS, RunFolderError,
+                                classification_step, evaluate, fit, resolve_amp, run_options)
+from ptcore.engine.loaders import make_loader, resolve_num_workers
 from ptcore.engine.metrics import MetricsLog, read_metrics
+from ptcore.engine.optim import (OPTIMIZERS, check_label_smoothing, check_optimizer,
+                                 make_optimizer)
 from ptcore.engine.schedules import SCHEDULES, make_schedule, schedule_factor
 
 __all__ = [
     "fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS",
+    "RUN_OPTIONS", "run_options", "make_loader", "resolve_num_workers",
+    "OPTIMIZERS", "check_optimizer", "make_optimizer", "check_label_smoothing",
     "RunFolderError", "save_checkpoint", "load_checkpoint", "is_checkpoint", "state_digest",
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save",
     "read_torch_file", "UnreadableFileError",

@@ -24,8 +24,12 @@ from tqdm.auto import tqdm
 
 from ptcore.engine import distributed as D
 from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ptcore.engine.ema import check_ema, make_ema
 from ptcore.engine.files import remove_stale_temps
+from ptcore.engine.loaders import check_num_workers, make_loader
+from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
+from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
 from ptcore.engine.rng import get_rng_state, set_rng_state
 from ptcore.engine.schedules import make_schedule
@@ -34,11 +38,34 @@ from ptcore.engine.settings import (differences, model_signature, optimizer_sett
 from ptcore.errors import UserError
 
 __all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "check_grad_clip",
-           "RunFolderError", "CHECKPOINT", "METRICS", "RESUME_MODES"]
+           "RunFolderError", "CHECKPOINT", "METRICS", "RESUME_MODES", "RUN_OPTIONS",
+           "run_options"]
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
 RESUME_MODES = (False, True, "auto")
+
+
+# fit() options that strategies pass through untouched (``**run_options``): what is logged
+# and which checkpoints are kept. Name -> default.
+RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "keep_last": 0, "keep_best": 0,
+               "best_metric": "val_loss", "best_mode": "min", "patience": None, "ema": None}
+
+
+def run_options(options: dict, *, has_val: bool | None = None) -> dict:
+    """``options`` checked as fit() will check them, for a strategy's constructor (before
+    any training). ``has_val``: False where the strategy never validates per epoch, so a
+    policy ranking by a val_ metric is refused now; None: not known yet (fit checks it)."""
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; run options are "
+                        f"{sorted(RUN_OPTIONS)}")
+    kw = {**RUN_OPTIONS, **options}
+    check_loggers(kw["log"], kw["log_every"])
+    check_ema(kw["ema"])
+    CheckpointPolicy(kw["keep_last"], kw["keep_best"], kw["best_metric"], kw["best_mode"],
+                     kw["patience"]).check(has_val=has_val is not False, has_out=True)
+    return dict(options)
 
 
 class RunFolderError(UserError, ValueError):
@@ -92,7 +119,8 @@ def _default_predict(model, batch):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, *, batch_size: int = 256,
-             predict_fn: Callable | None = None, device=None, amp=None) -> dict:
+             predict_fn: Callable | None = None, device=None, amp=None,
+             num_workers=0) -> dict:
     """Mean cross-entropy and accuracy over ``data`` (labels -100 skipped).
     ``predict_fn(model, batch) -> (logits, labels)``; under DDP each process takes every
     world-th sample and the sums are reduced, so the result is exact."""
@@ -102,7 +130,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256,
     model.eval()
     shard = torch.utils.data.Subset(data, range(D.rank(), len(data), D.world_size()))
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    for batch in DataLoader(shard, batch_size=batch_size):
+    for batch in make_loader(shard, batch_size, num_workers=num_workers, device=device):
         with _autocast(device, resolve_amp(amp, device)):
             logits, y = predict_fn(model, _to(batch, device))
         keep = y != -100
@@ -116,16 +144,25 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256,
     return {"loss": loss / n, "accuracy": correct / n, "count": int(count)}
 
 
+def _batch_len(batch) -> int:
+    """Samples in a batch: the length of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    items = batch.values() if isinstance(batch, dict) else batch
+    nested = (b for b in items if isinstance(b, (torch.Tensor, list, tuple, dict)))
+    return next((_batch_len(b) for b in nested), 0)
+
+
 def _trainable(model: nn.Module) -> tuple[int, ...]:
     return tuple(i for i, p in enumerate(model.parameters()) if p.requires_grad)
 
 
-def _loader(data, batch_size, seed, epoch, drop_last, num_workers) -> DataLoader:
+def _loader(data, batch_size, seed, epoch, drop_last, num_workers, device=None) -> DataLoader:
     sampler = DistributedSampler(data, num_replicas=D.world_size(), rank=D.rank(),
                                  shuffle=True, seed=seed, drop_last=drop_last)
     sampler.set_epoch(epoch)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=num_workers)
+    return make_loader(data, batch_size, sampler=sampler, drop_last=drop_last,
+                       num_workers=num_workers, device=device)
 
 
 def check_grad_clip(grad_clip) -> None:
@@ -171,8 +208,11 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         predict_fn: Callable | None = None, out_dir=None, resume: bool | str = False,
         accumulate: int = 1, amp="auto", grad_clip: float | None = None,
         on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
-        device=None, progress: bool = True, num_workers: int = 0, drop_last: bool = False,
-        precise_bn: int = 0, meta: dict | None = None) -> list[dict]:
+        device=None, progress: bool = True, num_workers=0, drop_last: bool = False,
+        precise_bn: int = 0, meta: dict | None = None, log=("jsonl",), log_every: int = 50,
+        keep_last: int = 0, keep_best: int = 0, best_metric: str = "val_loss",
+        best_mode: str = "min", patience: int | None = None,
+        ema: float | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
 
     ``train_data`` and ``val_data``: a Dataset, or ``epoch -> Dataset`` (e.g. a feature cache
@@ -184,16 +224,34 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     a checkpoint is refused unless ``resume``. ``resume=True`` continues from the checkpoint
     there exactly (model, optimizer, scheduler, scaler, RNG, epoch) and refuses one made with
     other settings (naming them) or a missing one; ``resume="auto"`` starts when there is none.
+    ``num_workers`` (an int or "auto", :mod:`ptcore.engine.loaders`) load the training and
+    validation batches; the training workers persist while an epoch's data is the same
+    dataset object as the last epoch's.
     ``meta`` is stored in checkpoints (e.g. the model name, for reloading).
     ``precise_bn``: after each epoch, recompute the running statistics of the BatchNorm
     layers in training mode over this many training batches (see
     :func:`ptcore.engine.precise_bn.recompute_bn_stats`); 0 keeps the moving averages.
+    ``log``: loggers besides metrics.jsonl ("csv", "tensorboard"; a list or comma-separated),
+    with a step record every ``log_every`` optimizer steps (:mod:`ptcore.engine.loggers`).
+    ``keep_last``, ``keep_best`` (by ``best_metric`` in ``best_mode``) and ``patience``
+    (stop after that many epochs without improvement): :mod:`ptcore.engine.policy`. These
+    may change on resume; they do not change what is trained. ``ema``: keep an exponential
+    moving average of the weights with this decay per optimizer step (e.g. 0.999;
+    :mod:`ptcore.engine.ema`), validated each epoch beside the model (``val_ema_*``) and
+    stored in checkpoints (``ema``).
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     check_precise_bn(precise_bn)
     check_grad_clip(grad_clip)
+    check_num_workers(num_workers)
+    check_ema(ema)
+    log = check_loggers(log, log_every)
+    policy = CheckpointPolicy(keep_last, keep_best, best_metric, best_mode, patience)
+    policy.check(has_val=val_data is not None, has_out=out_dir is not None)
+    if set(log) - {"jsonl"} and out_dir is None:
+        raise ValueError(f"log={list(log)} needs an output folder (out_dir)")
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
     distributed = D.setup()
@@ -202,7 +260,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT if out is not None else None
-    log = MetricsLog(out / METRICS) if out is not None else None
+    metrics_log = MetricsLog(out / METRICS) if out is not None else None
     if resume and out is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
 
@@ -214,13 +272,15 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                 "world_size": D.world_size(), "schedule": schedule, "warmup": warmup,
                 "seed": seed, "drop_last": drop_last, "grad_clip": grad_clip,
                 "precise_bn": precise_bn, "optimizer": optimizer_settings(optimizer),
-                "model": model_signature(model.state_dict()), "meta": meta or {}})
+                "model": model_signature(model.state_dict()), "meta": meta or {},
+                **({"ema": ema} if ema is not None else {})})
     ckpt = _open_run(out, resume, settings) if out is not None else None
     start = ckpt["epoch"] if ckpt is not None else 0
     probe = _loader(epoch_data(min(start, epochs - 1)), batch_size, seed, 0, drop_last, 0)
     steps_per_epoch = math.ceil(len(probe) / accumulate)
     scheduler = make_schedule(schedule, optimizer, epochs * steps_per_epoch, warmup)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    averaged = make_ema(model, ema) if ema is not None else None
     history = []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -228,80 +288,114 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if averaged is not None:
+            averaged.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
         history = list(ckpt.get("history", []))
-    if log is not None:
-        D.on_main(lambda: log.rewrite(history), f"writing {log.path}")
+    loggers = None
+    if metrics_log is not None:
+        D.on_main(lambda: metrics_log.rewrite(history), f"writing {metrics_log.path}")
+        if D.is_main():
+            loggers = Loggers(log, out, step=scheduler.last_epoch, history=history,
+                              world=D.world_size())
 
-    wrapped, wrapped_for = model, None
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        for cb in on_epoch_start:
-            cb(epoch, model)
-        if distributed and wrapped_for != _trainable(model):
-            if not _trainable(model):
-                raise ValueError("no trainable parameters: everything is frozen")
-            wrapped_for = _trainable(model)
-            wrapped = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        data = epoch_data(epoch)
-        loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers)
-        model.train()
-        sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (progress and D.is_main()))
-        for i, batch in enumerate(bar):
-            sync = (i + 1) % accumulate == 0 or i + 1 == len(loader)
-            no_sync = wrapped.no_sync() if distributed and not sync else contextlib.nullcontext()
-            with no_sync:
-                with _autocast(device, amp_dtype):
-                    loss, extras = _unpack(step_fn(wrapped, _to(batch, device)))
-                scaled = loss / accumulate
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if sync:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                             grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            for k, v in {"loss": loss, **extras}.items():
-                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
-            float(len(loader)), dtype=torch.float64, device=device)]))
-        record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
-                                     for k, v in zip(sums, totals.tolist())},
-                  "lr": optimizer.param_groups[0]["lr"]}
-        if precise_bn:
-            _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
-                        batch_size=batch_size, seed=seed, epoch=epoch)
-        if val_data is not None:
-            val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
-                           batch_size=max(batch_size, 256),
-                           predict_fn=predict_fn, device=device, amp=amp)
-            record.update({f"val_{k}": v for k, v in val.items()})
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        if out is not None:
-            def save():
-                log.append(record)  # first: a kill before the checkpoint drops it on resume
-                save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
-                                optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(),
-                                scaler=scaler.state_dict() if scaler is not None else None,
-                                rng=get_rng_state(), history=history, meta=meta or {},
-                                settings=settings)
-            D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
-        else:
-            D.barrier()
+    try:
+        wrapped, wrapped_for, loader = model, None, None
+        for epoch in range(start, epochs):
+            if policy.should_stop(history):  # also when resuming a run that stopped early
+                break
+            t0 = time.perf_counter()
+            for cb in on_epoch_start:
+                cb(epoch, model)
+            if distributed and wrapped_for != _trainable(model):
+                if not _trainable(model):
+                    raise ValueError("no trainable parameters: everything is frozen")
+                wrapped_for = _trainable(model)
+                wrapped = DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None)
+            data = epoch_data(epoch)
+            if loader is None or loader.dataset is not data:  # same data: keep the workers
+                loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers, device)
+            loader.sampler.set_epoch(epoch)
+            model.train()
+            sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=not (progress and D.is_main()))
+            for i, batch in enumerate(bar):
+                sync = (i + 1) % accumulate == 0 or i + 1 == len(loader)
+                no_sync = (wrapped.no_sync() if distributed and not sync
+                           else contextlib.nullcontext())
+                with no_sync:
+                    with _autocast(device, amp_dtype):
+                        loss, extras = _unpack(step_fn(wrapped, _to(batch, device)))
+                    scaled = loss / accumulate
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                if sync:
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    if grad_clip is not None:
+                        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                 grad_clip)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    if averaged is not None:
+                        averaged.update_parameters(model)
+                if loggers is not None:
+                    loggers.count(_batch_len(batch))
+                    if sync and scheduler.last_epoch % log_every == 0:
+                        loggers.step(scheduler.last_epoch, epoch, float(loss.detach()),
+                                     optimizer.param_groups[0]["lr"])
+                for k, v in {"loss": loss, **extras}.items():
+                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
+                float(len(loader)), dtype=torch.float64, device=device)]))
+            record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
+                                         for k, v in zip(sums, totals.tolist())},
+                      "lr": optimizer.param_groups[0]["lr"]}
+            if precise_bn:
+                _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
+                            batch_size=batch_size, seed=seed, epoch=epoch)
+            if val_data is not None:
+                val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
+                               batch_size=max(batch_size, 256),
+                               predict_fn=predict_fn, device=device, amp=amp,
+                               num_workers=num_workers)
+                record.update({f"val_{k}": v for k, v in val.items()})
+                if averaged is not None:
+                    val = evaluate(averaged.module, val_data(epoch) if callable(val_data)
+                                   else val_data, batch_size=max(batch_size, 256),
+                                   predict_fn=predict_fn, device=device, amp=amp,
+                                   num_workers=num_workers)
+                    record.update({f"val_ema_{k}": v for k, v in val.items()})
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            if out is not None:
+                def save():
+                    metrics_log.append(record)  # first: a kill before the checkpoint drops it
+                    save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
+                                    optimizer=optimizer.state_dict(),
+                                    scheduler=scheduler.state_dict(),
+                                    scaler=scaler.state_dict() if scaler is not None else None,
+                                    rng=get_rng_state(), history=history, meta=meta or {},
+                                    settings=settings,
+                                    **({} if averaged is None else
+                                       {"ema": averaged.state_dict()}))
+                    policy.apply(out, history)
+                D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
+            else:
+                D.barrier()
+            if loggers is not None:
+                loggers.epoch(scheduler.last_epoch, history)
+    finally:
+        if loggers is not None:
+            loggers.close()
     return history
 
 

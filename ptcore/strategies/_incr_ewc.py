@@ -8,10 +8,11 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 from torch.func import functional_call, grad, vmap
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ptcore.engine import distributed as D
+from ptcore.engine.loaders import make_loader
 
 __all__ = ["EWC"]
 
@@ -59,7 +60,7 @@ class EWC:
         return 0.5 * self.lam * total
 
     def update(self, model: nn.Module, data, nll: Callable, *, device, batch_size: int = 16,
-               progress: bool = True) -> None:
+               progress: bool = True, num_workers=0) -> None:
         """Add the Fisher of ``data`` (the mean over samples of the squared gradient of each
         sample's ``nll(logits [1, C], labels [1])``, model in eval mode) and re-anchor at the
         current parameters. Each process takes every world-th sample; the sums are reduced,
@@ -79,7 +80,8 @@ class EWC:
         shard = Subset(data, chosen[D.rank()::D.world_size()])
         was_training = model.training
         model.eval()
-        for x, y in tqdm(DataLoader(shard, batch_size=batch_size), desc="Fisher", leave=False,
+        loader = make_loader(shard, batch_size, num_workers=num_workers, device=device)
+        for x, y in tqdm(loader, desc="Fisher", leave=False,
                          disable=not (progress and D.is_main())):
             for n, g in per_sample(params, x.to(device), y.to(device)).items():
                 sums[n] += g.float().pow(2).sum(0)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ptcore.engine import distributed as D
+from ptcore.engine.loaders import make_loader
 from ptcore.models import stages
 
 __all__ = ["Backbone", "backbone_features", "embed", "class_means", "ncm_scores"]
@@ -34,7 +35,7 @@ class Backbone(nn.Module):
 
 @torch.no_grad()
 def embed(model: nn.Module, data, *, device, batch_size: int = 256,
-          shard: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+          shard: bool = False, num_workers=0) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, d], labels [N]) of ``data`` in eval mode; with ``shard`` only this
     process's share (every world-th sample)."""
     was_training = model.training
@@ -42,7 +43,7 @@ def embed(model: nn.Module, data, *, device, batch_size: int = 256,
     if shard:
         data = Subset(data, range(D.rank(), len(data), D.world_size()))
     feats, labels = [], []
-    for x, y in DataLoader(data, batch_size=batch_size):
+    for x, y in make_loader(data, batch_size, num_workers=num_workers, device=device):
         feats.append(backbone_features(model, x.to(device)))
         labels.append(y.to(device))
     model.train(was_training)
@@ -53,10 +54,11 @@ def embed(model: nn.Module, data, *, device, batch_size: int = 256,
 
 
 def class_means(model: nn.Module, data, rows: list[int], *, device,
-                batch_size: int = 256) -> torch.Tensor:
+                batch_size: int = 256, num_workers=0) -> torch.Tensor:
     """[len(rows), d]: the normalised mean feature of the samples of ``data`` labelled with
     each of ``rows``, summed over processes (so every process gets the same means)."""
-    feats, labels = embed(model, data, device=device, batch_size=batch_size, shard=True)
+    feats, labels = embed(model, data, device=device, batch_size=batch_size, shard=True,
+                          num_workers=num_workers)
     size = max(rows) + 1  # the same on every process, whatever its shard holds
     keep = labels < size
     feats, labels = feats[keep], labels[keep]

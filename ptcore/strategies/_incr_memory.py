@@ -96,14 +96,16 @@ class ExemplarMemory:
             reserved.update(chosen)
         return [i for i in range(len(data)) if i not in reserved]
 
-    def _choose(self, model, data, positions: torch.Tensor, row: int, m: int, device):
+    def _choose(self, model, data, positions: torch.Tensor, row: int, m: int, device,
+                num_workers):
         if self.selection == "random":
             g = torch.Generator().manual_seed(self.seed * 100_003 + row)
             return positions[torch.randperm(len(positions), generator=g)[:m]]
-        feats, _ = embed(model, LabeledSubset(data, positions), device=device)
+        feats, _ = embed(model, LabeledSubset(data, positions), device=device,
+                         num_workers=num_workers)
         return positions[herding(feats, m)]
 
-    def add(self, model, task: int, data, rows: list[int], *, device) -> None:
+    def add(self, model, task: int, data, rows: list[int], *, device, num_workers=0) -> None:
         """Choose exemplars of ``rows`` (head rows = labels of ``data``, the training set of
         ``task``) with ``model``'s features, then shrink every class to the new quota. Rank 0
         chooses and broadcasts, so the memory is the same on every process."""
@@ -116,7 +118,8 @@ class ExemplarMemory:
                 kept = set(self.heldout.get(row, (task, []))[1])
                 positions = positions[[int(p) not in kept for p in positions]]
                 m = min(quota - self.held(quota), len(positions))
-                chosen[row] = (task, self._choose(model, data, positions, row, m, device).tolist())
+                chosen[row] = (task, self._choose(model, data, positions, row, m, device,
+                                                  num_workers).tolist())
         if D.is_distributed():
             box = [chosen]
             dist.broadcast_object_list(box, src=0)

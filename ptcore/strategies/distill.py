@@ -98,7 +98,8 @@ class Distill:
     cache_dtype: storage of cached full logits (float16, bfloat16, float32, int8); top-k rows
     are float32. cache_dir: where the offline cache persists and is reused across runs
     (default ``out_dir/teacher_cache``; in memory without either).
-    The rest go to the AdamW optimizer and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
+    The rest go to the optimizer (AdamW, or ``optimizer="sgd"`` with ``momentum``,
+    ``nesterov``) and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
     BatchNorm statistics after each epoch, for short runs and low-momentum BatchNorm).
     """
 
@@ -113,8 +114,9 @@ class Distill:
                  epochs: int = 10, batch_size: int = 64, schedule: str = "cosine",
                  warmup: float = 0.1, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, seed: int = 0, device=None,
-                 progress: bool = True, num_workers: int = 0,
-                 precise_bn: int = 0):
+                 progress: bool = True, num_workers: int | str = 0,
+                 precise_bn: int = 0, optimizer: str = "adamw", momentum: float = 0.9,
+                 nesterov: bool = False, **run_options):
         for name, m in (("teacher", teacher), ("student", student)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
@@ -165,13 +167,15 @@ class Distill:
         self.view = TeacherView(teacher, input_size=_size(teacher_input_size,
                                                           "teacher_input_size"), topk=topk)
         self.device = torch.device(device) if device is not None else D.default_device()
-        self.optimizer = torch.optim.AdamW(student.parameters(), lr=check_float(
-            lr, "lr", positive=True), weight_decay=check_float(weight_decay, "weight_decay",
-                                                              nonneg=True))
+        self.optimizer = engine.make_optimizer(
+            student.parameters(), optimizer, momentum=momentum, nesterov=nesterov,
+            lr=check_float(lr, "lr", positive=True),
+            weight_decay=check_float(weight_decay, "weight_decay", nonneg=True))
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,
-                             num_workers=num_workers, precise_bn=precise_bn)
+                             num_workers=num_workers, precise_bn=precise_bn,
+                             **engine.run_options(run_options))
         self.cache = None  # the offline teacher cache of the last fit
 
     # -- the teacher's side --------------------------------------------------------------
@@ -195,7 +199,8 @@ class Distill:
         return FeatureCache(self.view, data,
                             dtype=self.cache_dtype if self.topk is None else torch.float32,
                             path=self._cache_path(out_dir), device=self.device,
-                            progress=self.fit_args["progress"]).build()
+                            progress=self.fit_args["progress"],
+                            num_workers=self.fit_args["num_workers"]).build()
 
     def _check_classes(self, data: PseudoLabelData) -> None:
         """Teacher and student must score the same classes; checked before any step."""

@@ -30,8 +30,10 @@ class FineTune:
     mode: "linear" (all frozen but the head), "partial" (frozen through split point
     ``freeze``, e.g. "layer3"), "full" (nothing frozen).
     lr: the head's learning rate; each layer group further from the head gets
-    ``layer_decay`` times the one after it. AdamW with ``weight_decay`` (none on biases and
-    norms). unfreeze_every: every N epochs one more layer group is unfrozen (ULMFiT).
+    ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
+    ``nesterov``) with ``weight_decay`` (none on biases and norms); ``label_smoothing`` in
+    the training loss. unfreeze_every: every N epochs one more layer group is unfrozen
+    (ULMFiT).
     bn: BatchNorm of the trainable part, "train", "eval" (running stats fixed) or "frozen"
     (stats and affine fixed); frozen layers always keep their statistics.
     cache: use ptcore.FeatureCache for the frozen prefix when it is non-empty and the
@@ -46,8 +48,9 @@ class FineTune:
                  cache_dtype: torch.dtype = torch.float16, epochs: int = 10,
                  batch_size: int = 32, schedule: str = "cosine", warmup: float = 0.1,
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
-                 seed: int = 0, device=None, progress: bool = True, num_workers: int = 0,
-                 precise_bn: int = 0):
+                 seed: int = 0, device=None, progress: bool = True, num_workers: int | str = 0,
+                 precise_bn: int = 0, label_smoothing: float = 0.0, optimizer: str = "adamw",
+                 momentum: float = 0.9, nesterov: bool = False, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "partial") != (freeze is not None):
@@ -65,13 +68,16 @@ class FineTune:
                     else self._blocks[-1][0] if mode == "linear" else 0)
         self.mode, self.bn, self.cache, self.cache_dtype = mode, bn, cache, cache_dtype
         self.unfreeze_every = unfreeze_every
+        self.label_smoothing = engine.check_label_smoothing(label_smoothing)
         self.device = torch.device(device) if device is not None else D.default_device()
-        self.optimizer = torch.optim.AdamW(
-            layer_decay_groups(self.model, lr, layer_decay, weight_decay))
+        self.optimizer = engine.make_optimizer(
+            layer_decay_groups(self.model, lr, layer_decay, weight_decay), optimizer,
+            momentum=momentum, nesterov=nesterov)
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,
-                             num_workers=num_workers, precise_bn=precise_bn)
+                             num_workers=num_workers, precise_bn=precise_bn,
+                             **engine.run_options(run_options))
         self._caches: dict[tuple[int, str], object] = {}
         self._input_start = 0
         self._set_split(self._k0)
@@ -106,7 +112,8 @@ class FineTune:
             prefix = nn.Sequential(*[s.module for s in stages(self.model)[:k]])
             self._caches[key] = FeatureCache(prefix, data, dtype=self.cache_dtype,
                                              device=self.device,
-                                             progress=self.fit_args["progress"]).build()
+                                             progress=self.fit_args["progress"],
+                                             num_workers=self.fit_args["num_workers"]).build()
         return self._caches[key], k
 
     # -- training ------------------------------------------------------------------------
@@ -138,7 +145,8 @@ class FineTune:
         def step(model, batch):
             x, y = batch
             logits = model(x, start=self._input_start)
-            return {"loss": F.cross_entropy(logits.float(), y),
+            return {"loss": F.cross_entropy(logits.float(), y,
+                                            label_smoothing=self.label_smoothing),
                     "accuracy": (logits.argmax(-1) == y).float().mean()}
 
         def predict(model, batch):

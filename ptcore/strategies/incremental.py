@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from ptcore import engine
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
@@ -130,7 +130,9 @@ class Incremental:
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
-                 progress: bool = True, num_workers: int = 0, precise_bn: int = 0):
+                 progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
+                 label_smoothing: float = 0.0, optimizer: str = "adamw", momentum: float = 0.9,
+                 nesterov: bool = False, **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -169,11 +171,15 @@ class Incremental:
             freeze_module(nn.ModuleList(
                 s.module for s in stages(self.model)[:split_index(self.model, freeze)]))
         self.lr, self.weight_decay, self.cache, self.seed = lr, weight_decay, cache, seed
+        engine.check_optimizer(optimizer, momentum, nesterov)
+        self.optim = dict(optimizer=optimizer, momentum=momentum, nesterov=nesterov)
+        self.label_smoothing = engine.check_label_smoothing(label_smoothing)
         self.device = torch.device(device) if device is not None else D.default_device()
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, progress=progress,
-                             num_workers=num_workers, precise_bn=precise_bn)
+                             num_workers=num_workers, precise_bn=precise_bn,
+                             **engine.run_options(run_options, has_val=False))
         self.plan: Plan | None = None
         self.means: torch.Tensor | None = None  # class means (ncm, simplecil), head-row order
         self.R: dict[str, list[list[float | None]]] = {"class": [], "task": []}
@@ -210,10 +216,11 @@ class Incremental:
             restricted = self._restrict(logits, y, row_task)
             if der and "replay" not in self.parts:  # DER: exemplars learn from logits only
                 new = width == 0
-                loss = (F.cross_entropy(restricted[new], y[new], reduction="sum")
+                loss = (F.cross_entropy(restricted[new], y[new], reduction="sum",
+                                        label_smoothing=self.label_smoothing)
                         / new.sum().clamp_min(1))
             else:
-                loss = F.cross_entropy(restricted, y)
+                loss = F.cross_entropy(restricted, y, label_smoothing=self.label_smoothing)
             out = {"accuracy": (logits.argmax(-1) == y).float().mean()}
             if der:
                 replayed = der_loss(logits, stored, width, topk=self.logits.topk,
@@ -268,9 +275,10 @@ class Incremental:
 
             data = _WithTeacher(data, FeatureCache(
                 teacher, data, dtype=torch.float32, device=self.device,
-                progress=self.fit_args["progress"]).build())
-        optimizer = torch.optim.AdamW(layer_decay_groups(self.model, self.lr, 1.0,
-                                                         self.weight_decay))
+                progress=self.fit_args["progress"],
+                num_workers=self.fit_args["num_workers"]).build())
+        optimizer = engine.make_optimizer(layer_decay_groups(self.model, self.lr, 1.0,
+                                                             self.weight_decay), **self.optim)
         history = engine.fit(self.model, data, optimizer, step_fn=self._step_fn(groups, teacher),
                              out_dir=out_dir, resume=resume, device=self.device,
                              seed=self.seed + t, meta={"task": t, "method": self.method},
@@ -295,7 +303,8 @@ class Incremental:
                 self.bias.layers.append((start, stop, *fit_bias(self.bias(logits), labels,
                                                                 start, stop)))
         if self.memory is not None:
-            self.memory.add(self.model, t, train[t], rows, device=self.device)
+            self.memory.add(self.model, t, train[t], rows, device=self.device,
+                            num_workers=self.fit_args["num_workers"])
             if self.logits is not None:
                 self.logits.add(self.model, self.memory, train, rows, device=self.device,
                                 progress=self.fit_args["progress"])
@@ -304,12 +313,15 @@ class Incremental:
             row_task = self.plan.row_task().to(self.device)
             self.ewc.update(self.model, train[t],
                             lambda z, y: F.cross_entropy(self._restrict(z, y, row_task), y),
-                            device=self.device, progress=self.fit_args["progress"])
+                            device=self.device, progress=self.fit_args["progress"],
+                            num_workers=self.fit_args["num_workers"])
         if "ncm" in self.parts:  # every class's mean moves with the backbone: recompute all
             self.means = class_means(self.model, union(self.memory.datasets(train)),
-                                     list(range(self.plan.spans[t][1])), device=self.device)
+                                     list(range(self.plan.spans[t][1])), device=self.device,
+                                     num_workers=self.fit_args["num_workers"])
         elif "simplecil" in self.parts:  # the backbone is frozen: old prototypes stay valid
-            new = class_means(self.model, train[t], rows, device=self.device)
+            new = class_means(self.model, train[t], rows, device=self.device,
+                              num_workers=self.fit_args["num_workers"])
             self.means = new if self.means is None else torch.cat([self.means, new])
         elif self.ranpac is not None:  # frozen backbone: each sample's features once
             from ptcore.cache import FeatureCache
@@ -325,7 +337,8 @@ class Incremental:
 
         logits, labels = [], []
         with inference(self.model):
-            for x, y in DataLoader(data, batch_size=256):
+            for x, y in engine.make_loader(data, 256, num_workers=self.fit_args["num_workers"],
+                                           device=self.device):
                 logits.append(self.model(x.to(self.device)).float())
                 labels.append(y.to(self.device))
         return torch.cat(logits), torch.cat(labels)
@@ -353,7 +366,8 @@ class Incremental:
         was_training = self.model.training
         self.model.eval()
         shard = Subset(data, range(D.rank(), len(data), D.world_size()))
-        for x, y in DataLoader(shard, batch_size=256):
+        for x, y in engine.make_loader(shard, 256, num_workers=self.fit_args["num_workers"],
+                                       device=self.device):
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                 scores = self._scores(x).float()
