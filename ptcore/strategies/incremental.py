@@ -404,7 +404,7 @@ class Incremental:
                 "classes": self.plan.classes, "tasks": self.plan.task_classes}
 
     def _save(self, out: Path, t: int) -> None:
-        if D.is_main():
+        def save():
             engine.save_checkpoint(
                 out / f"task_{t}" / STATE, self.model.state_dict(), task=t,
                 plan=self._plan_record(), R=self.R, history=self.history, means=self.means,
@@ -413,7 +413,9 @@ class Incremental:
                    for name, part in self._parts_with_state().items()})
             # The task is done: its state supersedes the engine's mid-task checkpoint.
             (out / f"task_{t}" / engine.CHECKPOINT).unlink(missing_ok=True)
-        D.barrier()
+
+        # Every rank learns at once whether rank 0's write failed (not at the next collective).
+        D.on_main(save, f"saving task {t}")
 
     def _restore(self, out: Path) -> int:
         """Load the state after the last finished task under ``out``; the next task's index."""
@@ -491,8 +493,8 @@ class Incremental:
             if out is not None:
                 self._save(out, t)
         results = self._results(time.perf_counter() - began)
-        if out is not None and D.is_main():
-            self._write(out, results)
+        if out is not None:
+            D.on_main(lambda: self._write(out, results), f"writing the results to {out}")
         return results
 
     def _results(self, seconds: float) -> dict:

@@ -4,7 +4,8 @@ environment variables): ``python ddp_faults_worker.py SCENARIO OUT [RESULT]``.
 rank1_exits: rank 1 dies (os._exit) mid-epoch; save_fails: rank 0's checkpoint write
 raises ENOSPC; interrupted: both stop at the start of epoch 2 (after its checkpoint);
 resume: continue, rank 1 with an empty out folder (a node-local disk), rank 0 saves the
-final weights to RESULT."""
+final weights to RESULT; incremental_save_fails: Incremental's rank 0 hits ENOSPC
+writing a task's state.pt."""
 import errno
 import os
 import sys
@@ -34,10 +35,13 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
         if scenario == "interrupted" and epoch == 1:
             sys.exit(0)
 
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
+
     if scenario == "save_fails" and rank == 0:
-        def full_disk(*args, **kwargs):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "last.pt")
         loop.save_checkpoint = full_disk
+    if scenario == "incremental_save_fails":
+        return incremental(out, full_disk if rank == 0 else None)
     if scenario == "resume" and rank == 1:
         out = os.path.join(out, "rank1-local")
     model = tiny_net()
@@ -48,6 +52,23 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
             on_epoch_start=[stop])
         if result is not None and rank == 0:
             torch.save(model.state_dict(), result)
+    finally:
+        D.shutdown()
+
+
+def incremental(out: str, full_disk) -> None:
+    """Two tasks of one epoch each; rank 0's write of task 0's state.pt fails."""
+    from ptcore import engine
+    from ptcore.strategies import Incremental
+    from tests.strategies.test_incremental_helpers import scenario, tiny_model
+
+    if full_disk is not None:
+        engine.save_checkpoint = full_disk
+    train, test = scenario()
+    learner = Incremental(tiny_model(2), method="naive", epochs=1, batch_size=BATCH,
+                          progress=False)
+    try:
+        learner.fit(train[:2], test[:2], out_dir=out)
     finally:
         D.shutdown()
 

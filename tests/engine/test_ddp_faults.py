@@ -1,6 +1,7 @@
 """2-process gloo runs under faults, launched like torchrun launches them (environment
 variables, env:// rendezvous, ptcore's own setup with a short timeout): a rank that exits
-mid-epoch and a rank 0 that fails while saving end every rank non-zero within the timeout;
+mid-epoch and a rank 0 that fails while saving (an epoch's checkpoint, or an incremental
+task's state) end every rank non-zero within the timeout;
 a resume where rank 1's disk lacks the checkpoint (node-local disks) takes rank 0's and
 equals an uninterrupted run; under the `ptcore` command only rank 0 prints."""
 import os
@@ -65,6 +66,16 @@ def test_rank_0_failing_while_saving_ends_every_rank(tmp_path):
     assert r0.returncode != 0 and "No space left on device" in r0.stderr
     assert r1.returncode != 0
     assert "rank 0 failed while saving the checkpoint of epoch 1" in r1.stderr
+
+
+def test_rank_0_failing_to_save_a_task_ends_every_rank_at_once(tmp_path):
+    began = time.monotonic()
+    r0, r1 = _worker("incremental_save_fails", tmp_path)
+    assert r0.returncode != 0 and "No space left on device" in r0.stderr
+    assert r1.returncode != 0
+    assert "rank 0 failed while saving task 0" in r1.stderr, r1.stderr[-2000:]
+    assert not (tmp_path / "task_1").exists()  # rank 1 did not go on to the next task
+    assert time.monotonic() - began < LIMIT_S
 
 
 def test_resume_with_node_local_disks_equals_an_uninterrupted_run(tmp_path):
