@@ -12,11 +12,12 @@
 
 #include "common.h"
 #include "cpu/vec_io.h"
+#include "cache_entry.h"
 #include "data_checks.h"
 
 namespace ptcore {
 
-// Argument checks shared with the CUDA backend (declared again in cuda/cache_kernel.cu).
+// Argument checks shared with the CUDA backend (declared in cache_entry.h).
 void check_quantize_args(const at::Tensor& x) {
   check_dim(x, 2, "x");
   const auto dt = x.scalar_type();
@@ -300,7 +301,6 @@ int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& i
   return first_bad.get();
 }
 
-// Rows `indices` (contiguous) of the store into out, both already checked.
 void gather_into(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
                  const at::Tensor& indices, at::ScalarType dtype, at::Tensor& out) {
   const int64_t m = store.size(0), d = store.size(1);
@@ -316,29 +316,12 @@ void gather_into(const at::Tensor& store, const c10::optional<at::Tensor>& scale
   if (bad >= 0) check_gather_index(indices.const_data_ptr<int64_t>()[bad], bad, m);
 }
 
-at::Tensor gather_rows_cpu(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
-                           const at::Tensor& indices, at::ScalarType dtype) {
-  check_gather_args(store, scales, indices, dtype);
-  auto out = at::empty({indices.size(0), store.size(1)}, store.options().dtype(dtype));
-  gather_into(store, scales, indices.contiguous(), dtype, out);
-  return out;
-}
-
-void gather_rows_out_cpu(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
-                         const at::Tensor& indices_in, at::ScalarType dtype,
-                         at::Tensor& out) {
-  check_gather_args(store, scales, indices_in, dtype);
-  const auto indices = indices_in.contiguous();
-  check_gather_out(out, store, scales, indices, dtype);
-  gather_into(store, scales, indices, dtype, out);
-}
-
 }  // namespace
 }  // namespace cpu
 }  // namespace ptcore
 
 TORCH_LIBRARY_IMPL(ptcore, CPU, m) {
   m.impl("quantize_rows", &ptcore::cpu::quantize_rows_cpu);
-  m.impl("gather_rows", &ptcore::cpu::gather_rows_cpu);
-  m.impl("gather_rows.out", &ptcore::cpu::gather_rows_out_cpu);
+  m.impl("gather_rows", &ptcore::gather_rows_entry<ptcore::cpu::gather_into>);
+  m.impl("gather_rows.out", &ptcore::gather_rows_out_entry<ptcore::cpu::gather_into>);
 }

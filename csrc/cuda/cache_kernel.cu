@@ -14,17 +14,10 @@
 
 #include "cuda/first_bad.cuh"
 #include "cuda/reduce.cuh"
+#include "cache_entry.h"
 #include "data_checks.h"
 
 namespace ptcore {
-
-// Defined in cpu/cache_cpu.cpp: one set of argument checks serves both backends.
-void check_quantize_args(const at::Tensor& x);
-void check_gather_args(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
-                       const at::Tensor& indices, at::ScalarType dtype);
-void check_gather_out(const at::Tensor& out, const at::Tensor& store,
-                      const c10::optional<at::Tensor>& scales, const at::Tensor& indices,
-                      at::ScalarType dtype);
 
 namespace cuda {
 namespace {
@@ -199,29 +192,12 @@ void gather_into(const at::Tensor& store, const c10::optional<at::Tensor>& scale
   }
 }
 
-at::Tensor gather_rows_cuda(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
-                            const at::Tensor& indices, at::ScalarType dtype) {
-  check_gather_args(store, scales, indices, dtype);
-  auto out = at::empty({indices.size(0), store.size(1)}, store.options().dtype(dtype));
-  gather_into(store, scales, indices.contiguous(), dtype, out);
-  return out;
-}
-
-void gather_rows_out_cuda(const at::Tensor& store, const c10::optional<at::Tensor>& scales,
-                          const at::Tensor& indices_in, at::ScalarType dtype,
-                          at::Tensor& out) {
-  check_gather_args(store, scales, indices_in, dtype);
-  const auto indices = indices_in.contiguous();
-  check_gather_out(out, store, scales, indices, dtype);
-  gather_into(store, scales, indices, dtype, out);
-}
-
 }  // namespace
 }  // namespace cuda
 }  // namespace ptcore
 
 TORCH_LIBRARY_IMPL(ptcore, CUDA, m) {
   m.impl("quantize_rows", &ptcore::cuda::quantize_rows_cuda);
-  m.impl("gather_rows", &ptcore::cuda::gather_rows_cuda);
-  m.impl("gather_rows.out", &ptcore::cuda::gather_rows_out_cuda);
+  m.impl("gather_rows", &ptcore::gather_rows_entry<ptcore::cuda::gather_into>);
+  m.impl("gather_rows.out", &ptcore::gather_rows_out_entry<ptcore::cuda::gather_into>);
 }
