@@ -158,12 +158,18 @@ def test_resnet18_prefix():
     assert torch.equal(cache[:], ref.half().float())
 
 
-@CUDA
-@pytest.mark.parametrize("storage", ["device", "cpu"])
-@pytest.mark.parametrize("dtype", [torch.int8, torch.float16])
-def test_cuda_tiers(net, data, storage, dtype):
+@pytest.fixture(params=[(s, d) for s in ("device", "cpu") for d in (torch.int8, torch.float16)],
+                ids=lambda p: f"{p[0]}-{str(p[1])[6:]}")
+def cuda_pair(request, net, data):
+    """(a CPU cache, the same cache on CUDA stored on ``storage``, its storage)."""
+    storage, dtype = request.param
     cpu_cache = build(net, data, dtype=dtype, storage="cpu")
-    cache = build(net.cuda(), data, dtype=dtype, storage=storage)
+    return cpu_cache, build(net.cuda(), data, dtype=dtype, storage=storage), storage
+
+
+@CUDA
+def test_cuda_tiers(cuda_pair):
+    cpu_cache, cache, storage = cuda_pair
     assert cache.tier == storage and cache.device.type == "cuda"
     idx = [3, 3, 39, 0]
     got = cache[idx]
@@ -204,11 +210,8 @@ def test_get_out_errors(net, data):
 
 
 @CUDA
-@pytest.mark.parametrize("storage", ["cpu", "device"])
-@pytest.mark.parametrize("dtype", [torch.int8, torch.float16])
-def test_cuda_batches_through_staging(net, data, storage, dtype):
-    cpu_cache = build(net, data, dtype=dtype, storage="cpu")
-    cache = build(net.cuda(), data, dtype=dtype, storage=storage)
+def test_cuda_batches_through_staging(cuda_pair):
+    cpu_cache, cache, storage = cuda_pair
     order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     # Queue several batches without syncing: each must come out whole, although the host
     # refills one staging buffer for each of them.
