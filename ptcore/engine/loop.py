@@ -246,8 +246,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     rebuilt when the set of trainable parameters changes. With ``out_dir`` a checkpoint
     (``last.pt``) and ``metrics.jsonl`` are written every epoch; a folder that already holds
     a checkpoint is refused unless ``resume``. ``resume=True`` continues from the checkpoint
-    there exactly (model, optimizer, scheduler, scaler, RNG, epoch) and refuses one made with
-    other settings (naming them) or a missing one; ``resume="auto"`` starts when there is none.
+    there exactly (model, optimizer, scheduler, scaler, RNG, epoch and batch) and refuses
+    one made with other settings (naming them) or a missing one; ``resume="auto"`` starts
+    when there is none.
     ``num_workers`` (an int or "auto", :mod:`ptcore.engine.loaders`) load the training and
     validation batches; the training workers persist while an epoch's data is the same
     dataset object as the last epoch's.
@@ -262,10 +263,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     (sample position, RNG, partial epoch metrics). ``keep_last``, ``keep_best`` (by
     ``best_metric`` in ``best_mode``) and ``patience`` (stop after that many epochs without
     improvement): :mod:`ptcore.engine.policy`. These may change on resume; they do not
-    change what is trained. ``ema``: keep an exponential
-    moving average of the weights with this decay per optimizer step (e.g. 0.999;
-    :mod:`ptcore.engine.ema`), validated each epoch beside the model (``val_ema_*``) and
-    stored in checkpoints (``ema``).
+    change what is trained. ``ema``: keep an exponential moving average of the weights with
+    this decay per optimizer step (e.g. 0.999; :mod:`ptcore.engine.ema`), validated each
+    epoch beside the model (``val_ema_*``) and stored in checkpoints (``ema``).
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -2,7 +2,8 @@
 variables, env:// rendezvous, ptcore's own setup with a short timeout): a rank that exits
 mid-epoch and a rank 0 that fails while saving end every rank non-zero within the timeout;
 a resume from a mid-epoch checkpoint that rank 1's disk lacks (node-local disks) takes
-rank 0's, skips the same batches on both ranks and equals an uninterrupted run; under the `ptcore` command only rank 0 prints."""
+rank 0's, skips the same batches on both ranks and equals an uninterrupted run; under the
+`ptcore` command only rank 0 prints."""
 import os
 import socket
 import subprocess
