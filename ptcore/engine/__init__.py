@@ -1,7 +1,7 @@
 """The training engine: one explicit loop driven by a strategy's step function, with AMP,
 gradient accumulation, LR schedules, evaluation, JSONL/CSV/TensorBoard logs, tqdm, atomic
-checkpoints with a keep/best/early-stopping policy, exact resume and DDP (torchrun; gloo on
-CPU, NCCL on GPU)."""
+checkpoints (every N steps too) with a keep/best/early-stopping policy, exact resume
+(mid-epoch too) and DDP (torchrun; gloo on CPU, NCCL on GPU)."""
 from ptcore.engine import distributed
 from ptcore.engine.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint,
                                       save_checkpoint, state_digest)
