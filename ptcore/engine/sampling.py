@@ -52,6 +52,8 @@ class EpochBatches(Sampler):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def key(self, batch: int) -> int:
+        """The seed batch ``batch`` is loaded with: a hash of (seed, epoch, rank, batch),
+        stable across processes and Python versions (``hash()`` is not)."""
         text = f"{self.seed}/{self.epoch}/{self.rank}/{batch}".encode()
         return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
