@@ -48,6 +48,7 @@ BAD_CONFIG = {
     ("engine", "log"): st.one_of(st.just(["wandb"]), st.just("csv,nope"), st.integers(),
                                  st.booleans(), st.lists(st.integers(), min_size=1, max_size=2)),
     ("engine", "keep_best"): st.one_of(st.integers(-100, -1), st.floats(), NOT_NUMBERS),
+    ("engine", "save_every"): st.one_of(st.integers(-100, -1), st.floats(), NOT_NUMBERS),
     ("engine", "patience"): st.one_of(st.integers(-100, 0), st.floats(), st.booleans()),
     ("engine", "best_mode"): st.text(max_size=4).filter(lambda v: v not in ("min", "max")),
     (None, "seed"): st.one_of(st.integers(max_value=-1), st.floats(), st.booleans(),
@@ -87,6 +88,7 @@ BAD_ARGV = {
     "--ddp-timeout": ["0", "-5", "nan", "inf", "x"], "--layer-decay": ["0", "2", "nan"],
     "--unfreeze-every": ["0", "-1"], "--log": ["wandb", "csv,x", ""],
     "--log-every": ["0", "x"], "--keep-best": ["-1", "x"], "--keep-last": ["-2"],
+    "--save-every": ["-1", "x"],
     "--patience": ["0", "-2"], "--best-mode": ["up"], "--best-metric": ["accuracy"],
 }
 

@@ -60,7 +60,8 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """--log --log-every --keep-last --keep-best --best-metric --best-mode --patience --ema:
+    """--log --log-every --save-every --keep-last --keep-best --best-metric --best-mode
+    --patience --ema:
     ptcore.engine.RUN_OPTIONS (docs/logging.md)."""
     from ptcore.engine.loggers import LOGGERS
 
@@ -70,6 +71,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "always written); e.g. --log csv,tensorboard")
     g.add_argument("--log-every", type=int, default=50, metavar="STEPS",
                    help="a step record (loss, lr, samples/s) every STEPS optimizer steps")
+    g.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                   help="also write last.pt every STEPS optimizer steps within an epoch; "
+                   "--resume continues from there exactly (default 0: at epoch ends only)")
     g.add_argument("--keep-last", type=int, default=0, metavar="K",
                    help="also keep the last K epochs' checkpoints (epoch-NNNN.pt)")
     g.add_argument("--keep-best", type=int, default=0, metavar="K",
@@ -120,7 +124,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             "weight_decay": args.weight_decay, "schedule": args.schedule, "amp": args.amp,
             "precise_bn": args.precise_bn, "device": args.device, "seed": args.seed,
             "progress": not args.no_progress, "num_workers": args.num_workers,
-            "log": args.log, "log_every": args.log_every,
+            "log": args.log, "log_every": args.log_every, "save_every": args.save_every,
             "keep_last": args.keep_last, "keep_best": args.keep_best,
             "best_metric": args.best_metric, "best_mode": args.best_mode,
             "patience": args.patience, "ema": args.ema, "optimizer": args.optimizer,

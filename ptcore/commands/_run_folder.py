@@ -16,8 +16,8 @@ _ARTIFACTS = ("last.pt", "state.pt", "metrics.jsonl")
 # Options a resume may change: they do not change what the run computes so far (epochs may
 # grow to train longer; logging and which checkpoints are kept, docs/logging.md).
 _FREE = {"func", "command", "argv", "resume", "overwrite", "no_progress", "device", "config",
-         "ddp_timeout", "num_workers", "out", "epochs", "log", "log_every", "keep_last",
-         "keep_best", "best_metric", "best_mode", "patience"}
+         "ddp_timeout", "num_workers", "out", "epochs", "log", "log_every", "save_every",
+         "keep_last", "keep_best", "best_metric", "best_mode", "patience"}
 
 
 def _artifacts(out: Path) -> list[Path]:

@@ -40,6 +40,7 @@ ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp"
 # Loop options the strategies pass through to the engine as ``**run_options``
 # (ptcore.engine.RUN_OPTIONS): logging and checkpoint policy. Their accepted types.
 RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,),
+                    "save_every": (int,),
                     "keep_best": (int,), "best_metric": (str,), "best_mode": (str,),
                     "patience": (int, type(None)), "ema": (float, type(None))}
 ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
@@ -175,6 +176,7 @@ _VALUES = {
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema": (lambda v: v is None or 0 < v < 1, "null or a decay in (0, 1), e.g. 0.999"),
     "log_every": _POSITIVE_INT, "keep_last": _NON_NEGATIVE, "keep_best": _NON_NEGATIVE,
+    "save_every": _NON_NEGATIVE,
     "patience": _POSITIVE_INT, "best_mode": (lambda v: v in BEST_MODES, "min or max"),
     "best_metric": (lambda v: v.startswith(("train_", "val_")),
                     "an epoch metric (train_loss, val_loss, val_accuracy, ...)"),

@@ -1,7 +1,7 @@
 """The training engine: one explicit loop driven by a strategy's step function, with AMP,
 gradient accumulation, LR schedules, evaluation, JSONL/CSV/TensorBoard logs, tqdm, atomic
-checkpoints with a keep/best/early-stopping policy, exact resume and DDP (torchrun; gloo on
-CPU, NCCL on GPU)."""
+checkpoints (every N steps too) with a keep/best/early-stopping policy, exact resume
+(mid-epoch too) and DDP (torchrun; gloo on CPU, NCCL on GPU)."""
 from ptcore.engine import distributed
 from ptcore.engine.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint,
                                       save_checkpoint, state_digest)
@@ -13,7 +13,7 @@ from ptcore.engine.loaders import make_loader, resolve_num_workers
 from ptcore.engine.metrics import MetricsLog, read_metrics
 from ptcore.engine.optim import (OPTIMIZERS, check_label_smoothing, check_optimizer,
                                  make_optimizer)
-from ptcore.engine.schedules import SCHEDULES, make_schedule, schedule_factor
+from ptcore.engine.schedules import SCHEDULES, make_schedule
 
 __all__ = [
     "fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS",
@@ -22,6 +22,6 @@ __all__ = [
     "RunFolderError", "save_checkpoint", "load_checkpoint", "is_checkpoint", "state_digest",
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save",
     "read_torch_file", "UnreadableFileError",
-    "MetricsLog", "read_metrics", "SCHEDULES", "make_schedule", "schedule_factor",
+    "MetricsLog", "read_metrics", "SCHEDULES", "make_schedule",
     "distributed",
 ]

@@ -35,11 +35,15 @@ def resolve_num_workers(num_workers) -> int:
     return max(0, min(MAX_AUTO_WORKERS, (cpus or 1)))
 
 
-def make_loader(data, batch_size: int, *, sampler=None, drop_last: bool = False,
-                num_workers=0, device=None) -> DataLoader:
-    """Batches of ``data`` in order (or ``sampler``'s), loaded by ``num_workers`` workers
-    that persist across epochs, pinned when ``device`` is a CUDA device."""
+def make_loader(data, batch_size: int = 1, *, batch_sampler=None, num_workers=0,
+                device=None) -> DataLoader:
+    """Batches of ``data`` in order (or ``batch_sampler``'s), loaded by ``num_workers``
+    workers that persist across epochs, pinned when ``device`` is a CUDA device. The
+    workers' base seed comes from the loader's own generator, never from the global one:
+    building or iterating a loader leaves the training's random numbers untouched."""
     workers = resolve_num_workers(num_workers)
     cuda = device is not None and torch.device(device).type == "cuda"
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0)
+    batching = ({"batch_size": batch_size} if batch_sampler is None
+                else {"batch_sampler": batch_sampler})
+    return DataLoader(data, **batching, num_workers=workers, pin_memory=cuda,
+                      persistent_workers=workers > 0, generator=torch.Generator())

@@ -5,6 +5,9 @@ accumulation, LR schedule, evaluation, metrics, progress, checkpoints, resume an
 Batches are drawn by a DistributedSampler seeded by (seed, epoch) in one process too, so
 the sample order depends only on the epoch: a resumed run sees the same batches, and
 a run on N processes sees exactly the batches of one process with N times the batch size.
+Each batch is loaded under its own seed (:mod:`ptcore.engine.sampling`), so a run resumed
+from a checkpoint taken in the middle of an epoch (``save_every``) skips the batches it
+trained without loading them and goes on bit for bit as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ptcore.engine import distributed as D
@@ -32,7 +35,8 @@ from ptcore.engine.metrics import MetricsLog
 from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
 from ptcore.engine.rng import get_rng_state, set_rng_state
-from ptcore.engine.schedules import make_schedule
+from ptcore.engine.sampling import EpochBatches, SeededBatches
+from ptcore.engine.schedules import make_schedule, resume_schedule
 from ptcore.engine.settings import (differences, model_signature, optimizer_settings,
                                     plain)
 from ptcore.errors import UserError
@@ -47,9 +51,10 @@ RESUME_MODES = (False, True, "auto")
 
 
 # fit() options that strategies pass through untouched (``**run_options``): what is logged
-# and which checkpoints are kept. Name -> default.
-RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "keep_last": 0, "keep_best": 0,
-               "best_metric": "val_loss", "best_mode": "min", "patience": None, "ema": None}
+# and which checkpoints are written and kept. Name -> default.
+RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "save_every": 0, "keep_last": 0,
+               "keep_best": 0, "best_metric": "val_loss", "best_mode": "min",
+               "patience": None, "ema": None}
 
 
 def run_options(options: dict, *, has_val: bool | None = None) -> dict:
@@ -63,9 +68,13 @@ def run_options(options: dict, *, has_val: bool | None = None) -> dict:
     kw = {**RUN_OPTIONS, **options}
     check_loggers(kw["log"], kw["log_every"])
     check_ema(kw["ema"])
-    CheckpointPolicy(kw["keep_last"], kw["keep_best"], kw["best_metric"], kw["best_mode"],
-                     kw["patience"]).check(has_val=has_val is not False, has_out=True)
+    _policy(kw).check(has_val=has_val is not False, has_out=True)
     return dict(options)
+
+
+def _policy(kw: dict) -> CheckpointPolicy:
+    return CheckpointPolicy(**{k: kw[k] for k in ("save_every", "keep_last", "keep_best",
+                                                   "best_metric", "best_mode", "patience")})
 
 
 class RunFolderError(UserError, ValueError):
@@ -157,12 +166,26 @@ def _trainable(model: nn.Module) -> tuple[int, ...]:
     return tuple(i for i, p in enumerate(model.parameters()) if p.requires_grad)
 
 
-def _loader(data, batch_size, seed, epoch, drop_last, num_workers, device=None) -> DataLoader:
-    sampler = DistributedSampler(data, num_replicas=D.world_size(), rank=D.rank(),
-                                 shuffle=True, seed=seed, drop_last=drop_last)
-    sampler.set_epoch(epoch)
-    return make_loader(data, batch_size, sampler=sampler, drop_last=drop_last,
+def _batches(data, batch_size, seed, drop_last) -> EpochBatches:
+    return EpochBatches(data, batch_size, seed=seed, drop_last=drop_last, rank=D.rank(),
+                        world=D.world_size())
+
+
+def _loader(data, batch_size, seed, drop_last, num_workers, device=None) -> DataLoader:
+    """This rank's training batches of ``data``; ``loader.batch_sampler.set_epoch(epoch,
+    start)`` before each pass."""
+    return make_loader(SeededBatches(data), batch_sampler=_batches(data, batch_size, seed,
+                                                                   drop_last),
                        num_workers=num_workers, device=device)
+
+
+def _rank_sums(sums: dict[str, torch.Tensor]) -> dict:
+    """Every rank's partial epoch sums, gathered (a zero-padded sum is exact) for a
+    mid-epoch checkpoint; each rank resumes from its own row."""
+    rows = torch.zeros(D.world_size(), len(sums), dtype=torch.float64,
+                       device=next(iter(sums.values())).device)
+    rows[D.rank()] = torch.stack(list(sums.values()))
+    return {"names": list(sums), "values": D.all_sum(rows).cpu()}
 
 
 def check_grad_clip(grad_clip) -> None:
@@ -183,7 +206,8 @@ def check_precise_bn(precise_bn) -> None:
 def _precise_bn(model, data, batches: int, predict_fn, device, amp_dtype, *, batch_size,
                 seed, epoch) -> None:
     # The epoch's own sample order (the sampler is seeded by (seed, epoch)), first batches.
-    loader = _loader(data, batch_size, seed, epoch, False, 0)
+    loader = _loader(data, batch_size, seed, False, 0)
+    loader.batch_sampler.set_epoch(epoch)
     predict_fn = predict_fn or _default_predict
 
     def forward(batch):
@@ -210,8 +234,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         on_epoch_start: Iterable[Callable[[int, nn.Module], None]] = (), seed: int = 0,
         device=None, progress: bool = True, num_workers=0, drop_last: bool = False,
         precise_bn: int = 0, meta: dict | None = None, log=("jsonl",), log_every: int = 50,
-        keep_last: int = 0, keep_best: int = 0, best_metric: str = "val_loss",
-        best_mode: str = "min", patience: int | None = None,
+        save_every: int = 0, keep_last: int = 0, keep_best: int = 0,
+        best_metric: str = "val_loss", best_mode: str = "min", patience: int | None = None,
         ema: float | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
 
@@ -222,8 +246,9 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     rebuilt when the set of trainable parameters changes. With ``out_dir`` a checkpoint
     (``last.pt``) and ``metrics.jsonl`` are written every epoch; a folder that already holds
     a checkpoint is refused unless ``resume``. ``resume=True`` continues from the checkpoint
-    there exactly (model, optimizer, scheduler, scaler, RNG, epoch) and refuses one made with
-    other settings (naming them) or a missing one; ``resume="auto"`` starts when there is none.
+    there exactly (model, optimizer, scheduler, scaler, RNG, epoch and batch) and refuses
+    one made with other settings (naming them) or a missing one; ``resume="auto"`` starts
+    when there is none.
     ``num_workers`` (an int or "auto", :mod:`ptcore.engine.loaders`) load the training and
     validation batches; the training workers persist while an epoch's data is the same
     dataset object as the last epoch's.
@@ -233,12 +258,14 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     :func:`ptcore.engine.precise_bn.recompute_bn_stats`); 0 keeps the moving averages.
     ``log``: loggers besides metrics.jsonl ("csv", "tensorboard"; a list or comma-separated),
     with a step record every ``log_every`` optimizer steps (:mod:`ptcore.engine.loggers`).
-    ``keep_last``, ``keep_best`` (by ``best_metric`` in ``best_mode``) and ``patience``
-    (stop after that many epochs without improvement): :mod:`ptcore.engine.policy`. These
-    may change on resume; they do not change what is trained. ``ema``: keep an exponential
-    moving average of the weights with this decay per optimizer step (e.g. 0.999;
-    :mod:`ptcore.engine.ema`), validated each epoch beside the model (``val_ema_*``) and
-    stored in checkpoints (``ema``).
+    ``save_every``: also write ``last.pt`` every that many optimizer steps within an epoch
+    (0: at epoch ends only); resuming from such a checkpoint continues mid-epoch exactly
+    (sample position, RNG, partial epoch metrics). ``keep_last``, ``keep_best`` (by
+    ``best_metric`` in ``best_mode``) and ``patience`` (stop after that many epochs without
+    improvement): :mod:`ptcore.engine.policy`. These may change on resume; they do not
+    change what is trained. ``ema``: keep an exponential moving average of the weights with
+    this decay per optimizer step (e.g. 0.999; :mod:`ptcore.engine.ema`), validated each
+    epoch beside the model (``val_ema_*``) and stored in checkpoints (``ema``).
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -248,7 +275,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     check_num_workers(num_workers)
     check_ema(ema)
     log = check_loggers(log, log_every)
-    policy = CheckpointPolicy(keep_last, keep_best, best_metric, best_mode, patience)
+    policy = CheckpointPolicy(keep_last, keep_best, best_metric, best_mode, patience,
+                              save_every)
     policy.check(has_val=val_data is not None, has_out=out_dir is not None)
     if set(log) - {"jsonl"} and out_dir is None:
         raise ValueError(f"log={list(log)} needs an output folder (out_dir)")
@@ -276,21 +304,26 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                 **({"ema": ema} if ema is not None else {})})
     ckpt = _open_run(out, resume, settings) if out is not None else None
     start = ckpt["epoch"] if ckpt is not None else 0
-    probe = _loader(epoch_data(min(start, epochs - 1)), batch_size, seed, 0, drop_last, 0)
-    steps_per_epoch = math.ceil(len(probe) / accumulate)
-    scheduler = make_schedule(schedule, optimizer, epochs * steps_per_epoch, warmup)
+    # Batches of epoch `start` trained already: a checkpoint written mid-epoch.
+    skip = ckpt.get("batch", 0) if ckpt is not None else 0
+    per_epoch = _batches(epoch_data(min(start, epochs - 1)), batch_size, seed,
+                         drop_last).per_epoch
+    total_steps = epochs * math.ceil(per_epoch / accumulate)
+    scheduler = make_schedule(schedule, optimizer, total_steps, warmup)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     averaged = make_ema(model, ema) if ema is not None else None
     history = []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        resume_schedule(scheduler, optimizer, ckpt["scheduler"],
+                        same_length=ckpt.get("schedule_steps") == total_steps)
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         if averaged is not None:
             averaged.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
+        if not skip:
+            set_rng_state(ckpt["rng"])
         history = list(ckpt.get("history", []))
     loggers = None
     if metrics_log is not None:
@@ -298,6 +331,16 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         if D.is_main():
             loggers = Loggers(log, out, step=scheduler.last_epoch, history=history,
                               world=D.world_size())
+
+    def save(epoch_, batch=0, partial=None) -> None:
+        save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch_, batch=batch,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        schedule_steps=total_steps,
+                        scaler=scaler.state_dict() if scaler is not None else None,
+                        rng=get_rng_state(), history=history, meta=meta or {},
+                        settings=settings,
+                        **({} if averaged is None else {"ema": averaged.state_dict()}),
+                        **({} if partial is None else {"sums": partial}))
 
     try:
         wrapped, wrapped_for, loader = model, None, None
@@ -314,15 +357,25 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                 wrapped = DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None)
             data = epoch_data(epoch)
-            if loader is None or loader.dataset is not data:  # same data: keep the workers
-                loader = _loader(data, batch_size, seed, epoch, drop_last, num_workers, device)
-            loader.sampler.set_epoch(epoch)
+            if loader is None or loader.dataset.data is not data:  # same data: keep workers
+                loader = _loader(data, batch_size, seed, drop_last, num_workers, device)
+            first = skip if epoch == start else 0
+            loader.batch_sampler.set_epoch(epoch, first)
+            n_batches = loader.batch_sampler.per_epoch
             model.train()
             sums: dict[str, torch.Tensor] = {}  # summed on device: no host sync per step
+            if first:
+                # Mid-epoch resume: the generators as they were after batch `first - 1`,
+                # set after the epoch-start callbacks and data, which ran before batch 0.
+                set_rng_state(ckpt["rng"])
+                part = ckpt["sums"]
+                sums = {k: v.to(device) for k, v in zip(part["names"],
+                                                         part["values"][D.rank()])}
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       initial=first, total=n_batches,
                        disable=not (progress and D.is_main()))
-            for i, batch in enumerate(bar):
-                sync = (i + 1) % accumulate == 0 or i + 1 == len(loader)
+            for i, batch in enumerate(bar, start=first):
+                sync = (i + 1) % accumulate == 0 or i + 1 == n_batches
                 no_sync = (wrapped.no_sync() if distributed and not sync
                            else contextlib.nullcontext())
                 with no_sync:
@@ -354,8 +407,15 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                     sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                # Only at an optimizer step (no gradients half accumulated) and not the
+                # epoch's last one, which the epoch's own checkpoint follows.
+                if sync and save_every and out is not None and i + 1 < n_batches \
+                        and scheduler.last_epoch % save_every == 0:
+                    partial = _rank_sums(sums)
+                    D.on_main(lambda: save(epoch, i + 1, partial),
+                              f"saving the checkpoint of step {scheduler.last_epoch}")
             totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
-                float(len(loader)), dtype=torch.float64, device=device)]))
+                float(n_batches), dtype=torch.float64, device=device)]))
             record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
                                          for k, v in zip(sums, totals.tolist())},
                       "lr": optimizer.param_groups[0]["lr"]}
@@ -377,18 +437,11 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             if out is not None:
-                def save():
+                def end_of_epoch():
                     metrics_log.append(record)  # first: a kill before the checkpoint drops it
-                    save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch + 1,
-                                    optimizer=optimizer.state_dict(),
-                                    scheduler=scheduler.state_dict(),
-                                    scaler=scaler.state_dict() if scaler is not None else None,
-                                    rng=get_rng_state(), history=history, meta=meta or {},
-                                    settings=settings,
-                                    **({} if averaged is None else
-                                       {"ema": averaged.state_dict()}))
+                    save(epoch + 1)
                     policy.apply(out, history)
-                D.on_main(save, f"saving the checkpoint of epoch {epoch + 1}")
+                D.on_main(end_of_epoch, f"saving the checkpoint of epoch {epoch + 1}")
             else:
                 D.barrier()
             if loggers is not None:

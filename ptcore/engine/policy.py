@@ -1,5 +1,5 @@
-"""Checkpoint policy: which epoch checkpoints to keep besides ``last.pt`` and when to stop
-early (see docs/logging.md).
+"""Checkpoint policy: which epoch checkpoints to keep besides ``last.pt``, when to stop
+early, and how often ``last.pt`` is also written within an epoch (see docs/logging.md).
 
 Everything is derived from the run's history (the per-epoch records the checkpoint holds),
 so a resumed run ranks, keeps and stops exactly as an uninterrupted one, with no state of
@@ -39,20 +39,23 @@ class CheckpointPolicy:
     best_metric: str = "val_loss"
     best_mode: str = "min"
     patience: int | None = None
+    save_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: none)
 
     def check(self, *, has_val: bool, has_out: bool) -> None:
         """Before any training: counts, mode, a metric the loop can produce."""
         _count("keep_last", self.keep_last)
         _count("keep_best", self.keep_best)
         _count("patience", self.patience, allow_none=True)
+        _count("save_every", self.save_every)
         if self.best_mode not in MODES:
             raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
         if not isinstance(self.best_metric, str) or not self.best_metric.startswith(
                 ("train_", "val_")):
             raise ValueError(f"best_metric must name an epoch metric (train_loss, val_loss, "
                              f"val_accuracy, ...), got {self.best_metric!r}")
-        if (self.keep_best or self.keep_last) and not has_out:
-            raise ValueError("keep_best and keep_last need an output folder (out_dir)")
+        if (self.keep_best or self.keep_last or self.save_every) and not has_out:
+            raise ValueError("keep_best, keep_last and save_every need an output folder "
+                             "(out_dir)")
         if self.ranks and self.best_metric.startswith("val_") and not has_val:
             raise ValueError(f"best_metric={self.best_metric!r} needs validation data; give "
                              "some, or rank by a train_ metric")

@@ -2,10 +2,10 @@
 environment variables): ``python ddp_faults_worker.py SCENARIO OUT [RESULT]``.
 
 rank1_exits: rank 1 dies (os._exit) mid-epoch; save_fails: rank 0's checkpoint write
-raises ENOSPC; interrupted: both stop at the start of epoch 2 (after its checkpoint);
-resume: continue, rank 1 with an empty out folder (a node-local disk), rank 0 saves the
-final weights to RESULT; incremental_save_fails: Incremental's rank 0 hits ENOSPC
-writing a task's state.pt."""
+raises ENOSPC; interrupted: both stop after batch 3 of epoch 2 (a checkpoint every 2
+optimizer steps was written after its batch 2); resume: continue, rank 1 with an empty out
+folder (a node-local disk), rank 0 saves the final weights to RESULT;
+incremental_save_fails: Incremental's rank 0 hits ENOSPC writing a task's state.pt."""
 import errno
 import os
 import sys
@@ -29,11 +29,9 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
         steps.append(1)
         if scenario == "rank1_exits" and rank == 1 and len(steps) == 3:
             os._exit(3)
-        return classification_step(model, batch)
-
-    def stop(epoch, model):
-        if scenario == "interrupted" and epoch == 1:
+        if scenario == "interrupted" and len(steps) == 4 + 4:  # 4 batches an epoch
             sys.exit(0)
+        return classification_step(model, batch)
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
@@ -49,7 +47,7 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
     try:
         fit(model, tiny_digits(N), opt, epochs=EPOCHS, batch_size=BATCH, step_fn=step,
             schedule="cosine", out_dir=out, resume=scenario == "resume", progress=False,
-            on_epoch_start=[stop])
+            save_every=2 if scenario in ("interrupted", "resume") else 0)
         if result is not None and rank == 0:
             torch.save(model.state_dict(), result)
     finally:

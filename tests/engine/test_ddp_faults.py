@@ -2,8 +2,9 @@
 variables, env:// rendezvous, ptcore's own setup with a short timeout): a rank that exits
 mid-epoch and a rank 0 that fails while saving (an epoch's checkpoint, or an incremental
 task's state) end every rank non-zero within the timeout;
-a resume where rank 1's disk lacks the checkpoint (node-local disks) takes rank 0's and
-equals an uninterrupted run; under the `ptcore` command only rank 0 prints."""
+a resume from a mid-epoch checkpoint that rank 1's disk lacks (node-local disks) takes
+rank 0's, skips the same batches on both ranks and equals an uninterrupted run; under the
+`ptcore` command only rank 0 prints."""
 import os
 import socket
 import subprocess
@@ -11,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from ptcore.engine import fit
+from ptcore.engine import fit, read_metrics
 from tests.engine.ddp_faults_worker import BATCH, EPOCHS, N
 from tests.engine.tiny import tiny_digits, tiny_net
 
@@ -80,16 +82,22 @@ def test_rank_0_failing_to_save_a_task_ends_every_rank_at_once(tmp_path):
 
 def test_resume_with_node_local_disks_equals_an_uninterrupted_run(tmp_path):
     assert [r.returncode for r in _worker("interrupted", tmp_path)] == [0, 0]
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"]) == (1, 2)  # mid-epoch: each rank skips 2 batches
     (tmp_path / "rank1-local").mkdir()
     runs = _worker("resume", tmp_path, tmp_path / "final.pt")
     assert [r.returncode for r in runs] == [0, 0], runs[1].stderr[-2000:]
     model = tiny_net()  # one process with the global batch sees the same samples
-    fit(model, tiny_digits(N), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        epochs=EPOCHS, batch_size=2 * BATCH, schedule="cosine", progress=False)
+    history = fit(model, tiny_digits(N), torch.optim.SGD(model.parameters(), lr=0.1,
+                                                         momentum=0.9),
+                  epochs=EPOCHS, batch_size=2 * BATCH, schedule="cosine", progress=False)
     ddp = torch.load(tmp_path / "final.pt", weights_only=True)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # Both ranks' partial sums of epoch 2 came back from the checkpoint.
+    resumed = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["train_loss"] for r in resumed] == pytest.approx(
+        [r["train_loss"] for r in history], rel=1e-5)
 
 
 def test_only_rank_0_speaks_under_the_command(tmp_path):

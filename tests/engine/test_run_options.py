@@ -17,9 +17,10 @@ def test_config_and_argv_give_the_run_options(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"stage": "finetune", "out": str(tmp_path / "o"), "engine": {
         "log": ["csv", "tensorboard"], "keep_best": 2, "best_metric": "val_accuracy",
-        "best_mode": "max", "patience": 4}}))
+        "best_mode": "max", "patience": 4, "save_every": 100}}))
     assert main(["finetune", "--config", str(path), "--model", "resnet18",
                  "--keep-last", "3", "--patience", "5"]) == 0
+    assert seen["save_every"] == 100
     assert seen["log"] == "csv,tensorboard" and seen["keep_best"] == 2
     assert seen["best_metric"] == "val_accuracy" and seen["best_mode"] == "max"
     assert seen["keep_last"] == 3 and seen["patience"] == 5  # the command line wins
@@ -28,7 +29,7 @@ def test_config_and_argv_give_the_run_options(tmp_path, monkeypatch):
 def test_strategies_hand_the_run_options_to_fit():
     # What fit() does with them is tested in test_loggers.py and test_policy.py.
     options = {"log": "csv", "log_every": 1, "keep_best": 1, "best_metric": "val_accuracy",
-               "best_mode": "max", "keep_last": 2, "patience": 3}
+               "best_mode": "max", "keep_last": 2, "patience": 3, "save_every": 7}
     model = create_model("resnet18", num_classes=4)
     for strategy in (FineTune(model, mode="full", **options),
                      Incremental(model, **{**options, "best_metric": "train_loss"}),

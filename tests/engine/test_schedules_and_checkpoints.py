@@ -1,38 +1,84 @@
-"""LR schedules and verified atomic checkpoints."""
+"""LR schedules (torch.optim.lr_scheduler against closed forms) and verified atomic
+checkpoints."""
 import pytest
 import torch
 
-from ptcore.engine import (load_checkpoint, make_schedule, save_checkpoint, schedule_factor,
-                           state_digest)
+import math
+
+from ptcore.engine import load_checkpoint, make_schedule, save_checkpoint, state_digest
+from ptcore.engine.checkpoint import payload_digest
+from ptcore.engine.schedules import resume_schedule
 
 
-def _curve(name, total=100, warmup=0.1):
-    return [schedule_factor(name, s, total, warmup) for s in range(total)]
+def _expected(name, s, total, warmup):
+    """The closed forms, written apart from ptcore.engine.schedules (which steps torch's
+    chained schedulers)."""
+    w = 0 if warmup == 0 else max(1, round(warmup * total))
+    if name == "slanted_triangular":
+        cut = max(1, w)
+        p = s / cut if s < cut else 1 - (s - cut) / max(1, total - cut)
+        return 1 / 32 + p * (1 - 1 / 32)
+    if name == "one_cycle":
+        if s < w:
+            return 0.04 + 0.96 * (1 - math.cos(math.pi * s / w)) / 2
+        return 1e-4 + (1 - 1e-4) * (1 + math.cos(math.pi * (s - w) / max(1, total - w))) / 2
+    if s < w:
+        return (s + 1) / (w + 1)
+    if name == "constant":
+        return 1.0
+    return (1 + math.cos(math.pi * (s - w) / (total - w))) / 2  # cosine
 
 
-def test_schedule_shapes():
-    cos = _curve("cosine")
-    assert cos[0] < cos[5] < cos[10] == pytest.approx(1.0, abs=0.01)  # linear warm-up
-    assert cos[-1] < 0.01 and all(a >= b for a, b in zip(cos[10:], cos[11:]))
-    stlr = _curve("slanted_triangular")
-    assert stlr[0] == pytest.approx(1 / 32) and max(stlr) == pytest.approx(1.0)
-    assert stlr.index(max(stlr)) == 10 and stlr[-1] < 0.1
-    oc = _curve("one_cycle", warmup=0.3)
-    assert oc[0] == pytest.approx(1 / 25) and oc.index(max(oc)) == 30 and oc[-1] < 0.01
-    assert _curve("constant", warmup=0.0) == [1.0] * 100
+def _optimizer(lrs=(0.5, 0.125)):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in lrs]
+    return torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)],
+                           momentum=0.9)
 
 
-def test_schedule_keeps_group_ratios():
-    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
-    opt = torch.optim.SGD([{"params": [params[0]], "lr": 1.0},
-                           {"params": [params[1]], "lr": 0.25}])
-    sched = make_schedule("cosine", opt, 20, 0.1)
-    for _ in range(7):
-        opt.step()
-        sched.step()
-        assert opt.param_groups[1]["lr"] == pytest.approx(0.25 * opt.param_groups[0]["lr"])
+@pytest.mark.parametrize("name", ["constant", "cosine", "one_cycle", "slanted_triangular"])
+def test_schedules_follow_their_closed_forms_and_keep_group_ratios(name):
+    for total, warmup in ((1, 0.0), (7, 0.3), (10, 0.1), (37, 0.0), (250, 0.05), (400, 0.5)):
+        opt = _optimizer()
+        sched = make_schedule(name, opt, total, warmup)
+        for s in range(total + 1):  # the rate at step `total` is what the last record shows
+            want = _expected(name, s, total, warmup)
+            lr0, lr1 = (g["lr"] for g in opt.param_groups)
+            assert lr0 == pytest.approx(0.5 * want, rel=1e-12, abs=1e-15), (total, warmup, s)
+            assert lr1 == pytest.approx(lr0 / 4, rel=1e-12, abs=1e-15), (total, warmup, s)
+            opt.step()
+            sched.step()
     with pytest.raises(ValueError, match="warmup"):
-        make_schedule("cosine", opt, 20, 1.5)
+        make_schedule(name, opt, 20, 1.5)
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "one_cycle", "slanted_triangular"])
+def test_a_schedule_resumes_exactly_and_follows_a_longer_run(name, tmp_path):
+    def run(total, steps, opt=None):
+        opt = opt or _optimizer()
+        sched = make_schedule(name, opt, total, 0.2)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+        return opt, sched
+
+    opt, sched = run(30, 11)
+    path = save_checkpoint(tmp_path / "c.pt", {}, scheduler=sched.state_dict(),
+                           optimizer=opt.state_dict())
+    ckpt = load_checkpoint(path)  # through the file: plain values, hashed by the digest
+    assert payload_digest(ckpt) == ckpt["sha256"]
+    full = [run(30, s)[0].param_groups[1]["lr"] for s in range(11, 31)]
+    for total, want in ((30, full), (50, [run(50, s)[0].param_groups[1]["lr"]
+                                          for s in range(11, 31)])):
+        opt = _optimizer()
+        sched = make_schedule(name, opt, total, 0.2)
+        opt.load_state_dict(ckpt["optimizer"])
+        resume_schedule(sched, opt, ckpt["scheduler"], same_length=total == 30)
+        got = []
+        for _ in range(20):
+            got.append(opt.param_groups[1]["lr"])
+            opt.step()
+            sched.step()
+        assert got == want, (name, total)  # bitwise: the same float operations
 
 
 def test_checkpoint_round_trip_and_verification(tmp_path):
