@@ -140,3 +140,23 @@ def test_unknown_augment_and_ptcore_run(tmp_path, capsys):
                      tensors=augment_ops(preprocessing("resnet18", None, image_size=16), "basic"))
     with pytest.raises(ValueError, match="simplecil trains nothing"):
         Incremental(tiny_net(), method="simplecil").fit([view], [test[0]])
+
+
+def test_a_resumed_run_augments_and_mixes_as_an_uninterrupted_one(tmp_path):
+    data = train_val_test_split(digits_dataset(12), 0.0, 0.9, seed=0)[0]  # ~180 images
+    train = augmented(data, images=None, tensors=augment_ops(
+        preprocessing("resnet18", None, image_size=12), "trivial"))
+
+    def run(out, epochs, resume=False):
+        ft = FineTune(tiny_net(seed=0), mode="full", epochs=epochs, batch_size=32, seed=0,
+                      progress=False, device="cpu", mixup=0.4, cutmix=1.0, schedule="constant")
+        if resume:  # another process: the global generator is elsewhere until resume sets it
+            torch.manual_seed(123)
+        ft.fit(train, out_dir=out, resume=resume)
+        return ft.model.state_dict()
+
+    with one_thread():
+        whole = run(tmp_path / "whole", 2)
+        run(tmp_path / "cut", 1)
+        resumed = run(tmp_path / "cut", 2, resume=True)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
