@@ -12,9 +12,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
                          epochs_help: str = "training epochs",
                          label_smoothing: bool = False) -> None:
     """Add --epochs --batch-size --lr --weight-decay --optimizer --momentum --nesterov
-    (--label-smoothing --mixup --cutmix if asked) --schedule --amp --precise-bn --num-workers --device --seed
-    --out --resume --overwrite --ddp-timeout --no-progress and the logging and checkpoint
-    options. ``--out`` is not required here: a --config may give it."""
+    (--label-smoothing --mixup --cutmix if asked) --schedule --amp --precise-bn
+    --num-workers --device --seed --out --resume --overwrite --ddp-timeout --no-progress and
+    the logging and checkpoint options. ``--out`` is not required here: a --config may give it."""
     from ptcore.engine.optim import OPTIMIZERS
     from ptcore.engine.schedules import SCHEDULES
 

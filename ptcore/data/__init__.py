@@ -19,6 +19,6 @@ __all__ = [
     "image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
     "dataset_from_spec", "official_splits", "folder_splits", "has_official_splits",
     "BENCHMARKS", "PYCIL_SEED", "class_order", "benchmark_splits", "benchmark_tasks",
-    "augmented", "targets_of", "LabeledSubset", "train_val_test_split", "class_subset", "class_tasks",
-    "k_shot", "hide_labels",
+    "augmented", "targets_of", "LabeledSubset", "train_val_test_split", "class_subset",
+    "class_tasks", "k_shot", "hide_labels",
 ]

@@ -33,8 +33,8 @@ class FineTune:
     ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
     ``nesterov``) with ``weight_decay`` (none on biases and norms); ``label_smoothing`` in
     the training loss; ``mixup``/``cutmix``: alphas of MixUp/CutMix on each training batch
-    (:mod:`ptcore.engine.mixing`; None or 0: off). unfreeze_every: every N epochs one more layer group is unfrozen
-    (ULMFiT).
+    (:mod:`ptcore.engine.mixing`; None or 0: off). unfreeze_every: every N epochs one more
+    layer group is unfrozen (ULMFiT).
     bn: BatchNorm of the trainable part, "train", "eval" (running stats fixed) or "frozen"
     (stats and affine fixed); frozen layers always keep their statistics.
     cache: use ptcore.FeatureCache for the frozen prefix when it is non-empty and the
@@ -147,7 +147,7 @@ class FineTune:
             data, self._input_start = self._cached_input(self.split_at(epoch), val, "val")
             return data.as_dataset() if self._input_start else data
 
-        classes = head_width(get_head(self.model))
+        classes = head_width(get_head(self.model)) if self.mix else None
 
         def step(model, batch):
             x, y = batch

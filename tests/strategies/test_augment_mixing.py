@@ -16,7 +16,7 @@ from ptcore.config import ConfigError, validate_config
 from ptcore.data import (augmented, class_subset, digits_dataset, is_deterministic,
                          train_val_test_split)
 from ptcore.models.preprocess import augment_ops, preprocessing
-from ptcore.strategies import FineTune, Incremental
+from ptcore.strategies import Distill, FineTune, Incremental
 from test_incremental_helpers import make, one_thread, scenario
 from tests.data.formats import write_image_folder
 from tests.engine.tiny import tiny_net
@@ -104,6 +104,25 @@ def test_the_command_augments_the_training_split_only(tmp_path, monkeypatch):
     assert isinstance(crop, v2.RandomResizedCrop) and crop.size == (24, 24)
     assert crop.interpolation == InterpolationMode.BICUBIC
     assert train[0][0].shape == val[0][0].shape == (3, 24, 24)
+
+
+def test_distill_augments_its_labelled_and_unlabelled_training_samples(tmp_path, monkeypatch):
+    import ptcore.models
+
+    seen = {}
+    monkeypatch.setattr(ptcore.models, "create_model", lambda name, **kw: tiny_net())
+    monkeypatch.setattr(Distill, "__init__", lambda self, teacher, student, **kw: None)
+    monkeypatch.setattr(Distill, "fit", lambda self, labelled, unlabelled, val, **kw: seen.update(
+        labelled=labelled, unlabelled=unlabelled, val=val) or {
+        "labelled": 0, "unlabelled": 0, "teacher_samples": 0})
+    monkeypatch.setattr(Distill, "evaluate", lambda self, data: {"accuracy": 0, "count": 0})
+    assert main(["distill", "--teacher", "resnet18", "--teacher-weights", "t.pt",
+                 "--student", "resnet18", "--image-size", "16", "--labels-per-class", "3",
+                 "--augment", "basic", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert not is_deterministic(seen["labelled"]) and not is_deterministic(seen["unlabelled"])
+    assert is_deterministic(seen["val"])
+    x = seen["labelled"][0][0]
+    assert x.shape == (3, 16, 16) and not torch.equal(x, seen["labelled"][0][0])
 
 
 @pytest.mark.parametrize("argv, config, message", [
