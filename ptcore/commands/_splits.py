@@ -38,13 +38,13 @@ def add_augment_argument(p) -> None:
 def augment_train(args, train, preprocessing=None):
     """``train`` read through ``--augment``'s transform at ``preprocessing`` (default: the
     model's, :func:`model_preprocessing`); in-memory tensors are cropped at their own size
-    (``--image-size``). With ``--augment none``, ``train`` itself."""
+    (``--image-size``). With ``--augment none`` (or a config's null), ``train`` itself."""
     from dataclasses import replace
 
     from ptcore.data import augmented
     from ptcore.models.preprocess import augment_ops, train_transform
 
-    if args.augment == "none":
+    if args.augment in (None, "none"):
         return train
     p = preprocessing or model_preprocessing(args)
     return augmented(train, images=train_transform(p, args.augment),

@@ -94,7 +94,7 @@ def _distill(args) -> dict:
 
     from ptcore.commands._splits import augment_train
 
-    if args.augment != "none" and args.mode == "offline":  # before any model or data loads
+    if args.augment not in (None, "none") and args.mode == "offline":  # before any model or data loads
         raise ValueError(f"--augment {args.augment} with --mode offline: the offline cache "
                          "holds the teacher's outputs for unaugmented images, not for the "
                          "freshly augmented ones the student sees; use --mode online")

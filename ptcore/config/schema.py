@@ -87,8 +87,8 @@ _DATA = {
     "download": Key((bool,), default=False, help="download a torchvision dataset"),
     "preprocess": Key((dict,), default={}, help="override the weights' preprocessing: "
                       "image_size, crop_size, resize_size, interpolation, mean, std"),
-    "augment": Key((str,), default="none", help="training-split augmentation: "
-                   + ", ".join(AUGMENTS) + " (docs/data.md)"),
+    "augment": Key((str, type(None)), help="training-split augmentation: "
+                   + ", ".join(AUGMENTS) + " (null: none; docs/data.md)"),
 }
 _PREPROCESS = {"image_size", "crop_size", "resize_size", "interpolation", "mean", "std"}
 _SECTIONS = {"model": _MODEL, "teacher": _MODEL, "data": _DATA}
@@ -179,7 +179,7 @@ _VALUES = {
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema": (lambda v: v is None or 0 < v < 1, "null or a decay in (0, 1), e.g. 0.999"),
-    "augment": (lambda v: v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
+    "augment": (lambda v: v is None or v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
     "mixup": _ALPHA, "cutmix": _ALPHA,
     "log_every": _POSITIVE_INT, "keep_last": _NON_NEGATIVE, "keep_best": _NON_NEGATIVE,
     "patience": _POSITIVE_INT, "best_mode": (lambda v: v in BEST_MODES, "min or max"),
@@ -287,7 +287,7 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
     if not partial and (cfg["data"]["benchmark"] or cfg["data"]["preprocess"]):
         raise ConfigError("data.benchmark and data.preprocess are read by `ptcore incremental "
                           "--config` and `ptcore finetune --config`, not yet by `ptcore run`")
-    if not partial and cfg["data"]["augment"] != "none":
+    if not partial and cfg["data"]["augment"] not in (None, "none"):
         raise ConfigError("data.augment is read by `ptcore finetune|incremental|distill "
                           "--config`, not yet by `ptcore run`")
     if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:

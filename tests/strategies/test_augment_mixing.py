@@ -151,9 +151,10 @@ def test_unknown_augment_and_ptcore_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--augment", "autoaugment"])
     assert "invalid choice: 'autoaugment'" in capsys.readouterr().err
+    cfg = {"stage": "finetune", "out": "o", "model": {"name": "resnet18"}}
+    assert validate_config({**cfg, "data": {"augment": None}})["data"]["augment"] is None
     with pytest.raises(ConfigError, match="data.augment is read by"):
-        validate_config({"stage": "finetune", "out": "o", "model": {"name": "resnet18"},
-                         "data": {"augment": "basic"}})
+        validate_config({**cfg, "data": {"augment": "basic"}})
     train, test = scenario()
     view = augmented(train[0], images=None,
                      tensors=augment_ops(preprocessing("resnet18", None, image_size=16), "basic"))
