@@ -12,9 +12,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
                          epochs_help: str = "training epochs",
                          label_smoothing: bool = False) -> None:
     """Add --epochs --batch-size --lr --weight-decay --optimizer --momentum --nesterov
-    (--label-smoothing if asked) --schedule --amp --precise-bn --num-workers --device --seed
-    --out --resume --overwrite --ddp-timeout --no-progress and the logging and checkpoint
-    options. ``--out`` is not required here: a --config may give it."""
+    (--label-smoothing --mixup --cutmix if asked) --schedule --amp --precise-bn
+    --num-workers --device --seed --out --resume --overwrite --ddp-timeout --no-progress and
+    the logging and checkpoint options. ``--out`` is not required here: a --config may give it."""
     from ptcore.engine.optim import OPTIMIZERS
     from ptcore.engine.schedules import SCHEDULES
 
@@ -31,6 +31,10 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     if label_smoothing:  # the strategies whose loss is a plain cross-entropy
         g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
                        help="cross-entropy against targets with EPS spread over all classes")
+        g.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp of each training "
+                       "batch with Beta(ALPHA, ALPHA) ratios, e.g. 0.2 (default: off)")
+        g.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix of each training "
+                       "batch, e.g. 1.0 (default: off; with --mixup: one of the two per batch)")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                    help="learning-rate schedule")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -129,7 +133,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             "best_metric": args.best_metric, "best_mode": args.best_mode,
             "patience": args.patience, "ema": args.ema, "optimizer": args.optimizer,
             "momentum": args.momentum, "nesterov": args.nesterov,
-            **({"label_smoothing": args.label_smoothing} if "label_smoothing" in args else {})}
+            **({"label_smoothing": args.label_smoothing, "mixup": args.mixup,
+                "cutmix": args.cutmix} if "label_smoothing" in args else {})}
 
 
 def strategy_kwargs(args: argparse.Namespace, **options) -> dict:

@@ -23,17 +23,49 @@ def add_data_arguments(p) -> None:
                    "resize_size, interpolation, mean/std as a/b/c")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset "
                    "that is not under the root")
+    add_augment_argument(p)
 
 
-def model_transform(args):
-    """The evaluation transform of the model's weights, with the overrides of
-    ``--image-size`` and ``--preprocess`` (docs/models.md)."""
-    from ptcore.models.preprocess import eval_transform, preprocessing
+def add_augment_argument(p) -> None:
+    from ptcore.models.preprocess import AUGMENTS
+
+    p.add_argument("--augment", choices=AUGMENTS, default="none",
+                   help="training-split augmentation at the model's preprocessing: basic "
+                   "(random resized crop + flip), trivial or randaugment (basic + that policy); "
+                   "none: the evaluation transform (docs/data.md)")
+
+
+def augment_train(args, train, preprocessing=None):
+    """``train`` read through ``--augment``'s transform at ``preprocessing`` (default: the
+    model's, :func:`model_preprocessing`); in-memory tensors are cropped at their own size
+    (``--image-size``). With ``--augment none`` (or a config's null), ``train`` itself."""
+    from dataclasses import replace
+
+    from ptcore.data import augmented
+    from ptcore.models.preprocess import augment_ops, train_transform
+
+    if args.augment in (None, "none"):
+        return train
+    p = preprocessing or model_preprocessing(args)
+    return augmented(train, images=train_transform(p, args.augment),
+                     tensors=augment_ops(replace(p, crop_size=args.image_size), args.augment))
+
+
+def model_preprocessing(args):
+    """The preprocessing of the model's weights, with the overrides of ``--image-size`` and
+    ``--preprocess`` (docs/models.md)."""
+    from ptcore.models.preprocess import preprocessing
 
     size = getattr(args, "image_size", None)
     overrides = {**({"image_size": size} if size else {}), **(args.preprocess or {})}
-    return eval_transform(preprocessing(args.model, getattr(args, "weights", None),
-                                        **overrides))
+    return preprocessing(args.model, getattr(args, "weights", None), **overrides)
+
+
+def model_transform(args):
+    """The evaluation transform of :func:`model_preprocessing`."""
+    from ptcore.models.preprocess import eval_transform
+
+    return eval_transform(model_preprocessing(args))
 
 
 def official_data(args, *, data: str, root: str | None, benchmark: str | None = None):

@@ -2,6 +2,7 @@
 and an unlabelled pool (ptcore.strategies.Distill)."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
+from ptcore.commands._splits import add_augment_argument
 
 from ptcore._kd_args import DIVERGENCES
 
@@ -33,6 +34,7 @@ def add_parser(sub):
                    help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--teacher-image-size", type=int,
                    help="the teacher's input size (inputs are resized for it)")
+    add_augment_argument(p)
     p.add_argument("--labels-per-class", type=int,
                    help="labels kept per class of the training split (default: all)")
     p.add_argument("--val", type=float, default=0.15, help="validation fraction")
@@ -87,13 +89,23 @@ def _distill(args) -> dict:
     from ptcore.data import (class_subset, dataset_from_spec, k_shot, targets_of,
                              train_val_test_split)
     from ptcore.models import create_model, get_head, head_width
+    from ptcore.models.preprocess import preprocessing
     from ptcore.strategies import Distill
 
+    from ptcore.commands._splits import augment_train
+
+    if args.augment not in (None, "none") and args.mode == "offline":  # before any model or data loads
+        raise ValueError(f"--augment {args.augment} with --mode offline: the offline cache "
+                         "holds the teacher's outputs for unaugmented images, not for the "
+                         "freshly augmented ones the student sees; use --mode online")
     data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
     if args.classes:
         data = class_subset(data, args.classes)
     classes = len(targets_of(data).unique())
     train, val, test = train_val_test_split(data, args.val, args.test, seed=args.seed)
+    # the evaluation transform here is ImageNet's defaults at --image-size: so is the training one
+    train = augment_train(args, train, preprocessing(args.student, None,
+                                                     image_size=args.image_size))
     labelled, unlabelled = (k_shot(train, args.labels_per_class, seed=args.seed)
                             if args.labels_per_class is not None else (train, None))
     progress = not args.no_progress

@@ -62,7 +62,7 @@ def _finetune(args) -> dict:
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
-    from ptcore.commands._splits import model_transform, official_data
+    from ptcore.commands._splits import augment_train, model_transform, official_data
 
     splits = official_data(args, data=args.data, root=args.data_root)
     if splits is None:
@@ -82,6 +82,7 @@ def _finetune(args) -> dict:
         test = splits["test"]
     if args.shots:
         train, _ = D.k_shot(train, args.shots, seed=args.seed)
+    train = augment_train(args, train)
     num_classes = len(D.targets_of(dataset).unique())
     model = create_model(args.model, num_classes=num_classes, weights=args.weights,
                          progress=not args.no_progress)

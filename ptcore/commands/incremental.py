@@ -73,7 +73,7 @@ def run(args) -> int:
 
 
 def _incremental(args) -> int:
-    from ptcore.commands._splits import model_transform, official_data
+    from ptcore.commands._splits import augment_train, model_transform, official_data
     from ptcore.data import (benchmark_tasks, class_subset, class_tasks, dataset_from_spec,
                              k_shot, train_val_test_split)
     from ptcore.engine import distributed as D
@@ -92,6 +92,7 @@ def _incremental(args) -> int:
         if args.data_classes:
             train, test = (class_subset(d, args.data_classes, relabel=False)
                            for d in (train, test))
+    train = augment_train(args, train)
     tasks = (benchmark_tasks(args.benchmark, args.tasks) if args.benchmark else args.tasks)
     train_tasks = class_tasks(train, tasks)
     if args.shots is not None:

@@ -19,6 +19,7 @@ from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS
 from ptcore.engine.policy import MODES as BEST_MODES
 from ptcore.engine.schedules import SCHEDULES
+from ptcore.models.preprocess import AUGMENTS
 
 from ptcore.errors import UserError
 
@@ -45,6 +46,7 @@ RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,)
                     "patience": (int, type(None)), "ema": (float, type(None))}
 ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
                                           "label_smoothing")
+ENGINE_KEYS += ("mixup", "cutmix")  # batch mixing alphas (ptcore.engine.mixing)
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
@@ -86,6 +88,8 @@ _DATA = {
     "download": Key((bool,), default=False, help="download a torchvision dataset"),
     "preprocess": Key((dict,), default={}, help="override the weights' preprocessing: "
                       "image_size, crop_size, resize_size, interpolation, mean, std"),
+    "augment": Key((str, type(None)), help="training-split augmentation: "
+                   + ", ".join(AUGMENTS) + " (null: none; docs/data.md)"),
 }
 _PREPROCESS = {"image_size", "crop_size", "resize_size", "interpolation", "mean", "std"}
 _SECTIONS = {"model": _MODEL, "teacher": _MODEL, "data": _DATA}
@@ -149,6 +153,7 @@ def _strategy_params(stage: str) -> dict[str, tuple]:
 _POSITIVE_INT = (lambda v: v is None or v >= 1, "a positive int")
 _FRACTION = (lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_ALPHA = (lambda v: v is None or v >= 0, "null/0 (off) or an alpha > 0")
 _VALUES = {
     "grad_clip": (lambda v: v is None or 0 < v < math.inf,
                   "null or a finite number > 0 (the largest gradient norm)"),
@@ -175,6 +180,8 @@ _VALUES = {
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema": (lambda v: v is None or 0 < v < 1, "null or a decay in (0, 1), e.g. 0.999"),
+    "augment": (lambda v: v is None or v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
+    "mixup": _ALPHA, "cutmix": _ALPHA,
     "log_every": _POSITIVE_INT, "keep_last": _NON_NEGATIVE, "keep_best": _NON_NEGATIVE,
     "save_every": _NON_NEGATIVE,
     "patience": _POSITIVE_INT, "best_mode": (lambda v: v in BEST_MODES, "min or max"),
@@ -220,7 +227,7 @@ def _class_id(c) -> bool:
 
 
 def _check_data(data: dict, stage: str) -> None:
-    for name in ("val", "test", "image_size", "shots"):
+    for name in ("val", "test", "image_size", "shots", "augment"):
         check_value(name, data[name], f"data.{name}")
     if data["classes"] is not None and not all(_class_id(c) for c in data["classes"]):
         raise ConfigError(f"data.classes must be a list of class ids, got {data['classes']!r}")
@@ -282,6 +289,9 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
     if not partial and (cfg["data"]["benchmark"] or cfg["data"]["preprocess"]):
         raise ConfigError("data.benchmark and data.preprocess are read by `ptcore incremental "
                           "--config` and `ptcore finetune --config`, not yet by `ptcore run`")
+    if not partial and cfg["data"]["augment"] not in (None, "none"):
+        raise ConfigError("data.augment is read by `ptcore finetune|incremental|distill "
+                          "--config`, not yet by `ptcore run`")
     if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:
         raise ConfigError(f"{source}: data.tasks (the classes of each task) is required by the "
                           "incremental stage")

@@ -2,6 +2,7 @@
 folders, torchvision datasets by name with their official splits, class-incremental
 benchmarks with their published class orders) and deterministic splits (train/val/test,
 class subsets and tasks, k-shot, unlabelled pool)."""
+from ptcore.data.augmented import augmented
 from ptcore.data.benchmarks import (BENCHMARKS, PYCIL_SEED, benchmark_splits, benchmark_tasks,
                                     class_order)
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, digits_dataset
@@ -18,6 +19,6 @@ __all__ = [
     "image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
     "dataset_from_spec", "official_splits", "folder_splits", "has_official_splits",
     "BENCHMARKS", "PYCIL_SEED", "class_order", "benchmark_splits", "benchmark_tasks",
-    "targets_of", "LabeledSubset", "train_val_test_split", "class_subset", "class_tasks",
-    "k_shot", "hide_labels",
+    "augmented", "targets_of", "LabeledSubset", "train_val_test_split", "class_subset",
+    "class_tasks", "k_shot", "hide_labels",
 ]

@@ -15,9 +15,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class TensorImageDataset(Dataset):
     """Images held in memory as ``[N, C, H, W]`` in [0, 1] (C = 1 or 3), returned as
     normalised 3-channel float32 ``x`` and int64 ``y``. Grey images are stored once and
-    expanded on access, so a large resize costs a third of the memory."""
+    expanded on access, so a large resize costs a third of the memory. ``transform`` (None:
+    none) maps one stored ``[C, H, W]`` image in [0, 1] to another before the normalisation,
+    e.g. a training augmentation (see :func:`ptcore.data.augmented`)."""
 
     deterministic = True  # no random transform: outputs of a frozen prefix are cacheable
+    transform = None
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], *,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -37,13 +40,18 @@ class TensorImageDataset(Dataset):
     def _normalise(self, img: torch.Tensor) -> torch.Tensor:
         return (img.expand(*img.shape[:-3], 3, *img.shape[-2:]) - self._mean) / self._std
 
+    def _images(self, idx) -> torch.Tensor:
+        if self.transform is None:
+            return self.images[idx]
+        return torch.stack([self.transform(img) for img in self.images[idx]])
+
     def __getitem__(self, i):
-        return self._normalise(self.images[i]), self.targets[i]
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, indices):
         # DataLoader calls this with a whole batch of indices: one vectorised normalisation.
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return list(zip(self._normalise(self.images[idx]).unbind(0), self.targets[idx].unbind(0)))
+        return list(zip(self._normalise(self._images(idx)).unbind(0), self.targets[idx].unbind(0)))
 
 
 def digits_dataset(image_size: int = 32, *, mean=IMAGENET_MEAN,

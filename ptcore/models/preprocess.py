@@ -4,7 +4,8 @@ torchvision weights carry their own evaluation transform (``weights.transforms()
 V2 resizes to 232, EfficientNet is bicubic, ViT SWAG is 384), timm models a data config
 (``resolve_data_config``). With such weights the default evaluation transform is exactly
 theirs, and the training transform is built from the same crop size, interpolation, mean and
-std (random resized crop + horizontal flip). Without them (random init, a local file) the
+std (random resized crop + horizontal flip, optionally TrivialAugmentWide or RandAugment:
+``AUGMENTS``). Without them (random init, a local file) the
 ImageNet defaults hold: resize to 256/224 of the crop, bilinear, ImageNet mean/std. Any
 field can be overridden (a config's ``data.preprocess``); then both transforms are built from
 the fields.
@@ -14,11 +15,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform"]
+__all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform",
+           "augment_ops", "AUGMENTS"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# Training augmentations by name: "none" trains on the evaluation transform; "basic" is a
+# random resized crop and a horizontal flip; "trivial" and "randaugment" add that policy.
+AUGMENTS = ("none", "basic", "trivial", "randaugment")
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,31 @@ def eval_transform(p: Preprocessing):
                       T.CenterCrop(p.crop_size), T.ToTensor(), T.Normalize(p.mean, p.std)])
 
 
-def train_transform(p: Preprocessing):
-    """PIL image -> normalised RGB tensor with a random resized crop at ``p.crop_size`` and a
-    horizontal flip, interpolation and normalisation of ``p`` (random: not cacheable)."""
-    from torchvision import transforms as T
+def augment_ops(p: Preprocessing, augment: str = "basic"):
+    """The random part of ``augment`` (a name of ``AUGMENTS`` but "none") at ``p``'s crop size
+    and interpolation, as one torchvision.transforms.v2 Compose: it takes a PIL image or an
+    image tensor (uint8, or float in [0, 1]) and returns the same kind, unnormalised."""
+    from torchvision.transforms import v2
 
-    return T.Compose([T.Lambda(_rgb), T.RandomResizedCrop(p.crop_size, interpolation=_mode(p)),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(p.mean, p.std)])
+    if augment not in AUGMENTS[1:]:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTS[1:])} here, got "
+                         f"{augment!r}")
+    mode = _mode(p)
+    ops = [v2.RandomResizedCrop(p.crop_size, interpolation=mode, antialias=True),
+           v2.RandomHorizontalFlip()]
+    if augment == "trivial":
+        ops.append(v2.TrivialAugmentWide(interpolation=mode))
+    elif augment == "randaugment":
+        ops.append(v2.RandAugment(interpolation=mode))
+    return v2.Compose(ops)
+
+
+def train_transform(p: Preprocessing, augment: str = "basic"):
+    """PIL image -> normalised RGB tensor: :func:`augment_ops` then the normalisation of
+    ``p`` (random: not cacheable)."""
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RGB(), augment_ops(p, augment), v2.ToImage(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std),
+                       v2.ToPureTensor()])

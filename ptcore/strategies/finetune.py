@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ptcore import engine
 from ptcore.data import is_deterministic
 from ptcore.engine import distributed as D
-from ptcore.models import (BN_MODES, StagedModel, blocks, freeze, split_index, stages,
-                           unfreeze)
+from ptcore.engine.mixing import BatchMix, soft_classification
+from ptcore.models import (BN_MODES, StagedModel, blocks, freeze, get_head, head_width,
+                           split_index, stages, unfreeze)
 from ptcore.strategies._param_groups import layer_decay_groups
 
 __all__ = ["FineTune", "MODES"]
@@ -32,12 +32,14 @@ class FineTune:
     lr: the head's learning rate; each layer group further from the head gets
     ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
     ``nesterov``) with ``weight_decay`` (none on biases and norms); ``label_smoothing`` in
-    the training loss. unfreeze_every: every N epochs one more layer group is unfrozen
-    (ULMFiT).
+    the training loss; ``mixup``/``cutmix``: alphas of MixUp/CutMix on each training batch
+    (:mod:`ptcore.engine.mixing`; None or 0: off). unfreeze_every: every N epochs one more
+    layer group is unfrozen (ULMFiT).
     bn: BatchNorm of the trainable part, "train", "eval" (running stats fixed) or "frozen"
     (stats and affine fixed); frozen layers always keep their statistics.
     cache: use ptcore.FeatureCache for the frozen prefix when it is non-empty and the
-    training data's transform is deterministic; the cache follows the split as it moves.
+    training data's transform is deterministic and no batch is mixed (MixUp/CutMix mix
+    images, not features); the cache follows the split as it moves.
     The rest go to :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
     BatchNorm statistics after each epoch, for short runs and low-momentum BatchNorm).
     """
@@ -50,7 +52,8 @@ class FineTune:
                  accumulate: int = 1, amp="auto", grad_clip: float | None = None,
                  seed: int = 0, device=None, progress: bool = True, num_workers: int | str = 0,
                  precise_bn: int = 0, label_smoothing: float = 0.0, optimizer: str = "adamw",
-                 momentum: float = 0.9, nesterov: bool = False, **run_options):
+                 momentum: float = 0.9, nesterov: bool = False, mixup: float | None = None,
+                 cutmix: float | None = None, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "partial") != (freeze is not None):
@@ -69,6 +72,7 @@ class FineTune:
         self.mode, self.bn, self.cache, self.cache_dtype = mode, bn, cache, cache_dtype
         self.unfreeze_every = unfreeze_every
         self.label_smoothing = engine.check_label_smoothing(label_smoothing)
+        self.mix = BatchMix(mixup, cutmix)
         self.device = torch.device(device) if device is not None else D.default_device()
         self.optimizer = engine.make_optimizer(
             layer_decay_groups(self.model, lr, layer_decay, weight_decay), optimizer,
@@ -102,7 +106,8 @@ class FineTune:
     def _cached_input(self, k: int, data, which: str):
         """(dataset to feed, first stage to run) for split ``k``: cached prefix features
         when that is allowed and useful, else the images themselves."""
-        if not (self.cache and k > 0 and is_deterministic(data)):
+        mixed = self.mix and which == "train"
+        if not (self.cache and k > 0 and is_deterministic(data)) or mixed:
             return data, 0
         key = (k, which)
         if key not in self._caches:
@@ -142,12 +147,14 @@ class FineTune:
             data, self._input_start = self._cached_input(self.split_at(epoch), val, "val")
             return data.as_dataset() if self._input_start else data
 
+        classes = head_width(get_head(self.model)) if self.mix else None
+
         def step(model, batch):
             x, y = batch
-            logits = model(x, start=self._input_start)
-            return {"loss": F.cross_entropy(logits.float(), y,
-                                            label_smoothing=self.label_smoothing),
-                    "accuracy": (logits.argmax(-1) == y).float().mean()}
+            if self.mix:
+                x, y = self.mix(x, y, classes)
+            return soft_classification(model(x, start=self._input_start), y,
+                                       label_smoothing=self.label_smoothing)
 
         def predict(model, batch):
             return model(batch[0], start=self._input_start), batch[1]

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Subset
 from ptcore import engine
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.engine import distributed as D
+from ptcore.engine.mixing import BatchMix
 from ptcore.engine.rng import get_rng_state, set_rng_state
 from ptcore.models import (StagedModel, expand_head, get_head, head_width, replace_head,
                            split_index, stages)
@@ -115,6 +116,8 @@ class Incremental:
     classes: the classes the model's head already holds, in row order (e.g. after
     fine-tuning on the first task, whose training is then skipped); None: the head is sized
     for the first task. freeze: a split point (e.g. "layer2") frozen throughout.
+    mixup/cutmix: MixUp/CutMix alphas on each training batch (class protocol; not with der,
+    simplecil, ranpac); LwF's snapshot then runs on the mixed batch instead of a cache.
     The rest go to :func:`ptcore.engine.fit` for every task (AdamW with ``lr``; e.g.
     ``precise_bn`` re-estimates BatchNorm statistics after each epoch).
     """
@@ -132,7 +135,8 @@ class Incremental:
                  grad_clip: float | None = None, cache: bool = True, seed: int = 0, device=None,
                  progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
                  label_smoothing: float = 0.0, optimizer: str = "adamw", momentum: float = 0.9,
-                 nesterov: bool = False, **run_options):
+                 nesterov: bool = False, mixup: float | None = None,
+                 cutmix: float | None = None, **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -174,6 +178,12 @@ class Incremental:
         engine.check_optimizer(optimizer, momentum, nesterov)
         self.optim = dict(optimizer=optimizer, momentum=momentum, nesterov=nesterov)
         self.label_smoothing = engine.check_label_smoothing(label_smoothing)
+        self.mix = BatchMix(mixup, cutmix)
+        if self.mix and (protocol == "task" or self.parts & {"der", "simplecil", "ranpac"}):
+            raise ValueError("mixup/cutmix mix the samples of the class protocol's one head: "
+                             "not with protocol='task' (a sample's rows are its own task's), "
+                             "der (its stored logits belong to the unmixed exemplars), "
+                             "simplecil or ranpac (they train nothing)")
         self.device = torch.device(device) if device is not None else D.default_device()
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
@@ -207,11 +217,15 @@ class Incremental:
     def _step_fn(self, groups, teacher):
         row_task = self.plan.row_task().to(self.device)
         der = self.logits is not None
+        rows = head_width(get_head(self.model))
 
         def step(model, batch):
             x, y, *cached = batch
             if der:
                 stored, width, *cached = cached
+            target = y
+            if self.mix:  # class protocol without DER: the loss below takes soft targets
+                x, target = self.mix(x, y, rows)
             logits = model(x).float()
             restricted = self._restrict(logits, y, row_task)
             if der and "replay" not in self.parts:  # DER: exemplars learn from logits only
@@ -220,8 +234,9 @@ class Incremental:
                                         label_smoothing=self.label_smoothing)
                         / new.sum().clamp_min(1))
             else:
-                loss = F.cross_entropy(restricted, y, label_smoothing=self.label_smoothing)
-            out = {"accuracy": (logits.argmax(-1) == y).float().mean()}
+                loss = F.cross_entropy(restricted, target, label_smoothing=self.label_smoothing)
+            hard = target if target.ndim == 1 else target.argmax(-1)
+            out = {"accuracy": (logits.argmax(-1) == hard).float().mean()}
             if der:
                 replayed = der_loss(logits, stored, width, topk=self.logits.topk,
                                     temperature=self.temperature)
@@ -270,7 +285,8 @@ class Incremental:
         else:
             parts = [own] + (self.memory.datasets(train) if self.memory is not None else [])
         data = union(parts)
-        if teacher is not None and self.cache and is_deterministic(data):
+        # Mixed batches: the teacher sees the mixed inputs, so it runs online on them.
+        if teacher is not None and self.cache and is_deterministic(data) and not self.mix:
             from ptcore.cache import FeatureCache
 
             data = _WithTeacher(data, FeatureCache(
@@ -473,6 +489,9 @@ class Incremental:
             raise ValueError(f"{self.method} needs data of every class, but classes "
                              f"{self.plan.classes[:self.plan.spans[0][0]]} of the model's head "
                              "are in no task")
+        if self.parts & {"simplecil", "ranpac"} and not all(map(is_deterministic, train_tasks)):
+            raise ValueError(f"{self.method} trains nothing: its class prototypes come once from "
+                             "the training data, which must be deterministic (augment 'none')")
         D.setup()  # before anything that reduces or broadcasts across processes
         self.model.to(self.device)
         train = [self.plan.remap(d) for d in train_tasks]

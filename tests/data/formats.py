@@ -54,14 +54,18 @@ def write_mnist(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) 
 
 
 def write_image_folder(root: Path, splits=("train", "val", "test"), classes=("cat", "dog"),
-                       per_class: int = 3, size: int = 40) -> None:
-    """``root/<split>/<class>/<i>.png|jpg``: PNG and JPEG files alternate."""
+                       per_class: int = 3, size: int = 40, noise: bool = False) -> None:
+    """``root/<split>/<class>/<i>.png|jpg``: PNG and JPEG files alternate; each image one
+    colour, or with ``noise`` random pixels (so crops and flips change it)."""
     from PIL import Image
 
+    rng = np.random.default_rng(0)
     for split in splits:
         for c, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(per_class):
-                img = Image.new("RGB", (size + 8 * i, size), (200 * c, 100, 50 + 10 * i))
+                img = (Image.fromarray(rng.integers(0, 256, (size, size + 8 * i, 3), np.uint8))
+                       if noise else
+                       Image.new("RGB", (size + 8 * i, size), (200 * c, 100, 50 + 10 * i)))
                 img.save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
