@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from ptcore import _kd_args, reference
 from ptcore._extension import has_native
+from ptcore.ops._row_signals import RowSignals, from_stats
 
 __all__ = ["fused_linear_kd_loss", "RowSignals"]
-
-# Row statistics of the kernels' [N, 7] stats (csrc/kd_math.h: enum Stat).
-_LOG_Z_S, _LOG_Z_T, _DIV = 1, 3, 5
-
-
-class RowSignals(NamedTuple):
-    """Per-row by-products of the fused forward (shape: the hidden states' leading dims,
-    float32, no gradient), at the loss's temperature: the teacher's and the student's top
-    probability (over the K kept classes, plus the tail bin, for a top-k teacher), and the
-    row's divergence D(p_t, p_s) before weights and T²."""
-    teacher_confidence: torch.Tensor
-    student_confidence: torch.Tensor
-    divergence: torch.Tensor
-
 
 @dataclass(frozen=True)
 class _Options:
@@ -322,6 +308,4 @@ def fused_linear_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Ten
         return loss
     if stats.shape[0] != n:
         raise RuntimeError("row signals need ptcore's native library")
-    signals = RowSignals((-stats[:, _LOG_Z_T]).exp().reshape(lead),
-                         (-stats[:, _LOG_Z_S]).exp().reshape(lead), stats[:, _DIV].reshape(lead))
-    return loss, signals
+    return loss, from_stats(stats, lead)
