@@ -50,7 +50,7 @@ def liger_available() -> str | None:
     if not torch.cuda.is_available():
         return "Liger-Kernel's kernels are Triton, CUDA only"
     try:
-        import liger_kernel.transformers  # noqa: F401
+        import liger_kernel.transformers  # noqa: F401 (only whether it imports)
     except ImportError as e:
         return f"liger_kernel is not importable ({e})"
     return None

@@ -104,17 +104,22 @@ def main(argv=None):
                    # the yardstick: the student's logits and their gradient
                    "logits_and_grad_mib": 2 * n * args.v * dtype.itemsize / MiB}
             for provider in providers:
-                row[provider] = _measure(provider, x, w, t, args.chunk or None, args, kw)
+                try:
+                    row[provider] = _measure(provider, x, w, t, args.chunk or None, args, kw)
+                except Exception as e:  # a third-party kernel's failure is a result, not ours
+                    if provider != "liger":
+                        raise
+                    row[provider] = {"error": f"{type(e).__name__}: {e}"}
             del x, w, t
             rows.append(row)
-            print(_line(row, providers), flush=True)
+            print(_line(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     return rows
 
 
-def _line(row, providers):
+def _line(row):
     u, f = row["unfused"], row["fused"]
     parts = [f"{row['teacher']:6} N={row['n']:<6d} chunk={row['chunk']:<5d}"]
     if "s" in u:
@@ -125,8 +130,10 @@ def _line(row, providers):
                      f"{f['extra_mib'] / row['logits_and_grad_mib']:.3f} of logits + grad "
                      f"{row['logits_and_grad_mib']:.0f}), grads {u['grads_mib']:.1f} MiB, "
                      f"peak ratio {f['peak_mib'] / u['peak_mib']:.3f}")
-    if "liger" in providers:
-        g = row["liger"]
+    g = row.get("liger", {})
+    if "error" in g:
+        parts.append(f"liger failed: {g['error'][:200]}")
+    elif g:
         parts.append("liger " + ", ".join(
             [f"{g['s']:.3f}s (fused/liger {f['s'] / g['s']:.2f}×)"] * ("s" in g)
             + [f"extra {g['extra_mib']:.1f} MiB"] * ("extra_mib" in g)))

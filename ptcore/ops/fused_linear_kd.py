@@ -287,7 +287,8 @@ def fused_linear_kd_loss(student_hidden: torch.Tensor, student_weight: torch.Ten
     weight costs a float32 ``[V, H]`` buffer (2 bytes a weight more than its gradient);
     ``False`` sums in the weight's own dtype, in place: one half-precision rounding per chunk
     where the unfused matmul rounds once (bfloat16, 32 chunks: 0.7% relative error in the
-    gradient's norm, against 0.3-0.5% for the float32 sum and for the unfused path). Gradients flow to ``student_hidden``, ``student_weight`` and ``student_bias``.
+    gradient's norm, against 0.3-0.5% for the float32 sum and for the unfused path).
+    Gradients flow to ``student_hidden``, ``student_weight`` and ``student_bias``.
 
     With ``return_row_signals=True`` returns ``(loss, RowSignals)``: per-row teacher and
     student confidence and divergence, read from the statistics the kernels keep anyway.

@@ -41,8 +41,9 @@ def kd_loss_topk(student_logits: torch.Tensor, teacher_values: torch.Tensor,
 
     Everything else (reductions, labels, ``ignore_index``, dtypes, gradients) is as in
     :func:`ptcore.kd_loss`, ``return_row_signals`` included (the teacher's confidence is
-    its top probability over its K bins, K + 1 with the tail). Storing K values + K indices instead of V logits is what makes
-    offline distillation practical for large label spaces.
+    its top probability over its K bins, K + 1 with the tail). Storing K values + K indices
+    instead of V logits is what makes offline distillation practical for large label
+    spaces.
     """
     _kd_args.check_hyper(temperature, reduction, "forward_kl", 0.5, hard_weight, soft_weight,
                          ignore_index)

@@ -48,3 +48,15 @@ def test_half_precision_modes_run(mode):
     assert "s" not in f and f["extra_mib"] > 0
     weight_grad = V * H * (4 if "--autocast" in mode else 2)
     assert f["grads_mib"] * 2 ** 20 == weight_grad + 24 * H * (4 if "--autocast" in mode else 2)
+
+
+@requires_native
+def test_a_failing_liger_is_reported_not_fatal(monkeypatch, capsys):
+    """Liger claimed available but failing (here: not installed, or Triton without a GPU):
+    the row says so and the table goes on."""
+    monkeypatch.setattr(fused_linear_table, "liger_available", lambda: None)
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # its import fails
+    rows = fused_linear_table.main(["--h", str(H), "--v", str(V), "--n", "12", "--teachers",
+                                    "full", "--memory-only", "--liger"])
+    assert "error" in rows[0]["liger"] and rows[0]["fused"]["extra_mib"] > 0
+    assert "liger failed" in capsys.readouterr().out

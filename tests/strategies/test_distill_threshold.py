@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import ptcore
 from ptcore.strategies._distill_teacher import distill_loss
 from test_distill_methods import reference_dkd
 
