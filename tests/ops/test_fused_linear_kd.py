@@ -192,6 +192,9 @@ def test_bfloat16_weight_gradient_summed_in_its_own_dtype(device, k):
     assert errors[True] < 7e-3 and errors[False] < 1.2e-2
     with pytest.raises(TypeError, match="fp32_weight_grad"):
         ptcore.fused_linear_kd_loss(*half, **teacher, fp32_weight_grad=1)
+    with pytest.raises(TypeError, match="fp32_weight_grad"):
+        ptcore.nn.FusedLinearKDLoss(fp32_weight_grad=None)
+    assert "fp32_weight_grad=False" in repr(ptcore.nn.FusedLinearKDLoss(fp32_weight_grad=False))
 
 
 @requires_native
