@@ -10,8 +10,14 @@
 #   suite   the whole test suite (full mode only)
 #   bench   benchmarks/kd_table.py at 4096×32000 and 8192×128256 (bf16; float32 too in full
 #           mode), with % of the GPU's peak memory bandwidth
+#   fused   benchmarks/fused_linear_table.py at the N=8192, H=4096, V=128256 (and
+#           N=2048 for the scaling), full and top-64 teacher: time and memory ratios of
+#           fused_linear_kd_loss against matmul + kd_loss, in bf16 (weights bf16, gradient
+#           summed in float32, then in bf16) and under autocast (float32 weights); against
+#           Liger-Kernel's fused linear losses when liger_kernel imports (LIGER_WHEEL=path
+#           to a liger_kernel wheel installs it first, --no-deps), else a line says skipped
 # Writes $OUT/summary.json (phase → status, seconds) and one log per phase in $OUT.
-# Budget: about 8 minutes on one H200 (16 cores), about 3 with --quick.
+# Budget: about 9 minutes on one H200 (16 cores), about 4 with --quick.
 set -uo pipefail
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
@@ -69,5 +75,18 @@ DTYPES=bfloat16
 phase bench "$PY" benchmarks/kd_table.py --shapes vocab32k,gpu128k --dtypes "$DTYPES" \
   --rounds $((QUICK ? 3 : 10)) --json "$OUT/kd_table.json"
 cat "$OUT/bench.log"
+
+fused() {
+  if [[ -n "${LIGER_WHEEL:-}" ]]; then
+    "$PY" -m pip install --no-deps -q "$LIGER_WHEEL" || echo "liger: $LIGER_WHEEL did not install"
+  fi
+  local table=("$PY" benchmarks/fused_linear_table.py --h 4096 --v 128256 --dtype bfloat16
+               --rounds $((QUICK ? 3 : 10)))
+  "${table[@]}" --n 2048 8192 --liger --json "$OUT/fused_linear_bf16.json" &&
+  "${table[@]}" --n 8192 --weight-dtype-sum --liger --json "$OUT/fused_linear_bf16_sum.json" &&
+  "${table[@]}" --n 8192 --autocast --json "$OUT/fused_linear_autocast.json"
+}
+phase fused fused
+cat "$OUT/fused.log"
 echo "GPU CHECK PASSED"
 cat "$SUMMARY"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ptcore import _kd_args
 
 __all__ = ["kd_loss", "kd_loss_rows", "kd_loss_topk", "fused_linear_kd_loss", "quantize_rows",
-           "gather_rows"]
+           "gather_rows", "kd_row_signals", "kd_topk_row_signals"]
 
 
 def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -108,13 +108,19 @@ def kd_loss_topk_rows(student, teacher_values, teacher_indices, labels, temperat
 _EMPTY_TAIL = 2.0 ** -20
 
 
-def _tail_bucket_kl(s, log_probs, idx, temperature):
-    """KL over K + 1 bins: the teacher's K log-probabilities and the rest of its mass
-    (tempered together), against the student's probabilities of the K classes and the sum of
-    its probabilities over every other class (summed, not 1 − Σ: no cancellation here)."""
+def _tail_log_q(log_probs, temperature):
+    """The teacher's K + 1 bins at T (its K log-probabilities and the rest of its mass,
+    tempered together), and that rest [N, 1] (0 where empty)."""
     rest = 1.0 - log_probs.exp().sum(dim=-1, keepdim=True)
     rest = torch.where(rest < _EMPTY_TAIL, 0.0, rest)
-    log_q = torch.log_softmax(torch.cat([log_probs, rest.log()], dim=-1) / temperature, dim=-1)
+    return torch.log_softmax(torch.cat([log_probs, rest.log()], dim=-1) / temperature, dim=-1), rest
+
+
+def _tail_bucket_kl(s, log_probs, idx, temperature):
+    """KL over K + 1 bins: the teacher's K log-probabilities and the rest of its mass,
+    against the student's probabilities of the K classes and the sum of its probabilities
+    over every other class (summed, not 1 − Σ: no cancellation here)."""
+    log_q, rest = _tail_log_q(log_probs, temperature)
     p_s = torch.softmax(s / temperature, dim=-1)
     off_k = torch.ones_like(p_s).scatter(-1, idx, 0.0)
     # Where the teacher's tail is empty the student's is not looked at (no 0 · log 0 gradient).
@@ -122,6 +128,40 @@ def _tail_bucket_kl(s, log_probs, idx, temperature):
     p_tail = p_tail.clamp_min(_EMPTY_TAIL)
     log_p = torch.cat([p_s.gather(-1, idx), p_tail], dim=-1).log()
     return _kl(log_q, log_p)
+
+
+def _top_probability(log_p):
+    """Each row's largest probability; 0 for a row with no classes (a teacher that kept none)."""
+    if log_p.shape[-1] == 0:
+        return log_p.new_zeros(log_p.shape[:-1])
+    return log_p.amax(dim=-1).exp()
+
+
+def kd_row_signals(student, teacher, temperature, divergence, beta):
+    """(teacher confidence, student confidence, divergence) per row of [N, V] logits: the top
+    probabilities of softmax(· / T) and D(p_t, p_s), what ptcore.ops.RowSignals holds (for
+    JSD its student half KL(p_s ‖ m))."""
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    log_ps = _log_softmax(student.detach().to(acc), temperature)
+    log_pt = _log_softmax(teacher.detach().to(acc), temperature)
+    if divergence == "forward_kl":
+        div = _kl(log_pt, log_ps)
+    elif divergence == "reverse_kl":
+        div = _kl(log_ps, log_pt)
+    else:
+        div = _kl(log_ps, _log_mixture(log_pt, log_ps, beta))
+    return _top_probability(log_pt), _top_probability(log_ps), div
+
+
+def kd_topk_row_signals(student, teacher_values, teacher_indices, temperature, tail_bucket):
+    """kd_row_signals for a top-k teacher: its confidence over its K bins (K + 1 with the
+    tail bucket), the student's over all V classes."""
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    s, v = student.detach().to(acc), teacher_values.detach().to(acc)
+    div = kd_loss_topk_rows(s, v, teacher_indices, None, temperature, 0.0, 1.0, -100, False,
+                            tail_bucket)
+    log_q = _tail_log_q(v, temperature)[0] if tail_bucket else _log_softmax(v, temperature)
+    return (_top_probability(log_q), _top_probability(_log_softmax(s, temperature)), div)
 
 
 def kd_loss(student_logits, teacher_logits, *, temperature=1.0, reduction="batchmean",

@@ -18,12 +18,14 @@ class FusedLinearKDLoss(torch.nn.Module):
     def __init__(self, *, temperature: float = 1.0, reduction: str = "batchmean",
                  divergence: str = "forward_kl", beta: float = 0.5, hard_weight: float = 0.0,
                  soft_weight: float = 1.0, ignore_index: int = -100, scale_by_t2: bool = True,
-                 tail_bucket: bool = False, chunk_size: int | None = None):
+                 tail_bucket: bool = False, chunk_size: int | None = None,
+                 fp32_weight_grad: bool = True):
         super().__init__()
         _kd_args.check_hyper(temperature, reduction, divergence, beta, hard_weight, soft_weight,
                              ignore_index)
-        if not isinstance(tail_bucket, bool):
-            raise TypeError(f"tail_bucket must be a bool, got {type(tail_bucket).__name__}")
+        for name, flag in (("tail_bucket", tail_bucket), ("fp32_weight_grad", fp32_weight_grad)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         if chunk_size is not None and (isinstance(chunk_size, bool)
                                        or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -31,7 +33,8 @@ class FusedLinearKDLoss(torch.nn.Module):
                             divergence=divergence, beta=float(beta),
                             hard_weight=float(hard_weight), soft_weight=float(soft_weight),
                             ignore_index=ignore_index, scale_by_t2=bool(scale_by_t2),
-                            tail_bucket=tail_bucket, chunk_size=chunk_size)
+                            tail_bucket=tail_bucket, chunk_size=chunk_size,
+                            fp32_weight_grad=fp32_weight_grad)
 
     def forward(self, student_hidden: torch.Tensor, student_weight: torch.Tensor,
                 student_bias: torch.Tensor | None = None, labels: torch.Tensor | None = None,

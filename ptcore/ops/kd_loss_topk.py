@@ -7,6 +7,7 @@ import torch
 from ptcore import _kd_args, reference
 from ptcore._extension import has_native
 from ptcore.ops import _row_loss
+from ptcore.ops._row_signals import RowSignals, from_stats
 
 __all__ = ["kd_loss_topk"]
 
@@ -15,7 +16,8 @@ def kd_loss_topk(student_logits: torch.Tensor, teacher_values: torch.Tensor,
                  teacher_indices: torch.Tensor, *, temperature: float = 1.0,
                  reduction: str = "batchmean", labels: torch.Tensor | None = None,
                  hard_weight: float = 0.0, soft_weight: float = 1.0, ignore_index: int = -100,
-                 scale_by_t2: bool = True, tail_bucket: bool = False) -> torch.Tensor:
+                 scale_by_t2: bool = True, tail_bucket: bool = False,
+                 return_row_signals: bool = False):
     r"""Forward-KL distillation against a teacher kept as K logits or log-probabilities per row.
 
     Shapes: ``student_logits`` ``[..., V]``; ``teacher_values`` (any float dtype) and
@@ -38,8 +40,10 @@ def kd_loss_topk(student_logits: torch.Tensor, teacher_values: torch.Tensor,
     (or more: logits) has an empty tail and gets the renormalised loss.
 
     Everything else (reductions, labels, ``ignore_index``, dtypes, gradients) is as in
-    :func:`ptcore.kd_loss`. Storing K values + K indices instead of V logits is what makes
-    offline distillation practical for large label spaces.
+    :func:`ptcore.kd_loss`, ``return_row_signals`` included (the teacher's confidence is
+    its top probability over its K bins, K + 1 with the tail). Storing K values + K indices
+    instead of V logits is what makes offline distillation practical for large label
+    spaces.
     """
     _kd_args.check_hyper(temperature, reduction, "forward_kl", 0.5, hard_weight, soft_weight,
                          ignore_index)
@@ -51,11 +55,15 @@ def kd_loss_topk(student_logits: torch.Tensor, teacher_values: torch.Tensor,
             bool(scale_by_t2), tail_bucket)
     if has_native():
         grad_scale, compute_grad = _row_loss.forward_args(s, lab, ignore_index, reduction)
-        rows, _, _ = torch.ops.ptcore.kd_loss_topk_rows(s, v.detach(), i, lab, *args,
-                                                        grad_scale, compute_grad)
+        rows, stats, _ = torch.ops.ptcore.kd_loss_topk_rows(s, v.detach(), i, lab, *args,
+                                                            grad_scale, compute_grad)
+        signals = return_row_signals and from_stats(stats, lead)
     else:
         rows = reference.kd_loss_topk_rows(s, v, i, lab, *args)
-    return _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
+        signals = return_row_signals and RowSignals(*(x.reshape(lead) for x in (
+            reference.kd_topk_row_signals(s, v, i, args[0], tail_bucket))))
+    loss = _kd_args.reduce_rows(rows, lab, ignore_index, reduction, s.shape[-1], lead)
+    return (loss, signals) if return_row_signals else loss
 
 
 if has_native():

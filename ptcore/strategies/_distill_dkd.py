@@ -21,19 +21,22 @@ def _binary(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> t
 
 def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
              temperature: float, alpha: float = 1.0, beta: float = 8.0,
-             reduction: str = "batchmean") -> torch.Tensor:
+             reduction: str = "batchmean", return_target_prob: bool = False):
     r"""Per row :math:`T^2(\alpha\,KL(b_t\|b_s) + \beta\,KL(\hat p_t\|\hat p_s))` with
     :math:`b = (p_y, 1-p_y)`, :math:`p = \mathrm{softmax}(z/T)`, and :math:`\hat p` the
     softmax over the classes other than ``target`` :math:`y`. Shapes: logits ``[n, V]``,
-    ``target`` ``[n]`` int64; ``reduction`` "sum" or "batchmean"."""
-    if student.shape[0] == 0:
-        return student.sum() * 0.0
+    ``target`` ``[n]`` int64; ``reduction`` "sum", "batchmean" or "none" ([n]). With
+    ``return_target_prob`` also returns the teacher's :math:`p_y` at T ([n], no gradient),
+    read off the two-class rows the target-class term builds anyway."""
     teacher = teacher.to(student.dtype)
     is_target = torch.zeros_like(student, dtype=torch.bool).scatter_(1, target[:, None], True)
-    tckd = kd_loss(_binary(student, target, temperature),
-                   _binary(teacher, target, temperature),
+    binary_t = _binary(teacher, target, temperature)
+    tckd = kd_loss(_binary(student, target, temperature), binary_t,
                    temperature=temperature, reduction=reduction)
     nckd = kd_loss(student.masked_fill(is_target, float("-inf")),
                    teacher.masked_fill(is_target, float("-inf")),
                    temperature=temperature, reduction=reduction)
-    return alpha * tckd + beta * nckd
+    loss = alpha * tckd + beta * nckd
+    if not return_target_prob:
+        return loss
+    return loss, torch.softmax(binary_t.float() / temperature, dim=-1)[:, 0]

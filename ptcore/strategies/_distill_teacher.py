@@ -59,7 +59,7 @@ def unpack(rows: torch.Tensor, topk: int | None) -> tuple[torch.Tensor, ...]:
     return rows[:, :topk], rows[:, topk:].long()
 
 
-def _kd(student: torch.Tensor, teacher: tuple[torch.Tensor, ...], **kw) -> torch.Tensor:
+def _kd(student: torch.Tensor, teacher: tuple[torch.Tensor, ...], **kw):
     values = teacher[0].to(student.dtype)
     if len(teacher) == 1:
         return ptcore.kd_loss(student, values, **kw)
@@ -80,29 +80,42 @@ def distill_loss(student_logits: torch.Tensor, labels: torch.Tensor,
     when ``teacher`` is top-k). ``divergence``/``beta`` replace the forward KL as in
     :func:`ptcore.kd_loss` (full logits only); ``dkd`` = (α, β) replaces the soft term by
     :func:`~ptcore.strategies._distill_dkd.dkd_loss`, whose target class is the label, or
-    the teacher's top class on unlabelled rows. Labelled rows always count; unlabelled rows (label
-    ``ignore_index``) count when the teacher's confidence, its top probability at T = 1,
-    is at least ``threshold``. Returns ``{"loss", "pseudo"}`` (pseudo: the share of the
+    the teacher's top class on unlabelled rows. Labelled rows always count; unlabelled rows
+    (label ``ignore_index``) count when the teacher's confidence, its top probability
+    :math:`\max p_t` at the distillation temperature T (the target these rows learn from),
+    is at least ``threshold``. The confidence comes with the loss itself (the kernel's row
+    statistics; DKD's two-class target term), so no other pass over the teacher's logits
+    runs; the unlabelled rows' losses are computed per row and the others masked out, which
+    gives them no gradient. Returns ``{"loss", "pseudo"}`` (pseudo: the share of the
     batch's rows that learn from the teacher alone)."""
     labelled = labels != ignore_index
-    pseudo = ~labelled
-    if threshold is not None:
-        pseudo &= torch.softmax(teacher[0].float(), dim=-1).amax(dim=-1) >= threshold
+    unlabelled = ~labelled
     if dkd is not None:
-        counted = labelled | pseudo
         target = torch.where(labelled, labels, teacher[0].argmax(-1))
-        soft = dkd_loss(student_logits[counted], teacher[0][counted], target[counted],
-                        temperature=temperature, alpha=dkd[0], beta=dkd[1], reduction="sum")
+        rows, confidence = dkd_loss(student_logits, teacher[0], target, temperature=temperature,
+                                    alpha=dkd[0], beta=dkd[1], reduction="none",
+                                    return_target_prob=True)
+        pseudo = unlabelled if threshold is None else unlabelled & (confidence >= threshold)
+        counted = labelled | pseudo
+        soft = torch.where(counted, rows, 0.0).sum()
         hard = F.cross_entropy(student_logits[labelled].float(), labels[labelled],
                                reduction="sum") if labelled.any() else soft * 0.0
         return {"loss": (soft_weight * soft + hard_weight * hard) / counted.sum().clamp_min(1),
                 "pseudo": pseudo.float().mean()}
     # kd_loss gives ignore_index rows no loss at all, so the two kinds of rows go separately.
-    kw = dict(temperature=temperature, soft_weight=soft_weight, reduction="sum")
+    kw = dict(temperature=temperature, soft_weight=soft_weight)
     if len(teacher) == 1:
         kw.update(divergence=divergence, beta=beta)
-    total = (_kd(student_logits[labelled], tuple(t[labelled] for t in teacher),
-                 labels=labels[labelled], hard_weight=hard_weight, **kw)
-             + _kd(student_logits[pseudo], tuple(t[pseudo] for t in teacher), **kw))
+    total = _kd(student_logits[labelled], tuple(t[labelled] for t in teacher),
+                labels=labels[labelled], hard_weight=hard_weight, reduction="sum", **kw)
+    rows = _kd(student_logits[unlabelled], tuple(t[unlabelled] for t in teacher),
+               reduction="none", return_row_signals=threshold is not None, **kw)
+    pseudo = unlabelled
+    if threshold is not None:
+        rows, signals = rows
+        confident = signals.teacher_confidence >= threshold
+        rows = torch.where(confident, rows, 0.0)
+        pseudo = unlabelled.clone()
+        pseudo[unlabelled] = confident
     counted = (labelled.sum() + pseudo.sum()).clamp_min(1)
-    return {"loss": total / counted, "pseudo": pseudo.float().mean()}
+    return {"loss": (total + rows.sum()) / counted, "pseudo": pseudo.float().mean()}

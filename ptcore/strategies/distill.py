@@ -85,8 +85,9 @@ class Distill:
     :class:`ptcore.FeatureCache` and served every epoch; the data must be deterministic).
     topk: distil against the teacher's K largest logits only (``ptcore.kd_loss_topk``); the
     offline cache then holds K values + K indices per sample instead of V logits.
-    threshold: unlabelled samples count only where the teacher's top probability (T = 1) is
-    at least this.
+    threshold: unlabelled samples count only where the teacher's top probability at the
+    distillation temperature (the soft target they learn from; over the K kept classes with
+    ``topk``) is at least this; read from the loss kernel's row statistics, no extra pass.
     method: the logit term, "kd" (``divergence``: "forward_kl", "reverse_kl" or "jsd" with
     ``beta``, as in :func:`ptcore.kd_loss`) or "dkd" (decoupled KD, ``dkd_alpha`` on the
     target-class term, ``dkd_beta`` on the non-target term), optionally joined by "+" with a

@@ -171,6 +171,33 @@ def test_half_precision_and_autocast(dtype):
 
 
 @requires_native
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k", [None, 16])
+def test_bfloat16_weight_gradient_summed_in_its_own_dtype(device, k):
+    """fp32_weight_grad=False: a bfloat16 sum over 32 chunks, in place; the default float32
+    sum goes through blocks of V. Measured (CPU) relative error of the gradient (norm) 0.7%,
+    float32 sum 0.3-0.5% (docstring); asserted with margins."""
+    x, w, b, teacher, _ = _case(512, 64, 1000, k=k, device=device)
+    want = _reference64(x, w, b, teacher, temperature=2.0)[2]
+    half = [t.to(torch.bfloat16) for t in (x, w, b)]
+    teacher = {n: t.to(torch.bfloat16) if t.is_floating_point() and n != "teacher_values" else t
+               for n, t in teacher.items()}
+    errors = {}
+    for fp32 in (True, False):
+        leaves = [t.clone().requires_grad_() for t in half]
+        ptcore.fused_linear_kd_loss(*leaves, **teacher, temperature=2.0, chunk_size=16,
+                                    fp32_weight_grad=fp32).backward()
+        assert leaves[1].grad.dtype == torch.bfloat16
+        errors[fp32] = ((leaves[1].grad.double().cpu() - want).norm() / want.norm()).item()
+    assert errors[True] < 7e-3 and errors[False] < 1.2e-2
+    with pytest.raises(TypeError, match="fp32_weight_grad"):
+        ptcore.fused_linear_kd_loss(*half, **teacher, fp32_weight_grad=1)
+    with pytest.raises(TypeError, match="fp32_weight_grad"):
+        ptcore.nn.FusedLinearKDLoss(fp32_weight_grad=None)
+    assert "fp32_weight_grad=False" in repr(ptcore.nn.FusedLinearKDLoss(fp32_weight_grad=False))
+
+
+@requires_native
 def test_row_signals_are_the_rows_statistics():
     x, w, b, teacher, _ = _case(9, 8, 60)
     T = 2.0

@@ -84,7 +84,8 @@ def make(teacher, student=None, **kw):
 # -- the loss ------------------------------------------------------------------------------
 def expected_loss(s, y, t, T, soft, hard, indices=None, threshold=None):
     """The formula, in plain PyTorch: teacher distribution over all classes, or over its
-    kept classes ``indices`` (renormalised); unlabelled rows count when confident."""
+    kept classes ``indices`` (renormalised); unlabelled rows count when the teacher's top
+    probability at T is at least ``threshold``."""
     if indices is not None:  # the classes not kept get probability 0
         t = torch.full_like(s, -math.inf).scatter(1, indices, t)
     p_t = torch.softmax(t / T, -1)
@@ -92,7 +93,7 @@ def expected_loss(s, y, t, T, soft, hard, indices=None, threshold=None):
     labelled = y != -100
     ce = F.cross_entropy(s, y.clamp_min(0), reduction="none") * labelled
     confident = (torch.ones_like(labelled) if threshold is None
-                 else torch.softmax(t, -1).amax(-1) >= threshold)
+                 else torch.softmax(t.double() / T, -1).amax(-1) >= threshold)
     counts = labelled | confident
     rows = (soft * T * T * kl + hard * ce) * counts
     return rows.sum() / counts.sum()
