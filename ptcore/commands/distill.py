@@ -45,7 +45,8 @@ def add_parser(sub):
     p.add_argument("--soft-weight", type=float, default=1.0)
     p.add_argument("--hard-weight", type=float, default=1.0)
     p.add_argument("--threshold", type=float,
-                   help="use unlabelled samples where the teacher's confidence at --temperature is at least this")
+                   help="use unlabelled samples where the teacher's confidence at "
+                   "--temperature is at least this")
     p.add_argument("--method", default="kd", help="kd (Hinton) or dkd (decoupled KD), "
                    "optionally + fitnets or at (feature KD between the --features layers)")
     p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
