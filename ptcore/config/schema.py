@@ -241,6 +241,9 @@ def _check_data_source(data: dict, stage: str) -> None:
     if bench is not None and (stage != "incremental" or bench not in BENCHMARKS):
         raise ConfigError(f"data.benchmark belongs to the incremental stage and must be one of "
                           f"{', '.join(BENCHMARKS)}, got {bench!r}")
+    if bench is not None and isinstance(data["tasks"], list):
+        raise ConfigError("data.tasks must be a task count with data.benchmark (the benchmark "
+                          "fixes the class order)")
     unknown = sorted(set(data["preprocess"]) - _PREPROCESS)
     if unknown:
         raise ConfigError(f"data.preprocess: unknown key(s) {unknown}; allowed: "
@@ -277,9 +280,6 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
         if name in raw or name in ("model", "data"):
             cfg[name] = _section(raw.get(name, {}), _SECTIONS[name], name, partial)
     _check_data(cfg["data"], stage)
-    if not partial and (cfg["data"]["benchmark"] or cfg["data"]["preprocess"]):
-        raise ConfigError("data.benchmark and data.preprocess are read by `ptcore incremental "
-                          "--config` and `ptcore finetune --config`, not yet by `ptcore run`")
     if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:
         raise ConfigError(f"{source}: data.tasks (the classes of each task) is required by the "
                           "incremental stage")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform"]
+__all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform",
+           "model_transform"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,3 +130,15 @@ def train_transform(p: Preprocessing):
 
     return T.Compose([T.Lambda(_rgb), T.RandomResizedCrop(p.crop_size, interpolation=_mode(p)),
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(p.mean, p.std)])
+
+
+def model_transform(model: str, weights=None, *, image_size: int | None = None,
+                    overrides: dict | None = None):
+    """The evaluation transform the commands and `ptcore run` read data with: the model's
+    weights' preprocessing at ``image_size`` (``--image-size``, a config's
+    ``data.image_size``) with ``overrides`` (``--preprocess``, ``data.preprocess``); an
+    override of the size (``image_size`` or ``crop_size``) wins over ``image_size``."""
+    overrides = dict(overrides or {})
+    if image_size and not {"image_size", "crop_size"} & set(overrides):
+        overrides["image_size"] = image_size
+    return eval_transform(preprocessing(model, weights, **overrides))
