@@ -63,9 +63,10 @@ def _model(section: dict, *, num_classes=None, pretrained: bool = True):
 
 def _fresh_head(model):
     """A new task gets a new head even when the weights' head has the same size."""
-    from ptcore.models import get_head
+    from ptcore.models import get_heads
 
-    get_head(model).reset_parameters()
+    for head in get_heads(model):
+        head.reset_parameters()
     return model
 
 
