@@ -4,7 +4,8 @@ environment variables): ``python ddp_faults_worker.py SCENARIO OUT [RESULT]``.
 rank1_exits: rank 1 dies (os._exit) mid-epoch; save_fails: rank 0's checkpoint write
 raises ENOSPC; interrupted: both stop at the start of epoch 2 (after its checkpoint);
 resume: continue, rank 1 with an empty out folder (a node-local disk), rank 0 saves the
-final weights to RESULT."""
+final weights to RESULT; log: a whole run with the CSV and TensorBoard loggers, rank 1 with
+its own out folder (which must stay empty)."""
 import errno
 import os
 import sys
@@ -38,14 +39,15 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
         def full_disk(*args, **kwargs):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "last.pt")
         loop.save_checkpoint = full_disk
-    if scenario == "resume" and rank == 1:
+    if scenario in ("resume", "log") and rank == 1:
         out = os.path.join(out, "rank1-local")
+    log = ("csv", "tensorboard") if scenario == "log" else ("jsonl",)
     model = tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     try:
         fit(model, tiny_digits(N), opt, epochs=EPOCHS, batch_size=BATCH, step_fn=step,
             schedule="cosine", out_dir=out, resume=scenario == "resume", progress=False,
-            on_epoch_start=[stop])
+            on_epoch_start=[stop], log=log, log_every=1)
         if result is not None and rank == 0:
             torch.save(model.state_dict(), result)
     finally:
