@@ -16,7 +16,8 @@ groups would train every layer at the base rate. (2) Its layers are
 ``group_matcher(coarse=False)`` ids (each ConvNeXt block: 14 layers for convnext_atto)
 while ptcore's layer groups are :func:`ptcore.models.blocks` (7 for convnext_atto): stage
 ranges from ``group_matcher(coarse=True)`` that gradual unfreezing and the feature cache
-also cut at, built by one rule for torchvision and timm models. What is timm's is reused: its group matcher and its no-decay lists.
+also cut at, built by one rule for torchvision and timm models. What is timm's is reused:
+its group matcher and its no-decay lists.
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 real formats; class orders of the benchmarks; the offline error."""
 import numpy as np
 import pytest
-import torch
 import torchvision.datasets as tvd
 
 from ptcore import data as D

@@ -64,8 +64,8 @@ def test_torchvision_models_follow_the_same_rule():
                                                num_heads=2, hidden_dim=16, mlp_dim=32)
     swin = SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2], num_heads=[1],
                            window_size=[2, 2])
-    for model, listed in ((vit, {"class_token", "encoder.pos_embedding"}),
-                          (swin, {f"features.1.{i}.attn.relative_position_bias_table" for i in (0, 1)})):
+    tables = {f"features.1.{i}.attn.relative_position_bias_table" for i in (0, 1)}
+    for model, listed in ((vit, {"class_token", "encoder.pos_embedding"}), (swin, tables)):
         groups = weight_decay_groups(model, 0.05)
         assert _names(model, groups, decayed=False) == listed | {
             n for n, p in model.named_parameters() if p.ndim == 1}
