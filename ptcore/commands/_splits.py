@@ -54,11 +54,11 @@ def augment_train(args, train, preprocessing=None):
 def model_preprocessing(args):
     """The preprocessing of the model's weights, with the overrides of ``--image-size`` and
     ``--preprocess`` (docs/models.md)."""
-    from ptcore.models.preprocess import preprocessing
+    from ptcore.models.preprocess import model_preprocessing
 
-    size = getattr(args, "image_size", None)
-    overrides = {**({"image_size": size} if size else {}), **(args.preprocess or {})}
-    return preprocessing(args.model, getattr(args, "weights", None), **overrides)
+    return model_preprocessing(args.model, getattr(args, "weights", None),
+                               image_size=getattr(args, "image_size", None),
+                               overrides=args.preprocess)
 
 
 def model_transform(args):
@@ -70,16 +70,7 @@ def model_transform(args):
 
 def official_data(args, *, data: str, root: str | None, benchmark: str | None = None):
     """{"train", "test"(, "val")} datasets, or None when ``data`` has no splits of its own."""
-    from ptcore import data as D
+    from ptcore.data import data_splits
 
-    if benchmark is None and not D.has_official_splits(data, root):
-        return None
-    transforms = {"test": model_transform(args)}
-    download = args.download
-    if benchmark is not None:
-        if root is None:
-            raise ValueError(f"--benchmark {benchmark} needs --root (where its files are)")
-        return D.benchmark_splits(benchmark, root, transforms=transforms, download=download)
-    if root is None:
-        return D.folder_splits(data, transforms=transforms)
-    return D.official_splits(data, root, transforms=transforms, download=download)
+    return data_splits(data, root, benchmark=benchmark,
+                       transforms={"test": model_transform(args)}, download=args.download)

@@ -250,6 +250,9 @@ def _check_data_source(data: dict, stage: str) -> None:
     if bench is not None and (stage != "incremental" or bench not in BENCHMARKS):
         raise ConfigError(f"data.benchmark belongs to the incremental stage and must be one of "
                           f"{', '.join(BENCHMARKS)}, got {bench!r}")
+    if bench is not None and isinstance(data["tasks"], list):
+        raise ConfigError("data.tasks must be a task count with data.benchmark (the benchmark "
+                          "fixes the class order)")
     unknown = sorted(set(data["preprocess"]) - _PREPROCESS)
     if unknown:
         raise ConfigError(f"data.preprocess: unknown key(s) {unknown}; allowed: "
@@ -286,9 +289,6 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
         if name in raw or name in ("model", "data"):
             cfg[name] = _section(raw.get(name, {}), _SECTIONS[name], name, partial)
     _check_data(cfg["data"], stage)
-    if not partial and (cfg["data"]["benchmark"] or cfg["data"]["preprocess"]):
-        raise ConfigError("data.benchmark and data.preprocess are read by `ptcore incremental "
-                          "--config` and `ptcore finetune --config`, not yet by `ptcore run`")
     if not partial and cfg["data"]["augment"] not in (None, "none"):
         raise ConfigError("data.augment is read by `ptcore finetune|incremental|distill "
                           "--config`, not yet by `ptcore run`")

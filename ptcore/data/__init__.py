@@ -9,7 +9,8 @@ from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, 
 from ptcore.data.glyphs import GLYPH_FONTS, GlyphsDataset, glyph_characters
 from ptcore.data.folders import (dataset_from_spec, image_folder, image_transform,
                                  is_deterministic, torchvision_dataset)
-from ptcore.data.official import folder_splits, has_official_splits, official_splits
+from ptcore.data.official import (data_splits, folder_splits, has_official_splits,
+                                  official_splits)
 from ptcore.data.splits import (LabeledSubset, class_subset, class_tasks, hide_labels, k_shot,
                                 targets_of, train_val_test_split)
 
@@ -18,6 +19,7 @@ __all__ = [
     "GlyphsDataset", "glyph_characters", "GLYPH_FONTS",
     "image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
     "dataset_from_spec", "official_splits", "folder_splits", "has_official_splits",
+    "data_splits",
     "BENCHMARKS", "PYCIL_SEED", "class_order", "benchmark_splits", "benchmark_tasks",
     "augmented", "targets_of", "LabeledSubset", "train_val_test_split", "class_subset",
     "class_tasks", "k_shot", "hide_labels",

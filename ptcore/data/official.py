@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 __all__ = ["SPLITS", "dataset_class", "expected_files", "load_split", "official_splits",
-           "folder_splits", "has_official_splits"]
+           "folder_splits", "has_official_splits", "data_splits"]
 
 # The names torchvision datasets give their splits, in the order ptcore reads them:
 # "val" also as "valid" (Country211), "train" also as "trainval" (OxfordIIITPet).
@@ -127,3 +127,24 @@ def folder_splits(root, *, transforms: dict | None = None) -> dict:
     if any(c != classes["train"] for c in classes.values()):
         raise ValueError(f"the splits of {str(root)!r} have different classes: {classes}")
     return out
+
+
+def data_splits(spec: str, root=None, *, benchmark: str | None = None,
+                transforms: dict | None = None, download: bool = False) -> dict | None:
+    """The official {"train", "test"(, "val")} splits of what a command's ``--data`` or a
+    config's ``data`` names: a benchmark by name (its files under ``root``), a torchvision
+    dataset name with a ``root``, an ImageFolder root with ``train/`` and ``val/`` or
+    ``test/``; None when the data has no splits of its own (the caller carves them out of
+    one dataset, as for the embedded digits). ``transforms`` as for :func:`official_splits`.
+    `ptcore finetune`, `ptcore incremental` and `ptcore run` all read their data here."""
+    from ptcore.data.benchmarks import benchmark_splits
+
+    if benchmark is not None:
+        if root is None:
+            raise ValueError(f"benchmark {benchmark} needs a root (where its files are)")
+        return benchmark_splits(benchmark, root, transforms=transforms, download=download)
+    if not has_official_splits(spec, root):
+        return None
+    if root is None:
+        return folder_splits(spec, transforms=transforms)
+    return official_splits(spec, root, transforms=transforms, download=download)

@@ -63,9 +63,10 @@ def _model(section: dict, *, num_classes=None, pretrained: bool = True):
 
 def _fresh_head(model):
     """A new task gets a new head even when the weights' head has the same size."""
-    from ptcore.models import get_head
+    from ptcore.models import get_heads
 
-    get_head(model).reset_parameters()
+    for head in get_heads(model):
+        head.reset_parameters()
     return model
 
 
@@ -84,29 +85,49 @@ def _trainable(model) -> int:
 
 
 def _load_data(cfg: dict) -> dict:
-    """Train/val/test splits as the stage needs them (see docs/config.md, `data`)."""
+    """Train/val/test splits as the stage needs them (see docs/config.md, `data`): the
+    data's official splits where it has them (as `ptcore finetune`/`incremental` read them),
+    else carved out of one dataset; images read with the model's weights' preprocessing."""
     from ptcore import data as D
+    from ptcore.models.preprocess import model_transform
 
-    d = cfg["data"]
-    stage = cfg["stage"]
-    dataset = D.dataset_from_spec(d["dataset"], image_size=d["image_size"], root=d["root"])
-    size = len(dataset)
-    if d["classes"] is not None:  # incremental keeps class ids: the head grows by class
-        dataset = D.class_subset(dataset, d["classes"], relabel=stage != "incremental")
-    train, val, test = D.train_val_test_split(dataset, d["val"], d["test"], seed=cfg["seed"])
+    d, stage, seed = cfg["data"], cfg["stage"], cfg["seed"]
+    relabel = stage != "incremental"  # incremental keeps class ids: the head grows by class
+    transform = model_transform(cfg["model"]["name"], cfg["model"]["weights"],
+                                image_size=d["image_size"], overrides=d["preprocess"])
+    splits = D.data_splits(d["dataset"], d["root"], benchmark=d["benchmark"],
+                           transforms={"test": transform}, download=d["download"])
+    if splits is None:
+        dataset = D.dataset_from_spec(d["dataset"], image_size=d["image_size"], root=d["root"],
+                                      transform=transform)
+        size = len(dataset)
+        if d["classes"] is not None:
+            dataset = D.class_subset(dataset, d["classes"], relabel=relabel)
+        train, val, test = D.train_val_test_split(dataset, d["val"], d["test"], seed=seed)
+    else:
+        size = sum(len(s) for s in splits.values())
+        if d["classes"] is not None:
+            splits = {k: D.class_subset(v, d["classes"], relabel=relabel)
+                      for k, v in splits.items()}
+        train, val, test = splits["train"], splits.get("val"), splits["test"]
+        if val is None and stage != "incremental":  # incremental trains on all of train
+            train, val, _ = D.train_val_test_split(train, d["val"], 0.0, seed=seed)
     unlabelled = None
     if d["shots"] is not None:
-        train, unlabelled = D.k_shot(train, d["shots"], seed=cfg["seed"])
-    if d["shots"] is not None and d["test"] == 0 and stage in ("pretrain", "finetune"):
+        train, unlabelled = D.k_shot(train, d["shots"], seed=seed)
+    if d["shots"] is not None and d["test"] == 0 and stage in ("pretrain", "finetune") \
+            and splits is None:
         test = unlabelled  # evaluate on every sample that is neither a shot nor validation
     if len(test) == 0:
         raise ConfigError("data.test is 0: the stage reports test accuracy, keep a test split "
                           "(or, with data.shots, test on the samples that are not shots)")
-    out = {"train": train, "val": val if len(val) else None, "test": test,
+    out = {"train": train, "val": val if val is not None and len(val) else None, "test": test,
            "unlabelled": unlabelled, "dataset_size": size}
     if stage == "incremental":
-        out["train"] = D.class_tasks(train, d["tasks"])
-        out["test"] = D.class_tasks(test, d["tasks"])
+        tasks = (D.benchmark_tasks(d["benchmark"], d["tasks"]) if d["benchmark"]
+                 else d["tasks"])
+        out["train"] = D.class_tasks(train, tasks)
+        out["test"] = D.class_tasks(test, tasks)
     return out
 
 

@@ -2,7 +2,8 @@
 their preprocessing, split points (frozen prefix + trainable rest), freezing that fixes
 BatchNorm, head replace/expand."""
 from ptcore.models.freeze import BN_MODES, freeze, is_frozen, set_bn_mode, unfreeze
-from ptcore.models.heads import expand_head, get_head, head_path, head_width, replace_head
+from ptcore.models.heads import (expand_head, get_head, get_heads, head_path, head_paths,
+                                 head_width, replace_head)
 from ptcore.models.preprocess import (Preprocessing, eval_transform, preprocessing,
                                       train_transform)
 from ptcore.models.registry import MODELS, TIMM_PREFIX, create_model, is_timm, list_models
@@ -13,7 +14,7 @@ from ptcore.models.weights import load_weights, read_state_dict
 __all__ = [
     "MODELS", "TIMM_PREFIX", "list_models", "create_model", "is_timm", "load_weights",
     "read_state_dict", "Preprocessing", "preprocessing", "eval_transform", "train_transform",
-    "head_path", "get_head", "head_width", "replace_head", "expand_head",
+    "head_path", "head_paths", "get_head", "get_heads", "head_width", "replace_head", "expand_head",
     "Stage", "stages", "split_points", "split_index", "split_model", "blocks", "StagedModel",
     "freeze", "unfreeze", "is_frozen", "set_bn_mode", "BN_MODES",
 ]

@@ -12,7 +12,10 @@ The traced forward is then cut before each module call where the data passes thr
 single tensor. Functional glue (``torch.flatten``, ViT's class token, ``x[:, 0]``) goes with
 the module call before it; a segment that could not be cut inside (an Inception block's
 branches) is named by the common prefix of its modules. The last stage starts at the last
-module with parameters on the data path, the classifier head.
+module with parameters on the data path, the classifier head; where a model combines
+several classifiers (timm's distilled DeiT, LeViT and EfficientFormer average ``head`` and
+``head_dist``, and say so: ``get_classifier()`` returns both), the last stage starts where
+one tensor feeds them all and holds them all.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Segment", "trace_segments", "segment_module", "HEAD_TYPES"]
+__all__ = ["Segment", "trace_segments", "segment_module", "classifier_paths", "HEAD_TYPES"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 HEAD_TYPES = (nn.Linear, nn.Conv2d)  # SqueezeNet's classifier is a 1×1 convolution
@@ -152,6 +155,32 @@ def _name(modules: list[str]) -> str:
     return ".".join(common) or modules[-1]
 
 
+def classifier_paths(model: nn.Module) -> list[str]:
+    """Paths of the classifiers of a model that combines several (timm's ``get_classifier()``
+    returns a tuple: DeiT distilled, LeViT, EfficientFormer); [] for a model with one."""
+    get = getattr(model, "get_classifier", None)
+    found = get() if callable(get) else None
+    if not isinstance(found, tuple):
+        return []
+    paths = {id(m): n for n, m in model.named_modules()}
+    return [paths[id(m)] for m in found if id(m) in paths]
+
+
+def _head_start(model: nn.Module, data: list, cuts: dict, head: int) -> int:
+    """Where the head stage starts: at the head, or, for several classifiers fed by one
+    tensor, at the last cut before them if nothing else with parameters comes after it."""
+    if head in cuts:
+        return head
+    start = max(j for j in cuts if j <= head)
+    owners = classifier_paths(model)
+    inside = [n.target for n in data[start:] if n.op == "call_module"
+              and any(True for _ in model.get_submodule(n.target).parameters())]
+    if not owners or not all(any(t == o or t.startswith(o + ".") for o in owners)
+                             for t in inside):
+        raise TypeError(f"the head {data[head].target!r} is not fed by a single tensor")
+    return start
+
+
 def _partition(model: nn.Module, graph: fx.Graph) -> list[Segment]:
     source, data, result = _data_nodes(graph)
     cuts = _cuts(source, data, result)
@@ -160,12 +189,10 @@ def _partition(model: nn.Module, graph: fx.Graph) -> list[Segment]:
              if any(True for _ in model.get_submodule(data[j].target).parameters())]
     if not heads:
         raise TypeError("no module with parameters on the data path to serve as the head")
-    head = heads[-1]
-    if head not in cuts:
-        raise TypeError(f"the head {data[head].target!r} is not fed by a single tensor")
+    head = _head_start(model, data, cuts, heads[-1])
     starts = [0] + [j for j in calls if j in cuts and 0 < j <= head
                     and any(data[i].op == "call_module" for i in range(j))]
-    starts = sorted(set(starts))
+    starts = sorted(set(starts + [head]))
     bounds = list(zip(starts, starts[1:] + [len(data)]))
     segments = []
     for a, b in bounds:
@@ -173,13 +200,18 @@ def _partition(model: nn.Module, graph: fx.Graph) -> list[Segment]:
         mods = [n.target for n in nodes if n.op == "call_module"]
         src = source if a == 0 else cuts[a]
         res = result if b == len(data) else cuts[b]
-        name = data[head].target if a == head else _name(mods)
+        name = (_head_name(model, data[head]) if a == head else _name(mods))
         segments.append(Segment(name, nodes, src, res, mods))
     names = Counter(s.name for s in segments)
     for s in segments:  # a merged segment's common prefix may repeat: use its own call
         if names[s.name] > 1:
             s.name = s.modules[-1]
     return segments
+
+
+def _head_name(model: nn.Module, first: fx.Node) -> str:
+    owners = classifier_paths(model)
+    return owners[0] if owners else first.target
 
 
 def trace_segments(model: nn.Module) -> list[Segment]:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 __all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform",
-           "augment_ops", "AUGMENTS"]
+           "augment_ops", "AUGMENTS", "model_preprocessing", "model_transform"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -155,3 +155,22 @@ def train_transform(p: Preprocessing, augment: str = "basic"):
     return v2.Compose([v2.RGB(), augment_ops(p, augment), v2.ToImage(),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std),
                        v2.ToPureTensor()])
+
+
+def model_preprocessing(model: str, weights=None, *, image_size: int | None = None,
+                        overrides: dict | None = None) -> Preprocessing:
+    """What the commands and `ptcore run` read data with: the model's weights' preprocessing
+    at ``image_size`` (``--image-size``, a config's ``data.image_size``) with ``overrides``
+    (``--preprocess``, ``data.preprocess``); an override of the size (``image_size`` or
+    ``crop_size``) wins over ``image_size``."""
+    overrides = dict(overrides or {})
+    if image_size and not {"image_size", "crop_size"} & set(overrides):
+        overrides["image_size"] = image_size
+    return preprocessing(model, weights, **overrides)
+
+
+def model_transform(model: str, weights=None, *, image_size: int | None = None,
+                    overrides: dict | None = None):
+    """The evaluation transform of :func:`model_preprocessing`."""
+    return eval_transform(model_preprocessing(model, weights, image_size=image_size,
+                                              overrides=overrides))

@@ -23,6 +23,7 @@ from ptcore.strategies._distill_data import PseudoLabelData, WithTeacherRows
 from ptcore.strategies._distill_features import (FEATURE_METHODS, StudentWithAdapters, Taps,
                                                  feature_loss, parse_pairs)
 from ptcore.strategies._distill_teacher import TeacherView, distill_loss, unpack
+from ptcore.strategies._param_groups import weight_decay_groups
 
 __all__ = ["Distill", "DISTILL_MODES", "DISTILL_METHODS", "DIVERGENCES", "parse_distill_method"]
 
@@ -100,7 +101,8 @@ class Distill:
     are float32. cache_dir: where the offline cache persists and is reused across runs
     (default ``out_dir/teacher_cache``; in memory without either).
     The rest go to the optimizer (AdamW, or ``optimizer="sgd"`` with ``momentum``,
-    ``nesterov``) and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
+    ``nesterov``; no weight decay on norms, biases and embeddings: ptcore/strategies/
+    _param_groups.py) and :func:`ptcore.engine.fit` (``precise_bn``: re-estimate the
     BatchNorm statistics after each epoch, for short runs and low-momentum BatchNorm).
     """
 
@@ -168,10 +170,11 @@ class Distill:
         self.view = TeacherView(teacher, input_size=_size(teacher_input_size,
                                                           "teacher_input_size"), topk=topk)
         self.device = torch.device(device) if device is not None else D.default_device()
+        weight_decay = check_float(weight_decay, "weight_decay", nonneg=True)
         self.optimizer = engine.make_optimizer(
-            student.parameters(), optimizer, momentum=momentum, nesterov=nesterov,
-            lr=check_float(lr, "lr", positive=True),
-            weight_decay=check_float(weight_decay, "weight_decay", nonneg=True))
+            weight_decay_groups(student, weight_decay), optimizer, momentum=momentum,
+            nesterov=nesterov, lr=check_float(lr, "lr", positive=True),
+            weight_decay=weight_decay)
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, seed=seed, progress=progress,

@@ -31,7 +31,7 @@ class FineTune:
     ``freeze``, e.g. "layer3"), "full" (nothing frozen).
     lr: the head's learning rate; each layer group further from the head gets
     ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
-    ``nesterov``) with ``weight_decay`` (none on biases and norms); ``label_smoothing`` in
+    ``nesterov``) with ``weight_decay`` (none on biases, norms, tokens); ``label_smoothing`` in
     the training loss; ``mixup``/``cutmix``: alphas of MixUp/CutMix on each training batch
     (:mod:`ptcore.engine.mixing`; None or 0: off). unfreeze_every: every N epochs one more
     layer group is unfrozen (ULMFiT).

@@ -22,8 +22,8 @@ from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.engine import distributed as D
 from ptcore.engine.mixing import BatchMix
 from ptcore.engine.rng import get_rng_state, set_rng_state
-from ptcore.models import (StagedModel, expand_head, get_head, head_width, replace_head,
-                           split_index, stages)
+from ptcore.models import (StagedModel, expand_head, get_head, get_heads, head_width,
+                           replace_head, split_index, stages)
 from ptcore.models import freeze as freeze_module
 from ptcore.ops import kd_loss
 from ptcore.strategies._incr_bias import BiasCorrection, fit_bias, weight_align
@@ -313,7 +313,8 @@ class Incremental:
         start, stop = self.plan.spans[t]
         if start and not (t == 0 and self.plan.skip_first):  # there are older classes
             if "wa" in self.parts:
-                weight_align(get_head(self.model), start, stop)
+                for head in get_heads(self.model):  # each classifier of a distilled ViT
+                    weight_align(head, start, stop)
             if self.bias is not None:
                 logits, labels = self._outputs(union(self.memory.heldout_datasets(train)))
                 self.bias.layers.append((start, stop, *fit_bias(self.bias(logits), labels,

@@ -1,5 +1,9 @@
-"""The data keys of a config that choose official splits and preprocessing."""
+"""The data keys of a config that choose official splits and preprocessing, read by the
+subcommands' --config and by `ptcore run`."""
+import json
+
 import pytest
+import yaml
 
 from ptcore.config import ConfigError
 from ptcore.config.schema import validate_config
@@ -22,8 +26,11 @@ def test_benchmark_and_preprocess_keys():
         validate_config(_cfg("finetune", preprocess={"crop": 3}), partial=True)
     with pytest.raises(ConfigError, match="interpolation"):
         validate_config(_cfg("finetune", preprocess={"interpolation": "box"}), partial=True)
-    with pytest.raises(ConfigError, match="not yet by `ptcore run`"):
-        validate_config(_cfg("incremental", benchmark="split-cifar100"))
+    with pytest.raises(ConfigError, match="task count with data.benchmark"):
+        validate_config(_cfg("incremental", benchmark="split-cifar100", tasks=[[0, 1]]))
+    full = validate_config(_cfg("incremental", benchmark="split-cifar100",
+                                preprocess={"interpolation": "bicubic"}))
+    assert full["data"]["preprocess"] == {"interpolation": "bicubic"}
 
 
 def test_incremental_config_reaches_the_options(tmp_path):
@@ -38,3 +45,47 @@ def test_incremental_config_reaches_the_options(tmp_path):
                  aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
     assert (args.benchmark, args.tasks, args.root) == ("split-cifar100", 10, "/data")
     assert args.preprocess == {"interpolation": "bicubic"}
+
+
+def test_run_reads_a_benchmark(cifar100, tmp_path):
+    from ptcore.cli import main
+    from ptcore.data import class_order
+
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "incremental", "out": str(tmp_path / "run"),
+        "model": {"name": "mobilenet_v3_small"},
+        "data": {"benchmark": "split-cifar100", "root": str(cifar100), "tasks": 2,
+                 "preprocess": {"image_size": 32}},
+        "engine": {"epochs": 1, "batch_size": 50}, "methods": {"naive": {"method": "naive"}}}))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    order = class_order(100)  # PyCIL's (its values: tests/data/test_official.py)
+    tasks = [",".join(map(str, sorted(order[:50]))), ",".join(map(str, sorted(order[50:])))]
+    assert results["incremental"]["naive"]["task_names"] == tasks
+    # all of the official train split (no validation carved out), and its test split: one
+    # image per class, so every accuracy is a multiple of 1/50
+    assert results["context"]["incremental"]["train_samples"] == 200
+    matrix = results["incremental"]["naive"]["accuracy_matrix"]
+    assert all(abs(50 * v - round(50 * v)) < 1e-6 for row in matrix for v in row if v is not None)
+
+
+def test_run_reads_folder_splits_with_the_preprocessing(tmp_path):
+    from torchvision.transforms import InterpolationMode, Resize
+
+    from ptcore.demo.stages import prepare
+    from tests.data.formats import write_image_folder
+
+    write_image_folder(tmp_path / "pets", per_class=3)
+    cfg = validate_config({"stage": "finetune", "out": str(tmp_path / "o"),
+                           "model": {"name": "resnet18"}, "strategy": {"mode": "full"},
+                           "data": {"dataset": str(tmp_path / "pets"), "image_size": 32,
+                                    "preprocess": {"crop_size": 24,
+                                                   "interpolation": "bicubic"}}})
+    data = prepare(cfg).data
+    # the folder's own val/ and test/, not fractions carved out of train/
+    assert (len(data["train"]), len(data["val"]), len(data["test"])) == (6, 6, 6)
+    x, _ = data["test"][0]
+    assert x.shape == (3, 24, 24)  # crop_size wins over data.image_size
+    resize = [t for t in data["test"].transform.transforms if isinstance(t, Resize)]
+    assert resize[0].interpolation == InterpolationMode.BICUBIC

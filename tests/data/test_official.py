@@ -2,27 +2,16 @@
 real formats; class orders of the benchmarks; the offline error."""
 import numpy as np
 import pytest
-import torch
 import torchvision.datasets as tvd
 
 from ptcore import data as D
 from ptcore.cli import main
-from tests.data.formats import write_cifar100, write_image_folder, write_mnist
+from tests.data.formats import write_image_folder, write_mnist
 
 # iCaRL's CIFAR-100 class order (its published code, reproduced by PODNet and PyCIL with
 # seed 1993): the first two tasks of 10, and the last class.
 ICARL_FIRST = [68, 56, 78, 8, 23, 84, 90, 65, 74, 76]
 ICARL_SECOND = [40, 89, 3, 92, 55, 9, 26, 80, 43, 38]
-
-
-@pytest.fixture
-def cifar100(tmp_path, monkeypatch):
-    md5 = write_cifar100(tmp_path)
-    # torchvision verifies the real files' checksums: point its lists at the fixture's
-    monkeypatch.setattr(tvd.CIFAR100, "train_list", [["train", md5["train"]]])
-    monkeypatch.setattr(tvd.CIFAR100, "test_list", [["test", md5["test"]]])
-    monkeypatch.setattr(tvd.CIFAR100, "meta", {**tvd.CIFAR100.meta, "md5": md5["meta"]})
-    return tmp_path
 
 
 def test_class_order_is_pycils():

@@ -5,7 +5,9 @@ rank1_exits: rank 1 dies (os._exit) mid-epoch; save_fails: rank 0's checkpoint w
 raises ENOSPC; interrupted: both stop after batch 3 of epoch 2 (a checkpoint every 2
 optimizer steps was written after its batch 2); resume: continue, rank 1 with an empty out
 folder (a node-local disk), rank 0 saves the final weights to RESULT;
-incremental_save_fails: Incremental's rank 0 hits ENOSPC writing a task's state.pt."""
+incremental_save_fails: Incremental's rank 0 hits ENOSPC writing a task's state.pt; log: a
+whole run with the CSV and TensorBoard loggers, rank 1 with its own out folder (which must
+stay empty)."""
 import errno
 import os
 import sys
@@ -40,14 +42,16 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
         loop.save_checkpoint = full_disk
     if scenario == "incremental_save_fails":
         return incremental(out, full_disk if rank == 0 else None)
-    if scenario == "resume" and rank == 1:
+    if scenario in ("resume", "log") and rank == 1:
         out = os.path.join(out, "rank1-local")
+    log = ("csv", "tensorboard") if scenario == "log" else ("jsonl",)
     model = tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     try:
         fit(model, tiny_digits(N), opt, epochs=EPOCHS, batch_size=BATCH, step_fn=step,
             schedule="cosine", out_dir=out, resume=scenario == "resume", progress=False,
-            save_every=2 if scenario in ("interrupted", "resume") else 0)
+            save_every=2 if scenario in ("interrupted", "resume") else 0,
+            log=log, log_every=1)
         if result is not None and rank == 0:
             torch.save(model.state_dict(), result)
     finally:

@@ -4,7 +4,7 @@ mid-epoch and a rank 0 that fails while saving (an epoch's checkpoint, or an inc
 task's state) end every rank non-zero within the timeout;
 a resume from a mid-epoch checkpoint that rank 1's disk lacks (node-local disks) takes
 rank 0's, skips the same batches on both ranks and equals an uninterrupted run; under the
-`ptcore` command only rank 0 prints."""
+`ptcore` command only rank 0 prints; only rank 0 writes the CSV and TensorBoard logs."""
 import os
 import socket
 import subprocess
@@ -108,3 +108,18 @@ def test_only_rank_0_speaks_under_the_command(tmp_path):
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert "test accuracy" in runs[0].stdout
     assert runs[1].stdout == "" and runs[1].stderr == ""
+
+
+def test_only_rank_0_writes_the_csv_and_tensorboard_logs(tmp_path):
+    from tests.engine.test_loggers import _csv, _scalars
+
+    (tmp_path / "rank1-local").mkdir()  # rank 1's own out folder (a node-local disk)
+    runs = _worker("log", tmp_path)
+    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr[-2000:]
+    assert [p for p in (tmp_path / "rank1-local").rglob("*")] == []
+    steps_per_epoch = N // (2 * BATCH)  # the global batch: both ranks make one step
+    steps = _csv(tmp_path / "steps.csv")
+    assert [int(r["step"]) for r in steps] == list(range(1, EPOCHS * steps_per_epoch + 1))
+    assert len(_csv(tmp_path / "epochs.csv")) == EPOCHS
+    assert [s for s, _ in _scalars(tmp_path, "step/loss")] == [int(r["step"]) for r in steps]
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 1  # one writer: rank 0's

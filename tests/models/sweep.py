@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ptcore.models import (StagedModel, blocks, freeze, get_head, head_path, head_width,
-                           replace_head,
-                           split_index, split_model, split_points, stages)
+from ptcore.models import (StagedModel, blocks, freeze, get_head, get_heads, head_path,
+                           head_paths, head_width, replace_head, split_index, split_model,
+                           split_points, stages)
 
 # A fixed pseudo-random pool (prime length, so rows never line up with its period): filling
 # weights from it is a memory copy, where torch's random init of the ~4.5 billion parameters of
@@ -69,6 +69,7 @@ def check_structure(model: nn.Module) -> list[str]:
     assert len({s.name for s in st}) == len(st)
     assert get_head(model) is model.get_submodule(head_path(model))
     assert head_path(model) == st[-1].name or head_path(model).startswith(st[-1].name + ".")
+    _heads_in_last_stage(model)
     points = split_points(model)
     assert points
     for p in points:
@@ -76,9 +77,19 @@ def check_structure(model: nn.Module) -> list[str]:
         assert len(prefix) == split_index(model, p) and len(prefix) + len(rest) == len(st)
     assert blocks(model)[-1] == (len(st) - 1, len(st))
     replace_head(model, 5)
-    assert head_width(get_head(model)) == 5
-    assert any(m is get_head(model) for m in stages(model)[-1].module.modules())
+    _heads_in_last_stage(model, width=5)
     return points
+
+
+def _heads_in_last_stage(model: nn.Module, width: int | None = None) -> None:
+    """Every classifier (two in timm's distilled models) sits in the last stage, the head
+    group, with ``width`` outputs."""
+    last = list(stages(model)[-1].module.modules())
+    heads = get_heads(model)
+    assert len(heads) == len(head_paths(model)) and heads[0] is get_head(model)
+    for h in heads:
+        assert any(m is h for m in last), "a classifier outside the last stage"
+        assert width is None or head_width(h) == width
 
 
 @torch.no_grad()
@@ -116,6 +127,6 @@ def check_model(model: nn.Module, x: torch.Tensor, *, n_points: int = 3) -> list
     model.eval()
     # a new head of another size runs from the cached penultimate output
     replace_head(model, 5)
-    assert head_width(get_head(model)) == 5
+    _heads_in_last_stage(model, width=5)
     assert StagedModel(model)(outs[-2].clone(), start=len(st) - 1).shape == (x.shape[0], 5)
     return points

@@ -11,7 +11,9 @@ timm = pytest.importorskip("timm")
 
 # (timm name, constructor arguments for a small input, input size): CNNs, ViTs (class token,
 # RoPE, class attention, cross-covariance), hierarchical transformers, hybrid models,
-# multi-resolution HRNet, re-parameterisable FastViT.
+# multi-resolution HRNet, re-parameterisable FastViT, and the distilled models that average
+# two classifiers (DeiT's head + head_dist on two tokens, LeViT's NormLinear pair,
+# EfficientFormer; the latter's attention biases fix its input at 224, so it is built narrow).
 FAMILIES = [
     ("resnet50d", {}, 32), ("efficientnet_b0", {}, 32), ("mobilenetv3_small_050", {}, 32),
     ("ghostnet_100", {}, 32), ("hgnetv2_b0", {}, 32), ("regnetx_002", {}, 32),
@@ -23,6 +25,9 @@ FAMILIES = [
     ("maxvit_nano_rw_256", {"img_size": 64}, 64), ("coatnet_nano_rw_224", {"img_size": 64}, 64),
     ("mobilevit_xxs", {}, 64), ("fastvit_t8", {}, 64),
     ("hrnet_w18_small", {}, 64), ("efficientvit_b0", {}, 64),
+    ("deit_tiny_distilled_patch16_224", {"img_size": 32, "depth": 3}, 32),
+    ("levit_128s", {"img_size": 64}, 64),
+    ("efficientformer_l1", {"depths": (1, 1, 1, 2), "embed_dims": (8, 16, 24, 32)}, 224),
 ]
 
 
@@ -62,3 +67,30 @@ def test_functional_dropout_follows_train_and_eval():
         for s in stages(model):
             z = s.module(z)
     torch.testing.assert_close(z, y, rtol=0, atol=0)
+
+
+def test_two_classifiers_are_one_head():
+    """DeiT distilled averages head and head_dist: both are replaced and grown together
+    (old rows kept), and the model still computes the average of the two."""
+    from ptcore.models import expand_head, get_heads, head_paths
+
+    torch.manual_seed(0)
+    model = create_model("timm/deit_tiny_distilled_patch16_224", num_classes=3, img_size=32,
+                         depth=1).eval()
+    assert head_paths(model) == ["head", "head_dist"]
+    assert stages(model)[-1].name == "head"
+    old = [(h.weight.detach().clone(), h.bias.detach().clone()) for h in get_heads(model)]
+    expand_head(model, 2)
+    heads = get_heads(model)
+    assert [h.out_features for h in heads] == [5, 5]
+    for h, (w, b) in zip(heads, old):
+        assert torch.equal(h.weight[:3], w) and torch.equal(h.bias[:3], b)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        expected = (model.head(tokens[:, 0]) + model.head_dist(tokens[:, 1])) / 2
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        z = x
+        for s in stages(model):
+            z = s.module(z)
+    torch.testing.assert_close(z, expected, rtol=0, atol=0)
