@@ -92,7 +92,7 @@ def _finetune(tmp_path, model: str) -> tuple:
         "model": {"name": model, "weights": "DEFAULT"},
         # only the size overridden (tiny images, for speed): the rest stays the weights'
         "data": {"dataset": str(data), "preprocess": {"crop_size": 32, "resize_size": 36}},
-        "engine": {"epochs": 2, "batch_size": 2, "log": ["jsonl", "tensorboard"],
+        "engine": {"epochs": 2, "batch_size": 1, "log": ["jsonl", "tensorboard"],
                    "log_every": 1, "keep_best": 1, "best_metric": "val_accuracy",
                    "best_mode": "max"},
         "strategy": {"mode": "linear", "lr": 0.05}}))
@@ -111,7 +111,7 @@ def _check_run(out, summary, planted):
     for key in ("train_loss", "val_loss", "val_accuracy"):
         logged = [e.value for e in events.Scalars(f"epoch/{key}")]
         assert logged == pytest.approx([r[key] for r in epochs], rel=1e-6), key
-    assert len(events.Scalars("step/loss")) == 8  # 8 images in batches of 2, 2 epochs
+    assert len(events.Scalars("step/loss")) == 16  # 8 images, one a step, 2 epochs
     # one best checkpoint kept: the epoch with the highest val_accuracy (the earlier on a tie)
     best = max(range(2), key=lambda i: (epochs[i]["val_accuracy"], -i))
     kept = sorted(p.name for p in out.glob("best-epoch-*.pt"))
