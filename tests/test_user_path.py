@@ -112,6 +112,8 @@ def _check_run(out, summary, planted):
         logged = [e.value for e in events.Scalars(f"epoch/{key}")]
         assert logged == pytest.approx([r[key] for r in epochs], rel=1e-6), key
     assert len(events.Scalars("step/loss")) == 16  # 8 images, one a step, 2 epochs
+    # the config's lr is the head's peak (the deeper, frozen layers get less: layer decay)
+    assert max(e.value for e in events.Scalars("step/lr")) == pytest.approx(0.05, rel=0.05)
     # one best checkpoint kept: the epoch with the highest val_accuracy (the earlier on a tie)
     best = max(range(2), key=lambda i: (epochs[i]["val_accuracy"], -i))
     kept = sorted(p.name for p in out.glob("best-epoch-*.pt"))
