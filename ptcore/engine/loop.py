@@ -179,6 +179,13 @@ def _loader(data, batch_size, seed, drop_last, num_workers, device=None) -> Data
                        num_workers=num_workers, device=device)
 
 
+def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate logged: the largest among the parameter groups. Under layer-wise
+    decay group 0 is the layer furthest from the head (``lr * decay ** (B - 1)``, frozen in
+    a linear probe), while the head's is the ``lr`` the user set, times the schedule."""
+    return max(g["lr"] for g in optimizer.param_groups)
+
+
 def _rank_sums(sums: dict[str, torch.Tensor]) -> dict:
     """Every rank's partial epoch sums, gathered (a zero-padded sum is exact) for a
     mid-epoch checkpoint; each rank resumes from its own row."""
@@ -402,7 +409,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                     loggers.count(_batch_len(batch))
                     if sync and scheduler.last_epoch % log_every == 0:
                         loggers.step(scheduler.last_epoch, epoch, float(loss.detach()),
-                                     optimizer.param_groups[0]["lr"])
+                                     _peak_lr(optimizer))
                 for k, v in {"loss": loss, **extras}.items():
                     sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().double()
                 if i % 10 == 0:
@@ -418,7 +425,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                 float(n_batches), dtype=torch.float64, device=device)]))
             record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
                                          for k, v in zip(sums, totals.tolist())},
-                      "lr": optimizer.param_groups[0]["lr"]}
+                      "lr": _peak_lr(optimizer)}
             if precise_bn:
                 _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
                             batch_size=batch_size, seed=seed, epoch=epoch)

@@ -90,3 +90,18 @@ def test_jsonl_only_by_default_and_bad_logger_settings(tmp_path):
                     ({"log": ["tensorboard"]}, "output folder")]:
         with pytest.raises(ValueError, match=msg):
             fit(model, data, opt, epochs=1, batch_size=8, progress=False, **kw)
+
+
+def test_the_logged_lr_is_the_largest_groups(tmp_path):
+    # layer-wise decay puts the smallest lr first (the layer furthest from the head); the
+    # lr a user set, and reads back in the logs, is the head's
+    model = tiny_net()
+    groups = [{"params": model[0].parameters(), "lr": 0.0005},
+              {"params": model[2].parameters(), "lr": 0.005},
+              {"params": model[-1].parameters(), "lr": 0.05}]
+    history = fit(model, tiny_digits(32), torch.optim.SGD(groups), epochs=1, batch_size=16,
+                  schedule="constant", out_dir=tmp_path, progress=False,
+                  log=("csv", "tensorboard"), log_every=1)
+    assert history[0]["lr"] == pytest.approx(0.05)
+    assert [float(r["lr"]) for r in _csv(tmp_path / "steps.csv")] == pytest.approx([0.05] * 2)
+    assert [v for _, v in _scalars(tmp_path, "step/lr")] == pytest.approx([0.05] * 2)
