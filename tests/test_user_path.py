@@ -131,13 +131,19 @@ def _check_run(out, summary, planted):
     assert all(torch.equal(planted[k], tuned[k]) for k in backbone)
 
 
-def _check_size_only_overridden(seen, source, weights_p):
-    """The run read its images at 32 px with the weights' interpolation, mean and std."""
+def _check_size_only_overridden(seen, source, weights_p, summary):
+    """The run read its images at 32 px with the weights' interpolation, mean and std, and
+    says so in summary.json (what model.pt expects as input)."""
     assert seen
     for p in seen:
         assert (p.crop_size, p.resize_size) == (32, 36)
         assert p.source == f"{source} (overridden)"
         assert (p.interpolation, p.mean, p.std) == weights_p
+    recorded = summary["preprocessing"]
+    assert (recorded["crop_size"], recorded["resize_size"]) == (32, 36)
+    assert recorded["source"] == f"{source} (overridden)"
+    assert (recorded["interpolation"], tuple(recorded["mean"]), tuple(recorded["std"])) == \
+        tuple(weights_p)
 
 
 def test_convnext_tiny_with_its_torchvision_weights(tmp_path, monkeypatch, used_preprocessing,
@@ -146,7 +152,7 @@ def test_convnext_tiny_with_its_torchvision_weights(tmp_path, monkeypatch, used_
     out, summary = _finetune(tmp_path, "convnext_tiny")
     _check_run(out, summary, planted)
     _check_size_only_overridden(used_preprocessing, "torchvision convnext_tiny.DEFAULT", (
-        native.interpolation.value, tuple(native.mean), tuple(native.std)))
+        native.interpolation.value, tuple(native.mean), tuple(native.std)), summary)
     assert "test accuracy" in capsys.readouterr().out
 
 
@@ -160,5 +166,5 @@ def test_timm_resnet50d_with_its_pretrained_weights(tmp_path, monkeypatch,
     # bicubic: not the ImageNet default ptcore falls back to, so the weights' config was read
     assert cfg.interpolation == "bicubic"
     _check_size_only_overridden(used_preprocessing, "timm resnet50d",
-                                (cfg.interpolation, cfg.mean, cfg.std))
+                                (cfg.interpolation, cfg.mean, cfg.std), summary)
     assert "test accuracy" in capsys.readouterr().out

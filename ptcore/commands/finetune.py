@@ -62,7 +62,8 @@ def _finetune(args) -> dict:
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
-    from ptcore.commands._splits import augment_train, model_transform, official_data
+    from ptcore.commands._splits import (augment_train, model_preprocessing, model_transform,
+                                         official_data)
 
     splits = official_data(args, data=args.data, root=args.data_root)
     if splits is None:
@@ -96,6 +97,8 @@ def _finetune(args) -> dict:
                      meta=meta)
     summary["test"] = ft.evaluate(test) if len(test) else {}
     summary["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
+    if args.data not in ("digits", "glyphs"):  # images read from files: what model.pt expects
+        summary["preprocessing"] = model_preprocessing(args).as_dict()
     if is_main():
         atomic_write_json(Path(args.out) / "summary.json", summary)
     return summary
