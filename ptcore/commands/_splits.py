@@ -39,16 +39,12 @@ def augment_train(args, train, preprocessing=None):
     """``train`` read through ``--augment``'s transform at ``preprocessing`` (default: the
     model's, :func:`model_preprocessing`); in-memory tensors are cropped at their own size
     (``--image-size``). With ``--augment none`` (or a config's null), ``train`` itself."""
-    from dataclasses import replace
-
-    from ptcore.data import augmented
-    from ptcore.models.preprocess import augment_ops, train_transform
+    from ptcore.models.preprocess import augment_split
 
     if args.augment in (None, "none"):
         return train
-    p = preprocessing or model_preprocessing(args)
-    return augmented(train, images=train_transform(p, args.augment),
-                     tensors=augment_ops(replace(p, crop_size=args.image_size), args.augment))
+    return augment_split(train, preprocessing or model_preprocessing(args), args.augment,
+                         args.image_size)
 
 
 def model_preprocessing(args):

@@ -289,9 +289,6 @@ def validate_config(raw: dict, *, source: str = "config", partial: bool = False)
         if name in raw or name in ("model", "data"):
             cfg[name] = _section(raw.get(name, {}), _SECTIONS[name], name, partial)
     _check_data(cfg["data"], stage)
-    if not partial and cfg["data"]["augment"] not in (None, "none"):
-        raise ConfigError("data.augment is read by `ptcore finetune|incremental|distill "
-                          "--config`, not yet by `ptcore run`")
     if stage == "incremental" and cfg["data"]["tasks"] is None and not partial:
         raise ConfigError(f"{source}: data.tasks (the classes of each task) is required by the "
                           "incremental stage")

@@ -89,12 +89,13 @@ def _load_data(cfg: dict) -> dict:
     data's official splits where it has them (as `ptcore finetune`/`incremental` read them),
     else carved out of one dataset; images read with the model's weights' preprocessing."""
     from ptcore import data as D
-    from ptcore.models.preprocess import model_transform
+    from ptcore.models.preprocess import augment_split, eval_transform, model_preprocessing
 
     d, stage, seed = cfg["data"], cfg["stage"], cfg["seed"]
     relabel = stage != "incremental"  # incremental keeps class ids: the head grows by class
-    transform = model_transform(cfg["model"]["name"], cfg["model"]["weights"],
-                                image_size=d["image_size"], overrides=d["preprocess"])
+    preprocessing = model_preprocessing(cfg["model"]["name"], cfg["model"]["weights"],
+                                        image_size=d["image_size"], overrides=d["preprocess"])
+    transform = eval_transform(preprocessing)
     splits = D.data_splits(d["dataset"], d["root"], benchmark=d["benchmark"],
                            transforms={"test": transform}, download=d["download"])
     if splits is None:
@@ -118,6 +119,10 @@ def _load_data(cfg: dict) -> dict:
     if d["shots"] is not None and d["test"] == 0 and stage in ("pretrain", "finetune") \
             and splits is None:
         test = unlabelled  # evaluate on every sample that is neither a shot nor validation
+    # The training samples (distill: labelled and unlabelled) only, after all splitting.
+    train = augment_split(train, preprocessing, d["augment"], d["image_size"])
+    if stage == "distill" and unlabelled is not None:
+        unlabelled = augment_split(unlabelled, preprocessing, d["augment"], d["image_size"])
     if len(test) == 0:
         raise ConfigError("data.test is 0: the stage reports test accuracy, keep a test split "
                           "(or, with data.shots, test on the samples that are not shots)")

@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass, fields, replace
 
 __all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform",
-           "augment_ops", "AUGMENTS", "model_preprocessing", "model_transform"]
+           "augment_ops", "augment_split", "AUGMENTS", "model_preprocessing",
+           "model_transform"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,3 +175,15 @@ def model_transform(model: str, weights=None, *, image_size: int | None = None,
     """The evaluation transform of :func:`model_preprocessing`."""
     return eval_transform(model_preprocessing(model, weights, image_size=image_size,
                                               overrides=overrides))
+
+
+def augment_split(dataset, p: Preprocessing, augment: str | None, tensor_size: int):
+    """``dataset`` (a training split) read through ``augment``'s transform: image files at
+    ``p`` (:func:`train_transform`), in-memory image tensors cropped at ``tensor_size``
+    (:func:`augment_ops`); with "none" or None, ``dataset`` itself."""
+    from ptcore.data import augmented
+
+    if augment in (None, "none"):
+        return dataset
+    return augmented(dataset, images=train_transform(p, augment),
+                     tensors=augment_ops(replace(p, crop_size=tensor_size), augment))

@@ -89,3 +89,36 @@ def test_run_reads_folder_splits_with_the_preprocessing(tmp_path):
     assert x.shape == (3, 24, 24)  # crop_size wins over data.image_size
     resize = [t for t in data["test"].transform.transforms if isinstance(t, Resize)]
     assert resize[0].interpolation == InterpolationMode.BICUBIC
+
+
+def test_run_augments_the_training_split_only(tmp_path):
+    """`ptcore run` reads data.augment: the training samples come through a random view at
+    the weights' preprocessing, validation and test through the evaluation transform, and
+    a test split carved out of the non-shots (finetune with data.test 0) is not augmented."""
+    import torch
+
+    from ptcore.demo.stages import prepare
+    from tests.data.formats import write_image_folder
+
+    write_image_folder(tmp_path / "pets", per_class=3, noise=True)
+    cfg = validate_config({"stage": "finetune", "out": str(tmp_path / "o"),
+                           "model": {"name": "resnet18"}, "strategy": {"mode": "full"},
+                           "data": {"dataset": str(tmp_path / "pets"), "image_size": 24,
+                                    "augment": "basic"}})
+    data = prepare(cfg).data
+    assert data["train"].deterministic is False
+    torch.manual_seed(0)
+    draws = [data["train"][0][0] for _ in range(4)]
+    assert all(x.shape == (3, 24, 24) for x in draws)
+    assert any(not torch.equal(draws[0], x) for x in draws[1:])  # random crops and flips
+    for split in ("val", "test"):
+        assert torch.equal(data[split][0][0], data[split][0][0])
+
+    digits = validate_config({"stage": "finetune", "out": str(tmp_path / "d"),
+                              "model": {"name": "resnet18"}, "strategy": {"mode": "full"},
+                              "data": {"dataset": "digits", "image_size": 16, "shots": 2,
+                                       "test": 0.0, "augment": "basic"}})
+    data = prepare(digits).data
+    assert data["train"].deterministic is False and len(data["train"]) == 20
+    assert getattr(data["test"], "deterministic", True) is not False  # the non-shots
+    assert torch.equal(data["test"][0][0], data["test"][0][0])
