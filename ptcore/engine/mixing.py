@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_mixing", "BatchMix", "soft_classification"]
+__all__ = ["check_mixing", "BatchMix", "soft_accuracy", "soft_classification"]
 
 
 def check_mixing(mixup, cutmix) -> tuple[float, float]:
@@ -53,12 +53,18 @@ class BatchMix:
         return mix(x, y)
 
 
+def soft_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The share of rows whose top logit is the target: the class id ``[B]``, or the
+    largest share of mixed class probabilities ``[B, C]``."""
+    hard = target if target.ndim == 1 else target.argmax(-1)
+    return (logits.argmax(-1) == hard).float().mean()
+
+
 def soft_classification(logits: torch.Tensor, target: torch.Tensor, *,
                         label_smoothing: float = 0.0) -> dict:
     """Cross-entropy of ``logits`` against class ids ``[B]`` or class probabilities
     ``[B, C]`` (mixed targets; ``label_smoothing`` then spreads over the classes as for
     ids: ``(1 - ε)·p + ε/C``), and the accuracy against the target's largest share."""
     logits = logits.float()
-    hard = target if target.ndim == 1 else target.argmax(-1)
     return {"loss": F.cross_entropy(logits, target, label_smoothing=label_smoothing),
-            "accuracy": (logits.argmax(-1) == hard).float().mean()}
+            "accuracy": soft_accuracy(logits, target)}

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 from ptcore import engine
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.engine import distributed as D
-from ptcore.engine.mixing import BatchMix
+from ptcore.engine.mixing import BatchMix, soft_accuracy
 from ptcore.engine.rng import get_rng_state, set_rng_state
 from ptcore.models import (StagedModel, expand_head, get_head, get_heads, head_width,
                            replace_head, split_index, stages)
@@ -235,8 +235,7 @@ class Incremental:
                         / new.sum().clamp_min(1))
             else:
                 loss = F.cross_entropy(restricted, target, label_smoothing=self.label_smoothing)
-            hard = target if target.ndim == 1 else target.argmax(-1)
-            out = {"accuracy": (logits.argmax(-1) == hard).float().mean()}
+            out = {"accuracy": soft_accuracy(logits, target)}
             if der:
                 replayed = der_loss(logits, stored, width, topk=self.logits.topk,
                                     temperature=self.temperature)
