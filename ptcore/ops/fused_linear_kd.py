@@ -98,10 +98,9 @@ def _chunks(x, w, b, teacher, labels, o: _Options, needs, row_scale=None):
 
 def _add_weight_grad(gw, g, xc):
     """gw [V, H] += g.T @ xc: in place when the dtypes agree. Half-precision products into a
-    float32 sum go through a temporary in
-    their own dtype, one block of about the chunk's logits' size of rows of V at a time
-    (all of V at once would be a [V, H] temporary: 1 GiB in bfloat16 at V = 128256,
-    H = 4096)."""
+    float32 sum go through a temporary in their own dtype, one block of rows of V about the
+    size of the chunk's logits at a time (all of V at once would be a [V, H] temporary:
+    1 GiB in bfloat16 at V = 128256, H = 4096)."""
     if g.dtype == gw.dtype:
         gw.addmm_(g.t(), xc)
         return

@@ -11,7 +11,7 @@ tensors a model lists as not to decay — a timm model's ``no_weight_decay()`` n
 
 The layer groups stay ptcore's own rather than ``timm.optim.param_groups_layer_decay``
 for timm models, for two reasons. (1) timm gives each group an ``lr_scale`` that only
-timm's schedulers apply; torch.optim and the engine's LambdaLR schedules ignore it, so its
+timm's schedulers apply; torch.optim and the engine's schedules ignore it, so its
 groups would train every layer at the base rate. (2) Its layers are
 ``group_matcher(coarse=False)`` ids (each ConvNeXt block: 14 layers for convnext_atto)
 while ptcore's layer groups are :func:`ptcore.models.blocks` (7 for convnext_atto): stage
@@ -45,9 +45,7 @@ def _no_decay_test(model: nn.Module):
                                               for pat in patterns)
 
 
-def _check(lr: float, weight_decay: float) -> None:
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+def _check_weight_decay(weight_decay: float) -> None:
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
 
@@ -66,7 +64,7 @@ def _split(params: list, names: dict, no_decay, weight_decay: float, **group) ->
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Every parameter of any ``model`` in two groups: with ``weight_decay`` and without
     (the rule above); no layer structure needed (a distilled student)."""
-    _check(1.0, weight_decay)
+    _check_weight_decay(weight_decay)
     names = {id(p): n for n, p in model.named_parameters()}
     return _split(list(model.parameters()), names, _no_decay_test(model), weight_decay)
 
@@ -76,7 +74,9 @@ def layer_decay_groups(model: nn.Module, lr: float, layer_decay: float,
     """Groups for every parameter of ``model``: block b of B gets
     ``lr * layer_decay ** (B - 1 - b)`` (the head gets ``lr``). Each group records its
     ``block`` index and the stage names it covers, for inspection."""
-    _check(lr, weight_decay)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    _check_weight_decay(weight_decay)
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
     st = stages(model)
