@@ -8,7 +8,11 @@ Providers, each producing float32 rows [B, 512] from a 100,000 × 512 store:
   copy     a plain copy of the same number of bytes (read + written) into a reused buffer
 
 Every call gathers fresh random indices and the copy reads from a rotating place in a
-256 MB buffer, so rows come from DRAM, not from a cache warmed by the previous call.
+256 MB buffer, so rows come from DRAM, not from a cache warmed by the previous call. The
+providers run in a fresh random order each round.
+
+Fresh outputs page-fault: run once more with THP_MEM_ALLOC_ENABLE=1 (torch's CPU allocator
+then backs allocations of 2 MiB and more with transparent huge pages) to see that cost shrink.
 
 Usage: python benchmarks/gather_table.py [--batches 1024,4096,16384] [--stores int8,float16,float32]
        [--rounds 101] [--warmup 10] [--threads N]"""
@@ -17,6 +21,7 @@ import inspect
 import itertools
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -88,10 +93,13 @@ def time_case(store, scales, b, big, rounds, warmup, seed):
     fns = providers(store, scales, b, big)
     g = torch.Generator().manual_seed(seed)
     times = {name: [] for name in fns}
-    names = list(fns)
+    order = random.Random(seed)
     for r in range(warmup + rounds):
-        # Interleaved, in a rotating order, so drift and a busy neighbour hit every provider.
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        # Interleaved, so drift and a busy neighbour hit every provider, in a fresh random
+        # order each round: a provider's time depends on the one before it (the caches and
+        # allocator state it leaves), and a fixed or rotating order always puts the same
+        # provider after the same one (it moved the int8 `out` median by up to 1.9×).
+        for name in order.sample(list(fns), len(fns)):
             idx = torch.randint(0, ROWS, (b,), generator=g)
             t0 = time.perf_counter()
             fns[name](idx)
@@ -116,7 +124,8 @@ def main(argv=None):
     big = torch.ones(1 << 28, dtype=torch.uint8)
     print(f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"ptcore from {os.path.dirname(ptcore.__file__)}; store {ROWS}×{WIDTH}, "
-          f"median of {args.rounds} after {args.warmup} warm-up rounds; load average "
+          f"median of {args.rounds} after {args.warmup} warm-up rounds; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; load average "
           f"{os.getloadavg()[0]:.1f}")
     print("| store | B | ptcore µs | out µs | eager µs | copy µs | ptcore/eager | out/eager "
           "| ptcore/copy | out/copy | out GB/s |")

@@ -1,12 +1,13 @@
 """Prints the ratio table for ptcore.kd_loss (or, with --topk, ptcore.kd_loss_topk): every
-provider timed side by side in one process (interleaved rounds, median), with achieved GB/s
-and peak extra memory.
+provider timed side by side in one process (interleaved rounds in a random order, median),
+with achieved GB/s and peak extra memory.
 
 Usage: python benchmarks/kd_table.py [--shapes vocab32k] [--dtypes float32] [--rounds 5]
        [--topk 8,64]"""
 import argparse
 import itertools
 import json
+import random
 import statistics
 import sys
 import time
@@ -27,8 +28,12 @@ def time_case(n, v, dtype, pass_, rounds, device, topk=None):
     times = {p: [] for p in PROVIDERS}
     for p in PROVIDERS:
         step(p, s, t, pass_)  # warm-up, compile
-    for _ in range(rounds):  # interleaved so drift hits every provider alike
-        for p in PROVIDERS:
+    order = random.Random(f"{n}x{v}{dtype}{pass_}{topk}")
+    for _ in range(rounds):
+        # Interleaved so drift hits every provider alike, in a fresh random order each round:
+        # a fixed order always runs a provider after the same neighbour, whose leftovers
+        # (caches, freed memory) it inherits.
+        for p in order.sample(PROVIDERS, len(PROVIDERS)):
             _sync(device)
             t0 = time.perf_counter()
             step(p, s, t, pass_)

@@ -2,7 +2,6 @@
 #include <ATen/Dispatch_v2.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
-#include <ATen/TensorIterator.h>
 
 #include <algorithm>
 #include <array>
@@ -111,29 +110,6 @@ inline void store_codes(int8_t* p, const Vectorized<float>& q) {
 // Rows per parallel task: enough elements that a task outweighs its scheduling.
 inline int64_t grain_rows(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
 
-// f(i0, i1) over contiguous chunks of the rows of `rows` (a contiguous 1-D tensor, one entry
-// per row), on torch's intra-op threads. Not at::parallel_for: ptcore._C is compiled without
-// -fopenmp, and that inline template parallelizes only under _OPENMP, so here it would run
-// every chunk on the calling thread. TensorIterator::for_each is compiled into libtorch
-// and splits the range on torch's own pool (torch.set_num_threads applies); each chunk's
-// data pointer says where it starts.
-template <typename F>
-void parallel_rows(const at::Tensor& rows, int64_t grain, const F& f) {
-  const int64_t n = rows.numel();
-  if (n == 0) return;
-  if (n <= grain || at::get_num_threads() == 1 || at::in_parallel_region()) {
-    f(int64_t{0}, n);
-    return;
-  }
-  auto iter = at::TensorIteratorConfig().add_const_input(rows).build();
-  const char* base = static_cast<const char*>(rows.const_data_ptr());
-  const int64_t size = rows.element_size();
-  iter.for_each([&](char** data, const int64_t* /*strides*/, int64_t n0, int64_t /*n1 = 1*/) {
-    const int64_t i0 = (data[0] - base) / size;
-    f(i0, i0 + n0);
-  }, grain);
-}
-
 template <typename T>
 void quantize_row(const T* x, int64_t d, int8_t* codes, float* scale_out) {
   Vectorized<float> vmax(0.f);
@@ -173,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in) {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     int8_t* cp = codes.data_ptr<int8_t>();
     float* sp = scales.data_ptr<float>();
-    parallel_rows(scales, grain_rows(d), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, m, grain_rows(d), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) quantize_row(xp + r * d, d, cp + r * d, sp + r);
     });
   }), at::kFloat, at::kHalf, at::kBFloat16);
@@ -285,7 +261,7 @@ int64_t gather_rows_impl(const In* src, const float* scales, const at::Tensor& i
   const bool streaming = kCanStream && indices.numel() * row_bytes >= kStreamBytes &&
                          row_bytes % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
   FirstBadRow first_bad;
-  parallel_rows(indices, grain_rows(d), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, indices.numel(), grain_rows(d), [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
       if (!gather_index_ok(idx[i], m)) {
         first_bad.report(i);
