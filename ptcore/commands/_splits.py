@@ -52,7 +52,8 @@ def add_augment_argument(p) -> None:
 def augment_train(args, train, preprocessing=None):
     """``train`` read through ``--augment``'s transform at ``preprocessing`` (default: the
     model's, :func:`model_preprocessing`); in-memory tensors are cropped at the size they were
-    rendered at (``--image-size``, or ``ptcore.data.IN_MEMORY_IMAGE_SIZE``). With ``--augment none`` (or a config's null), ``train`` itself."""
+    rendered at (``--image-size``, else ``ptcore.data.IN_MEMORY_IMAGE_SIZE``). With
+    ``--augment none`` (or a config's null), ``train`` itself."""
     from ptcore.models.preprocess import augment_split
 
     if args.augment in (None, "none"):

@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
 from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS
 from ptcore.engine.policy import MODES as BEST_MODES
 from ptcore.engine.schedules import SCHEDULES
-from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
 from ptcore.models.preprocess import AUGMENTS
 
 from ptcore.errors import UserError

@@ -6,7 +6,8 @@ import os
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
-           "dataset_from_spec", "IN_MEMORY", "IN_MEMORY_IMAGE_SIZE", "input_size"]
+           "dataset_from_spec", "IN_MEMORY", "IN_MEMORY_IMAGE_SIZE", "in_memory_size",
+           "input_size"]
 
 # The datasets `dataset_from_spec` renders in memory, and their size when no image size is
 # given (--image-size, data.image_size): small, as they are drawn from 8x8 or 16x16 sources.
@@ -103,9 +104,9 @@ def dataset_from_spec(spec: str, *, image_size: int | None = None, root: str | N
     from ptcore.data.glyphs import GlyphsDataset
 
     if spec == "digits":
-        return digits_dataset(image_size or IN_MEMORY_IMAGE_SIZE)
+        return digits_dataset(in_memory_size(image_size))
     if spec == "glyphs":
-        return GlyphsDataset(image_size=image_size or IN_MEMORY_IMAGE_SIZE)
+        return GlyphsDataset(image_size=in_memory_size(image_size))
     sized = {} if image_size is None else {"image_size": image_size}
     if os.path.isdir(spec):
         return image_folder(spec, augment=augment, transform=transform, **sized)
@@ -116,8 +117,13 @@ def dataset_from_spec(spec: str, *, image_size: int | None = None, root: str | N
                      "nor a torchvision dataset name given with a root")
 
 
+def in_memory_size(image_size: int | None) -> int:
+    """The size the in-memory datasets are rendered at for an ``image_size`` option."""
+    return IN_MEMORY_IMAGE_SIZE if image_size is None else image_size
+
+
 def input_size(spec: str, image_size: int | None, crop_size: int) -> int:
     """The side of the images a run on ``spec`` feeds its model: the in-memory datasets'
     rendered size, else ``crop_size``, that of the preprocessing files are read with (which
     holds ``image_size`` already, unless an override of the size won)."""
-    return (image_size or IN_MEMORY_IMAGE_SIZE) if spec in IN_MEMORY else crop_size
+    return in_memory_size(image_size) if spec in IN_MEMORY else crop_size
