@@ -1,4 +1,7 @@
-"""Shared test settings: the devices to run on, tolerances per dtype, native-only marks."""
+"""Shared test settings: the devices to run on, tolerances per dtype, native-only marks;
+configs and planted weights files for the command tests."""
+import os
+
 import pytest
 import torch
 
@@ -34,3 +37,21 @@ def stage_config(directory, stage: str, out, **sections) -> str:
     path = directory / f"{stage}.yaml"
     path.write_text(yaml.safe_dump({"stage": stage, "out": str(out), **sections}))
     return str(path)
+
+
+def plant_torchvision_weights(tmp_path, monkeypatch, name: str):
+    """``name``'s DEFAULT torchvision weights file in a torch hub cache of its own
+    (TORCH_HOME), holding a randomly initialised model (no network: a download fails the
+    test). Returns (its state_dict, the weights' own transforms())."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("the cached weights must be used"))
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    target = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(weights.url)
+    target.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    state = torchvision.models.get_model(name).state_dict()
+    torch.save(state, target)
+    return state, weights.transforms()

@@ -40,7 +40,8 @@ BAD_CONFIG = {
                                     st.just(math.nan), st.booleans()),
     ("data", "val"): st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-9),
                                st.just(math.nan), NOT_NUMBERS.filter(lambda v: v is not None)),
-    ("data", "image_size"): st.one_of(st.integers(-100, 7), st.floats(), NOT_NUMBERS),
+    ("data", "image_size"): st.one_of(st.integers(-100, 7), st.floats(),
+                                      NOT_NUMBERS.filter(lambda v: v is not None)),
     ("data", "classes"): st.one_of(
         st.lists(st.one_of(st.integers(max_value=-1), st.booleans(), st.text(max_size=2)),
                  min_size=1, max_size=3), st.integers(), st.text(max_size=3)),

@@ -40,7 +40,7 @@ def test_yaml_and_toml_give_the_same_config(tmp_path):
     (_with(modle={"name": "resnet18"}), r"unknown key\(s\) \['modle'\]"),
     (_with(model={"name": "resnet18", "wieghts": "x"}), r"model: unknown key\(s\) \['wieghts'\]"),
     (_with(model={}), r"model\.name is required"),
-    (_with(data={"image_size": "32"}), r"data\.image_size: expected int, got str"),
+    (_with(data={"image_size": "32"}), r"data\.image_size: expected int or null, got str"),
     (_with(data={"val": 1.5}), r"data\.val must be a fraction"),
     (_with(data={"shots": 0}), r"data\.shots must be a positive int"),
     (_with(data={"classes": [1, "two"]}), r"data\.classes must be a list of class ids"),

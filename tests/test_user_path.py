@@ -12,7 +12,6 @@ tests/data/test_official.py::test_split_cifar100_from_the_command_line (and thro
 `ptcore run` in tests/data/test_data_config.py::test_run_reads_a_benchmark).
 """
 import json
-import os
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from ptcore.engine.checkpoint import load_checkpoint
 from ptcore.engine.metrics import read_metrics
 from ptcore.models import read_state_dict
 from tests.data.formats import write_image_folder
+from tests.helpers import plant_torchvision_weights
 
 pytest.importorskip("tensorboard")
 
@@ -41,22 +41,6 @@ def used_preprocessing(monkeypatch):
 
     monkeypatch.setattr(P, "eval_transform", spy)
     return seen
-
-
-def _torchvision_hub(tmp_path, monkeypatch):
-    """convnext_tiny's DEFAULT weights file in a torch hub cache of its own (TORCH_HOME)."""
-    import torchvision
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda *a, **k: pytest.fail("the cached weights must be used"))
-    url = torchvision.models.ConvNeXt_Tiny_Weights.DEFAULT.url
-    target = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(url)
-    target.parent.mkdir(parents=True)
-    torch.manual_seed(0)
-    state = torchvision.models.convnext_tiny().state_dict()
-    torch.save(state, target)
-    return state, torchvision.models.ConvNeXt_Tiny_Weights.DEFAULT.transforms()
 
 
 def _hf_hub(tmp_path, monkeypatch):
@@ -148,7 +132,7 @@ def _check_size_only_overridden(seen, source, weights_p, summary):
 
 def test_convnext_tiny_with_its_torchvision_weights(tmp_path, monkeypatch, used_preprocessing,
                                                     capsys):
-    planted, native = _torchvision_hub(tmp_path, monkeypatch)
+    planted, native = plant_torchvision_weights(tmp_path, monkeypatch, "convnext_tiny")
     out, summary = _finetune(tmp_path, "convnext_tiny")
     _check_run(out, summary, planted)
     _check_size_only_overridden(used_preprocessing, "torchvision convnext_tiny.DEFAULT", (

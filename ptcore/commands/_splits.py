@@ -18,12 +18,26 @@ def _pairs(text: str) -> dict:
 
 
 def add_data_arguments(p) -> None:
-    p.add_argument("--preprocess", type=_pairs, default={}, metavar="K=V,...",
-                   help="override the weights' preprocessing: image_size, crop_size, "
-                   "resize_size, interpolation, mean/std as a/b/c")
+    add_preprocess_argument(p)
     p.add_argument("--download", action="store_true", help="download a torchvision dataset "
                    "that is not under the root")
     add_augment_argument(p)
+
+
+def add_preprocess_argument(p, whose: str = "the") -> None:
+    p.add_argument("--preprocess", type=_pairs, default={}, metavar="K=V,...",
+                   help=f"override {whose} weights' preprocessing: image_size, crop_size, "
+                   "resize_size, interpolation, mean/std as a/b/c (a size here wins over "
+                   "--image-size)")
+
+
+def add_image_size_argument(p, whose: str = "the model's") -> None:
+    from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
+
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="input size: digits and glyphs are rendered at N (default "
+                   f"{IN_MEMORY_IMAGE_SIZE}); image files are read at N instead of {whose} "
+                   "weights' crop size (default: their own preprocessing, docs/data.md)")
 
 
 def add_augment_argument(p) -> None:
@@ -37,8 +51,9 @@ def add_augment_argument(p) -> None:
 
 def augment_train(args, train, preprocessing=None):
     """``train`` read through ``--augment``'s transform at ``preprocessing`` (default: the
-    model's, :func:`model_preprocessing`); in-memory tensors are cropped at their own size
-    (``--image-size``). With ``--augment none`` (or a config's null), ``train`` itself."""
+    model's, :func:`model_preprocessing`); in-memory tensors are cropped at the size they were
+    rendered at (``--image-size``, else ``ptcore.data.IN_MEMORY_IMAGE_SIZE``). With
+    ``--augment none`` (or a config's null), ``train`` itself."""
     from ptcore.models.preprocess import augment_split
 
     if args.augment in (None, "none"):

@@ -2,7 +2,8 @@
 and an unlabelled pool (ptcore.strategies.Distill)."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands._splits import add_augment_argument
+from ptcore.commands._splits import (add_augment_argument, add_image_size_argument,
+                                     add_preprocess_argument)
 
 from ptcore._kd_args import DIVERGENCES
 
@@ -29,7 +30,8 @@ def add_parser(sub):
                    help="'digits', an ImageFolder directory, or a torchvision dataset name "
                    "with --root")
     p.add_argument("--root", help="where a torchvision dataset's files are")
-    p.add_argument("--image-size", type=int, default=32, help="the student's input size")
+    add_image_size_argument(p, "the student's")
+    add_preprocess_argument(p, "the student's")
     p.add_argument("--classes", type=int_list,
                    help="comma-separated class ids to keep (relabelled 0..k-1)")
     p.add_argument("--teacher-image-size", type=int,
@@ -87,10 +89,10 @@ def _distill(args) -> dict:
     import torch
 
     from ptcore import engine
-    from ptcore.data import (class_subset, dataset_from_spec, k_shot, targets_of,
-                             train_val_test_split)
+    from ptcore.data import (IN_MEMORY, class_subset, dataset_from_spec, input_size, k_shot,
+                             targets_of, train_val_test_split)
     from ptcore.models import create_model, get_head, head_width
-    from ptcore.models.preprocess import preprocessing
+    from ptcore.models.preprocess import eval_transform, model_preprocessing
     from ptcore.strategies import Distill
 
     from ptcore.commands._splits import augment_train
@@ -99,14 +101,17 @@ def _distill(args) -> dict:
         raise ValueError(f"--augment {args.augment} with --mode offline: the offline cache "
                          "holds the teacher's outputs for unaugmented images, not for the "
                          "freshly augmented ones the student sees; use --mode online")
-    data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root)
+    # Image files reach the student (and, resized, the teacher) as finetune would read them
+    # for the student: through its weights' preprocessing, augmented at the same.
+    preprocessing = model_preprocessing(args.student, args.student_weights,
+                                        image_size=args.image_size, overrides=args.preprocess)
+    data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root,
+                             transform=eval_transform(preprocessing))
     if args.classes:
         data = class_subset(data, args.classes)
     classes = len(targets_of(data).unique())
     train, val, test = train_val_test_split(data, args.val, args.test, seed=args.seed)
-    # the evaluation transform here is ImageNet's defaults at --image-size: so is the training one
-    train = augment_train(args, train, preprocessing(args.student, None,
-                                                     image_size=args.image_size))
+    train = augment_train(args, train, preprocessing)
     labelled, unlabelled = (k_shot(train, args.labels_per_class, seed=args.seed)
                             if args.labels_per_class is not None else (train, None))
     progress = not args.no_progress
@@ -123,11 +128,14 @@ def _distill(args) -> dict:
         cache_dir=args.cache_dir, method=args.method, divergence=args.divergence, beta=args.beta,
         **({"features": args.feature_pairs.split(",")} if args.feature_pairs else {})))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
-            "teacher": args.teacher, "image_size": args.image_size}
+            "teacher": args.teacher,
+            "image_size": input_size(args.data, args.image_size, preprocessing.crop_size)}
     resume = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched
     summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=resume,
                            meta=meta)
     summary["test"] = strategy.evaluate(test)
+    if args.data not in IN_MEMORY:  # images read from files: what model.pt expects
+        summary["preprocessing"] = preprocessing.as_dict()
     if engine.distributed.is_main():
         engine.atomic_write_json(Path(args.out) / "summary.json", summary)
     return summary

@@ -2,7 +2,7 @@
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands._splits import add_data_arguments
+from ptcore.commands._splits import add_data_arguments, add_image_size_argument
 
 
 def add_parser(sub):
@@ -19,7 +19,7 @@ def add_parser(sub):
     p.add_argument("--data-root", help="root of a torchvision dataset given by name (its "
                    "official train/test splits are used, and an ImageFolder root's train/, "
                    "val/, test/ subfolders)")
-    p.add_argument("--image-size", type=int, default=32)
+    add_image_size_argument(p)
     add_data_arguments(p)
     p.add_argument("--classes", type=int_list,
                    help="comma-separated class ids to keep (relabelled 0..k-1)")
@@ -97,7 +97,7 @@ def _finetune(args) -> dict:
                      meta=meta)
     summary["test"] = ft.evaluate(test) if len(test) else {}
     summary["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
-    if args.data not in ("digits", "glyphs"):  # images read from files: what model.pt expects
+    if args.data not in D.IN_MEMORY:  # images read from files: what model.pt expects
         summary["preprocessing"] = model_preprocessing(args).as_dict()
     if is_main():
         atomic_write_json(Path(args.out) / "summary.json", summary)

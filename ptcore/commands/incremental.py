@@ -3,7 +3,7 @@ import argparse
 
 from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands._splits import add_data_arguments
+from ptcore.commands._splits import add_data_arguments, add_image_size_argument
 
 
 def _tasks(text: str) -> int | list[list[int]]:
@@ -38,7 +38,7 @@ def add_parser(sub):
                    "official splits and class order: split-cifar100, split-imagenet-subset "
                    "(see docs/data.md); --tasks is then a task count")
     add_data_arguments(p)
-    p.add_argument("--image-size", type=int, default=32)
+    add_image_size_argument(p)
     p.add_argument("--data-classes", type=int_list,
                    help="comma-separated classes of the data to use (default: all)")
     p.add_argument("--tasks", type=_tasks, default=5, help="a number of equal tasks, or the "

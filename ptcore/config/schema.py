@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
 from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS
 from ptcore.engine.policy import MODES as BEST_MODES
@@ -77,7 +78,9 @@ _DATA = {
     "dataset": Key((str,), default="digits",
                    help="'digits', an ImageFolder directory, or a torchvision dataset name"),
     "root": Key((str, type(None)), help="root of a torchvision dataset given by name"),
-    "image_size": Key((int,), default=32),
+    "image_size": Key((int, type(None)), help="input size: in-memory data (digits, glyphs) is "
+                      f"rendered at it (null: {IN_MEMORY_IMAGE_SIZE}), image files read at it "
+                      "instead of the weights' crop size (null: the weights' own)"),
     "classes": Key((list, type(None)), help="class ids to use (default: all)"),
     "val": Key((float, int), default=0.15),
     "test": Key((float, int), default=0.15),
@@ -162,7 +165,7 @@ _VALUES = {
     "threshold": (lambda v: v is None or 0 <= v <= 1, "null or a confidence in [0, 1]"),
     "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "val": _FRACTION, "test": _FRACTION, "test_fraction": _FRACTION,
-    "image_size": (lambda v: v >= 8, ">= 8"), "teacher_image_size": (
+    "image_size": (lambda v: v is None or v >= 8, "null or >= 8"), "teacher_image_size": (
         lambda v: v is None or v >= 8, "null or >= 8"), "teacher_input_size": (
         lambda v: v is None or v >= 8, "null or >= 8"),
     "shots": _POSITIVE_INT, "labels_per_class": _POSITIVE_INT, "seed": _NON_NEGATIVE,

@@ -7,7 +7,8 @@ from ptcore.data.benchmarks import (BENCHMARKS, PYCIL_SEED, benchmark_splits, be
                                     class_order)
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, digits_dataset
 from ptcore.data.glyphs import GLYPH_FONTS, GlyphsDataset, glyph_characters
-from ptcore.data.folders import (dataset_from_spec, image_folder, image_transform,
+from ptcore.data.folders import (IN_MEMORY, IN_MEMORY_IMAGE_SIZE, dataset_from_spec,
+                                 image_folder, image_transform, in_memory_size, input_size,
                                  is_deterministic, torchvision_dataset)
 from ptcore.data.official import (data_splits, folder_splits, has_official_splits,
                                   official_splits)
@@ -18,7 +19,8 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TensorImageDataset", "digits_dataset",
     "GlyphsDataset", "glyph_characters", "GLYPH_FONTS",
     "image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
-    "dataset_from_spec", "official_splits", "folder_splits", "has_official_splits",
+    "dataset_from_spec", "IN_MEMORY", "IN_MEMORY_IMAGE_SIZE", "in_memory_size", "input_size",
+    "official_splits", "folder_splits", "has_official_splits",
     "data_splits",
     "BENCHMARKS", "PYCIL_SEED", "class_order", "benchmark_splits", "benchmark_tasks",
     "augmented", "targets_of", "LabeledSubset", "train_val_test_split", "class_subset",

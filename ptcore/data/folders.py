@@ -6,7 +6,14 @@ import os
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["image_transform", "image_folder", "torchvision_dataset", "is_deterministic",
-           "dataset_from_spec"]
+           "dataset_from_spec", "IN_MEMORY", "IN_MEMORY_IMAGE_SIZE", "in_memory_size",
+           "input_size"]
+
+# The datasets `dataset_from_spec` renders in memory, and their size when no image size is
+# given (--image-size, data.image_size): small, as they are drawn from 8x8 or 16x16 sources.
+# Image files have no such size: without one they are read at the model's preprocessing.
+IN_MEMORY = ("digits", "glyphs")
+IN_MEMORY_IMAGE_SIZE = 32
 
 
 def _rgb(img):
@@ -86,22 +93,37 @@ def is_deterministic(dataset) -> bool:
     return True
 
 
-def dataset_from_spec(spec: str, *, image_size: int = 32, root: str | None = None,
+def dataset_from_spec(spec: str, *, image_size: int | None = None, root: str | None = None,
                       train: bool = True, augment: bool = False, transform=None):
     """What the CLI's ``--data`` names: "digits", "glyphs" (:class:`GlyphsDataset` at its
-    default size and seed), an ImageFolder directory, or a torchvision dataset name (with
-    ``root``). ``transform``: for images read from files."""
+    default seed), rendered at ``image_size`` (None: ``IN_MEMORY_IMAGE_SIZE``), an
+    ImageFolder directory, or a torchvision dataset name (with ``root``). ``transform``: for
+    images read from files (without it, :func:`image_transform` at ``image_size``, or its
+    default)."""
     from ptcore.data.digits import digits_dataset
     from ptcore.data.glyphs import GlyphsDataset
 
     if spec == "digits":
-        return digits_dataset(image_size)
+        return digits_dataset(in_memory_size(image_size))
     if spec == "glyphs":
-        return GlyphsDataset(image_size=image_size)
+        return GlyphsDataset(image_size=in_memory_size(image_size))
+    sized = {} if image_size is None else {"image_size": image_size}
     if os.path.isdir(spec):
-        return image_folder(spec, image_size=image_size, augment=augment, transform=transform)
+        return image_folder(spec, augment=augment, transform=transform, **sized)
     if root is not None:
-        return torchvision_dataset(spec, root, train=train, image_size=image_size,
-                                   augment=augment, transform=transform)
+        return torchvision_dataset(spec, root, train=train, augment=augment,
+                                   transform=transform, **sized)
     raise ValueError(f"data {spec!r} is neither 'digits', 'glyphs', an existing directory, "
                      "nor a torchvision dataset name given with a root")
+
+
+def in_memory_size(image_size: int | None) -> int:
+    """The size the in-memory datasets are rendered at for an ``image_size`` option."""
+    return IN_MEMORY_IMAGE_SIZE if image_size is None else image_size
+
+
+def input_size(spec: str, image_size: int | None, crop_size: int) -> int:
+    """The side of the images a run on ``spec`` feeds its model: the in-memory datasets'
+    rendered size, else ``crop_size``, that of the preprocessing files are read with (which
+    holds ``image_size`` already, unless an override of the size won)."""
+    return in_memory_size(image_size) if spec in IN_MEMORY else crop_size

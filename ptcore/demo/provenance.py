@@ -26,9 +26,11 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def write_provenance(weights: str | os.PathLike, cfg: dict, method: str, record: dict,
-                     context: dict) -> Path:
+                     context: dict, *, image_size: int) -> Path:
     """``provenance.json`` beside ``weights``, which the pretrain stage's ``method`` of
-    ``cfg`` has just written with ``record`` (its results) and ``context`` (stage facts)."""
+    ``cfg`` has just written with ``record`` (its results) and ``context`` (stage facts),
+    from images of ``image_size`` pixels a side (what its data was read at, which
+    ``cfg``'s ``data.image_size`` may leave unset)."""
     import torch
 
     from ptcore import __version__
@@ -42,7 +44,7 @@ def write_provenance(weights: str | os.PathLike, cfg: dict, method: str, record:
         "method": method, "seed": cfg["seed"],
         "source": {"dataset": context.get("dataset", cfg["data"]["dataset"]),
                    "size": context.get("dataset_size"), "classes": context.get("classes"),
-                   "image_size": cfg["data"]["image_size"],
+                   "image_size": image_size,
                    "train_samples": context.get("train_samples"),
                    "test_samples": context.get("test_samples")},
         "source_accuracy": record["accuracy"], "epochs": record["epochs"],

@@ -127,7 +127,8 @@ def _load_data(cfg: dict) -> dict:
         raise ConfigError("data.test is 0: the stage reports test accuracy, keep a test split "
                           "(or, with data.shots, test on the samples that are not shots)")
     out = {"train": train, "val": val if val is not None and len(val) else None, "test": test,
-           "unlabelled": unlabelled, "dataset_size": size}
+           "unlabelled": unlabelled, "dataset_size": size,
+           "image_size": D.input_size(d["dataset"], d["image_size"], preprocessing.crop_size)}
     if stage == "incremental":
         tasks = (D.benchmark_tasks(d["benchmark"], d["tasks"]) if d["benchmark"]
                  else d["tasks"])
@@ -186,7 +187,7 @@ def _finetune(p: Prepared, name: str, opts: dict) -> dict:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         atomic_torch_save(state, path)
         record["weights_file"] = str(path)
-        write_provenance(path, p.cfg, name, record, p.context)
+        write_provenance(path, p.cfg, name, record, p.context, image_size=p.data["image_size"])
     return record
 
 

@@ -177,13 +177,16 @@ def model_transform(model: str, weights=None, *, image_size: int | None = None,
                                               overrides=overrides))
 
 
-def augment_split(dataset, p: Preprocessing, augment: str | None, tensor_size: int):
+def augment_split(dataset, p: Preprocessing, augment: str | None, tensor_size: int | None):
     """``dataset`` (a training split) read through ``augment``'s transform: image files at
-    ``p`` (:func:`train_transform`), in-memory image tensors cropped at ``tensor_size``
-    (:func:`augment_ops`); with "none" or None, ``dataset`` itself."""
-    from ptcore.data import augmented
+    ``p`` (:func:`train_transform`), in-memory image tensors cropped at the size
+    :func:`ptcore.data.dataset_from_spec` renders them at for an image size ``tensor_size``
+    (None: ``ptcore.data.IN_MEMORY_IMAGE_SIZE``) (:func:`augment_ops`); with "none" or None,
+    ``dataset`` itself."""
+    from ptcore.data import augmented, in_memory_size
 
     if augment in (None, "none"):
         return dataset
+    tensors = replace(p, crop_size=in_memory_size(tensor_size))
     return augmented(dataset, images=train_transform(p, augment),
-                     tensors=augment_ops(replace(p, crop_size=tensor_size), augment))
+                     tensors=augment_ops(tensors, augment))
