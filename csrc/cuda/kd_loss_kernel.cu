@@ -5,12 +5,10 @@
 #include <ATen/Dispatch_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
-
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAMacros.h>
 
 #include <algorithm>
 #include <array>
@@ -152,19 +150,19 @@ __global__ void __launch_bounds__(kMaxThreads)
   float st[kd::kStats];
   float d = kd::finish_row(r, h.div, st);
   if (h.div == Div::JSD) {
-    d = jsd_divergence(pair_allreduce(jsd_pair(s, t, V, vec, Part{0, 1}, st, h), smem_pair), h,
+    d = jsd_divergence(pair_allreduce(jsd_pair(s, t, V, vec, Part{0, 1, 0}, st, h), smem_pair), h,
                        st);
   }
-  write_row_outputs<kHard>(i, Part{0, 1}, s, t, labels, rows, stats, grad, V, vec, st, d, h,
+  write_row_outputs<kHard>(i, Part{0, 1, 0}, s, t, labels, rows, stats, grad, V, vec, st, d, h,
                            grad_scale);
 }
 
-// Several blocks per row (kd_loss_rows_cuda picks how many): grid (N, parts), block
-// (i, p) reads part p of row i in each of up to three passes, one kernel each: the part's
-// statistics; for JSD, the row's statistics and the part's pair sums; the row's loss and
-// the part's gradient. Every block merges a row's parts in index order, so all blocks of a
-// row, and every run, get the same bits.
-__device__ __forceinline__ Part grid_part() { return {blockIdx.y, gridDim.y}; }
+// Several blocks per row (split_for picks how many): grid (N, parts), block (i, p) reads
+// part p of row i (slices of `per` packs) in each of up to three passes, one kernel each:
+// the part's statistics; for JSD, the row's statistics and the part's pair sums; the row's
+// loss and the part's gradient. Every block merges a row's parts in index order, so all
+// blocks of a row, and every run, get the same bits.
+__device__ __forceinline__ Part grid_part(int64_t per) { return {blockIdx.y, gridDim.y, per}; }
 
 __device__ __forceinline__ Acc merge_parts(const Acc* acc, int64_t parts, const Hyper& h) {
   Acc r = acc[0];
@@ -177,10 +175,10 @@ __global__ void __launch_bounds__(kMaxThreads)
     kd_split_stats_kernel(const scalar_t* __restrict__ student,  // [N, V]
                           const scalar_t* __restrict__ teacher,  // [N, V]
                           Acc* __restrict__ acc,                 // [N, parts]
-                          int64_t V, Hyper h, bool vec) {
+                          int64_t V, int64_t per, Hyper h, bool vec) {
   PTCORE_SHARED_ACCS(smem_acc);
   const int64_t i = blockIdx.x;
-  const Part part = grid_part();
+  const Part part = grid_part(per);
   Acc r;
   for_each_pack(V, vec, part, [&](int64_t, auto, const auto& sv, const auto& tv) {
     accumulate<kHard, true>(r, sv, tv, h.inv_t, h.div);
@@ -198,10 +196,10 @@ __global__ void __launch_bounds__(kMaxThreads)
                         const Acc* __restrict__ acc,           // [N, parts]
                         Pair* __restrict__ pairs,              // [N, parts]
                         float* __restrict__ row_stats,         // [N, kStats]
-                        int64_t V, Hyper h, bool vec) {
+                        int64_t V, int64_t per, Hyper h, bool vec) {
   __shared__ Pair smem_pair[kWarp];
   const int64_t i = blockIdx.x;
-  const Part part = grid_part();
+  const Part part = grid_part(per);
   float st[kd::kStats];
   kd::finish_row(merge_parts(acc + i * part.count, part.count, h), h.div, st);
   const Pair k =
@@ -226,7 +224,8 @@ __global__ void __launch_bounds__(kMaxThreads)
                            float* __restrict__ rows,              // [N]
                            float* __restrict__ stats,             // [N, kStats]
                            scalar_t* __restrict__ grad,           // [N, V] or null
-                           int64_t parts, int64_t V, Hyper h, float grad_scale, bool vec) {
+                           int64_t parts, int64_t V, int64_t per, Hyper h, float grad_scale,
+                           bool vec) {
   const int64_t i = blockIdx.x;
   float st[kd::kStats];
   float d;
@@ -242,7 +241,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   } else {
     d = kd::finish_row(merge_parts(acc + i * parts, parts, h), h.div, st);
   }
-  write_row_outputs<kHard>(i, grid_part(), student + i * V, teacher + i * V, labels, rows, stats,
+  write_row_outputs<kHard>(i, grid_part(per), student + i * V, teacher + i * V, labels, rows, stats,
                            grad, V, vec, st, d, h, grad_scale);
 }
 
@@ -254,14 +253,14 @@ __global__ void __launch_bounds__(kMaxThreads)
                        const int64_t* __restrict__ labels,    // [N] or null
                        const float* __restrict__ stats,       // [N, kStats]
                        scalar_t* __restrict__ grad,           // [N, V]
-                       int64_t V, Hyper h, bool vec) {
+                       int64_t V, int64_t per, Hyper h, bool vec) {
   const int64_t i = blockIdx.x;  // part blockIdx.y of row i: grid (N, parts), as above
   const float* st = stats + i * kd::kStats;
   const bool counts = labels == nullptr || labels[i] != h.ignore_index;
   // Whether labels are read depends on the options only, never on the (maybe NaN) gradient.
   const int64_t label = kHard ? labels[i] : -1;
   const GradCoefs c = grad_coefs(grad_rows[i], counts, st, h.soft_coef, h.hard_coef, h.inv_t);
-  write_grad_row<kHard>(student + i * V, teacher + i * V, grad + i * V, V, vec, grid_part(), st,
+  write_grad_row<kHard>(student + i * V, teacher + i * V, grad + i * V, V, vec, grid_part(per), st,
                         c, counts, label, h);
 }
 
@@ -301,10 +300,15 @@ int multiprocessors(c10::DeviceIndex device) {
 // per SM); then about two blocks per SM, as long as each part keeps ~4 packs per thread of
 // a full block (as threads_for gives a whole row), so the merges stay negligible. Only
 // N < 2 · SMs splits: the parts (at most 2 · SMs) fit gridDim.y (65535).
-int64_t parts_for(int64_t N, int64_t V, int pack, c10::DeviceIndex device) {
+struct Split {
+  int64_t parts, per;  // blocks per row, packs per block (Part)
+};
+
+Split split_for(int64_t N, int64_t V, int pack, c10::DeviceIndex device) {
   const int64_t blocks = 2 * int64_t{multiprocessors(device)};
   const int64_t most = V / (int64_t{kMaxThreads} * pack * 4);
-  return std::max<int64_t>(1, std::min((blocks + N - 1) / N, most));
+  const int64_t parts = std::max<int64_t>(1, std::min((blocks + N - 1) / N, most));
+  return {parts, (V + pack * parts - 1) / (pack * parts)};  // per · pack · parts >= V
 }
 
 // The split path's workspaces are float tensors: a row's partial statistics and pair sums
@@ -340,7 +344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_rows_cuda(
     float* stats = out.stats.data_ptr<float>();
     const float gs = static_cast<float>(grad_scale);
     const int threads = threads_for(V, pack_size<scalar_t>());
-    const int64_t parts = parts_for(N, V, pack_size<scalar_t>(), student.device().index());
+    const Split split = split_for(N, V, pack_size<scalar_t>(), student.device().index());
+    const int64_t parts = split.parts;
     auto launch = [&](auto hard) {
       constexpr bool kHard = decltype(hard)::value;
       if (parts == 1) {
@@ -353,26 +358,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_rows_cuda(
       const at::Tensor acc_ws = at::empty({N, parts, kAccWords}, floats);
       Acc* acc = reinterpret_cast<Acc*>(acc_ws.data_ptr<float>());
       const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(parts));
-      kd_split_stats_kernel<scalar_t, kHard><<<grid, threads, 0, stream>>>(
-          s, t, acc, V, p.h, vec);
+      kd_split_stats_kernel<scalar_t, kHard><<<grid, threads, 0, stream>>>(s, t, acc, V,
+                                                                          split.per, p.h, vec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      at::Tensor pair_ws, row_stats_ws;
+      at::Tensor pair_ws, row_stats_ws;  // JSD's second pass
+      Pair* pairs = nullptr;
+      float* row_stats = nullptr;
       if (p.h.div == Div::JSD) {
         pair_ws = at::empty({N, parts, kPairWords}, floats);
         row_stats_ws = at::empty({N, kd::kStats}, floats);
-        kd_split_jsd_kernel<scalar_t><<<grid, threads, 0, stream>>>(
-            s, t, acc, reinterpret_cast<Pair*>(pair_ws.data_ptr<float>()),
-            row_stats_ws.data_ptr<float>(), V, p.h, vec);
+        pairs = reinterpret_cast<Pair*>(pair_ws.data_ptr<float>());
+        row_stats = row_stats_ws.data_ptr<float>();
+        kd_split_jsd_kernel<scalar_t><<<grid, threads, 0, stream>>>(s, t, acc, pairs, row_stats,
+                                                                     V, split.per, p.h, vec);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       // Without a gradient to write, one block per row finishes it.
-      const dim3 finish(static_cast<unsigned>(N), g != nullptr ? static_cast<unsigned>(parts) : 1u);
+      const dim3 finish(static_cast<unsigned>(N), g != nullptr ? grid.y : 1u);
       kd_split_finish_kernel<scalar_t, kHard><<<finish, threads, 0, stream>>>(
-          s, t, lp, acc,
-          pair_ws.defined() ? reinterpret_cast<const Pair*>(pair_ws.const_data_ptr<float>())
-                            : nullptr,
-          row_stats_ws.defined() ? row_stats_ws.const_data_ptr<float>() : nullptr, rows, stats,
-          g, parts, V, p.h, gs, vec);
+          s, t, lp, acc, pairs, row_stats, rows, stats, g, parts, V, split.per, p.h, gs, vec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (p.o.hard_coef != 0) {
@@ -404,13 +408,13 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& 
   const bool vec = same_alignment({&student, &teacher, &grad});
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_V2(student.scalar_type(), "kd_loss_backward_cuda", AT_WRAP([&] {
-    const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(parts_for(
-        N, V, pack_size<scalar_t>(), student.device().index())));
+    const Split split = split_for(N, V, pack_size<scalar_t>(), student.device().index());
+    const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(split.parts));
     auto launch = [&](auto kernel) {
       kernel<<<grid, threads_for(V, pack_size<scalar_t>()), 0, stream>>>(
           in.grad_rows.const_data_ptr<float>(), student.const_data_ptr<scalar_t>(),
           teacher.const_data_ptr<scalar_t>(), lp, in.stats.const_data_ptr<float>(),
-          grad.data_ptr<scalar_t>(), V, p.h, vec);
+          grad.data_ptr<scalar_t>(), V, split.per, p.h, vec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (p.o.hard_coef != 0) {
