@@ -241,8 +241,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   } else {
     d = kd::finish_row(merge_parts(acc + i * parts, parts, h), h.div, st);
   }
-  write_row_outputs<kHard>(i, grid_part(per), student + i * V, teacher + i * V, labels, rows, stats,
-                           grad, V, vec, st, d, h, grad_scale);
+  write_row_outputs<kHard>(i, grid_part(per), student + i * V, teacher + i * V, labels, rows,
+                           stats, grad, V, vec, st, d, h, grad_scale);
 }
 
 template <typename scalar_t, bool kHard>
@@ -260,8 +260,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   // Whether labels are read depends on the options only, never on the (maybe NaN) gradient.
   const int64_t label = kHard ? labels[i] : -1;
   const GradCoefs c = grad_coefs(grad_rows[i], counts, st, h.soft_coef, h.hard_coef, h.inv_t);
-  write_grad_row<kHard>(student + i * V, teacher + i * V, grad + i * V, V, vec, grid_part(per), st,
-                        c, counts, label, h);
+  write_grad_row<kHard>(student + i * V, teacher + i * V, grad + i * V, V, vec, grid_part(per),
+                        st, c, counts, label, h);
 }
 
 struct Prepared {
