@@ -1,5 +1,5 @@
-// Reading rows of logits in CUDA kernels (a block per row, 16-byte loads), and the launch
-// helpers shared by the loss kernels.
+// Reading rows of logits in CUDA kernels (a block per row or per slice of a row, 16-byte
+// loads), and the launch helpers shared by the loss kernels.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -40,14 +40,24 @@ __device__ __forceinline__ Floats<P> load_pack(const scalar_t* row, int64_t k) {
   return out;
 }
 
-// Visits this thread's share of one or more rows of length V: f(j, n, x...) gets n (a
-// compile-time constant) consecutive elements from column j of each row, as floats. With
-// `vec` (every row pointer has the same offset modulo 16 bytes), a row is read as a scalar
-// head up to its first 16-byte boundary, 16-byte packs, and a scalar tail, so odd V and
-// misaligned rows keep vector loads; without it, one element at a time.
+// The columns of a row one block visits when several blocks share it: its packs (or, read
+// element by element, its elements) are cut into slices of `per` packs (per · P elements),
+// block `index` of `count` takes slice `index`, and the last block also whatever is left.
+// Part{0, 1, 0} is the whole row. No division: 64-bit ones are calls that made ptxas spill.
+struct Part {
+  int64_t index, count, per;
+};
+
+// Visits this thread's share of part `part` of one or more rows of length V: f(j, n, x...)
+// gets n (a compile-time constant) consecutive elements from column j of each row, as
+// floats. With `vec` (every row pointer has the same offset modulo 16 bytes), a row is read
+// as a scalar head up to its first 16-byte boundary, 16-byte packs, and a scalar tail, so
+// odd V and misaligned rows keep vector loads; without it, one element at a time. Each of
+// the three is sliced as above (whole packs: loads stay aligned; the head and tail, shorter
+// than a pack, fall to the first block), so the parts cover every column once.
 template <typename F, typename scalar_t, typename... More>
-__device__ __forceinline__ void for_each_pack(int64_t V, bool vec, F&& f, const scalar_t* row,
-                                              const More*... more) {
+__device__ __forceinline__ void for_each_pack(int64_t V, bool vec, Part part, F&& f,
+                                              const scalar_t* row, const More*... more) {
   constexpr int P = pack_size<scalar_t>();
   int64_t head = V, packs = 0;
   if (vec) {
@@ -56,16 +66,33 @@ __device__ __forceinline__ void for_each_pack(int64_t V, bool vec, F&& f, const 
     head = head < V ? head : V;
     packs = (V - head) / P;
   }
+  // This part's [lo, hi) of n things cut in slices of `per` (empty when lo >= hi).
+  auto slice = [&](int64_t n, int64_t per, int64_t& lo, int64_t& hi) {
+    lo = part.index * per;
+    hi = part.index == part.count - 1 ? n : (lo + per < n ? lo + per : n);
+  };
   auto scalar = [&](int64_t j) {
     f(j, std::integral_constant<int, 1>{}, Floats<1>{{static_cast<float>(row[j])}},
       Floats<1>{{static_cast<float>(more[j])}}...);
   };
-  for (int64_t j = threadIdx.x; j < head; j += blockDim.x) scalar(j);
-  for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
+  int64_t lo, hi;
+  slice(head, part.per * P, lo, hi);
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) scalar(j);
+  slice(packs, part.per, lo, hi);
+  for (int64_t k = lo + threadIdx.x; k < hi; k += blockDim.x) {
     f(head + k * P, std::integral_constant<int, P>{}, load_pack<P>(row + head, k),
       load_pack<P>(more + head, k)...);
   }
-  for (int64_t j = head + packs * P + threadIdx.x; j < V; j += blockDim.x) scalar(j);
+  const int64_t tail = head + packs * P;  // the scalar tail's first column
+  slice(V - tail, part.per * P, lo, hi);
+  for (int64_t j = tail + lo + threadIdx.x; j < tail + hi; j += blockDim.x) scalar(j);
+}
+
+// The whole row, read by one block.
+template <typename F, typename scalar_t, typename... More>
+__device__ __forceinline__ void for_each_pack(int64_t V, bool vec, F&& f, const scalar_t* row,
+                                              const More*... more) {
+  for_each_pack(V, vec, Part{0, 1, 0}, static_cast<F&&>(f), row, more...);
 }
 
 // Stores n values at column j of a row read by for_each_pack (a pack when n == P).

@@ -1,0 +1,193 @@
+"""ptcore.kd_loss on CUDA when one row is read by several blocks. csrc/cuda/kd_loss_kernel.cu
+splits each row over blocks when the batch is too small to fill the GPU (N < 2 · SMs) and
+rows are long (V >= 16384 in float32, 32768 in half types). Such rows must give what the float64 reference
+gives, what one block per row gives (the same rows inside a batch big enough not to split),
+and the same bits on every run: the forward with and without the gradient it writes, and
+the backward."""
+import math
+
+import pytest
+import torch
+
+from ptcore import reference
+
+from tests.helpers import requires_native
+
+pytestmark = [requires_native,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
+
+DEVICE = "cuda"
+DIVS = ["forward_kl", "reverse_kl", "jsd"]
+# (V, dtype, offset): V = 4097 is read by one block at every N (the control); 256000 by up
+# to 31 blocks in float32, 15 in bfloat16 (8 values per 16-byte pack); 50257 starts one
+# element into its buffer, so rows are misaligned (a scalar head, then packs; with the
+# gradient, a fresh aligned tensor, every row is read element by element).
+ROWS = [(4097, torch.float32, 0), (256000, torch.float32, 0), (256000, torch.bfloat16, 0),
+        (50257, torch.float32, 1)]
+NS = [1, 2, 8]
+VARIANTS = ["plain", "labels", "mask"]
+TEMPERATURE = 2.0
+GRAD_SCALE = 0.75
+GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2}
+
+
+def _sms():
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def _inputs(n, v, dtype, variant, seed=0):
+    """float64 inputs on the CPU, rounded to dtype; labels with ignored rows, or -inf masks
+    (row 0's first 70 % masked: whole blocks of it see only -inf; row 1 entirely)."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
+    t = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
+    labels = None
+    if variant == "labels":
+        labels = torch.randint(0, v, (n,), generator=g)
+        labels[1::3] = -100
+    if variant == "mask":
+        mask = torch.zeros(n, v, dtype=torch.bool)
+        mask[:, ::3] = True
+        mask[0, : int(0.7 * v)] = True
+        mask[1:2] = True
+        s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
+    return s, t, labels
+
+
+def _args(div, labels):
+    """kd_loss_rows' arguments after the labels: T, divergence, β, hard and soft weights,
+    ignore_index, scale_by_t2."""
+    hard, soft = (0.5, 0.7) if labels is not None else (0.0, 1.0)
+    return (TEMPERATURE, div, 0.3, hard, soft, -100, True)
+
+
+def _place(x, dtype, offset, rows):
+    """x at the head of a contiguous [rows, V] tensor on DEVICE (random rows after it) whose
+    data starts `offset` elements into its buffer."""
+    n, v = x.shape
+    buf = torch.empty(rows * v + offset, dtype=dtype, device=DEVICE)
+    out = buf[offset:].view(rows, v)
+    out[:n] = x
+    out[n:].normal_(0, 3, generator=torch.Generator(device=DEVICE).manual_seed(rows))
+    return out
+
+
+def _native(s, t, labels, div, dtype, offset, grad_rows, rows=None):
+    """The ops' results for these n rows, on the CPU: rows and stats with the forward's
+    gradient (for GRAD_SCALE on every row), rows and stats without it, the backward's
+    gradient. With `rows`, the n rows run at the head of a batch of that many."""
+    n = s.shape[0]
+    rows = rows or n
+    x, y = _place(s, dtype, offset, rows), _place(t, dtype, offset, rows)
+    lab = None
+    if labels is not None:
+        lab = torch.zeros(rows, dtype=labels.dtype, device=DEVICE)
+        lab[:n] = labels
+    up = torch.ones(rows, device=DEVICE)
+    up[:n] = grad_rows
+    args = _args(div, labels)
+    loss, stats, grad_f = torch.ops.ptcore.kd_loss_rows(x, y, lab, *args, GRAD_SCALE, True)
+    loss0, stats0, _ = torch.ops.ptcore.kd_loss_rows(x, y, lab, *args, 1.0, False)
+    grad_b = torch.ops.ptcore._kd_loss_rows_backward(up, x, y, lab, stats, *args)
+    out = dict(rows=loss, stats=stats, grad_f=grad_f, rows0=loss0, stats0=stats0, grad_b=grad_b)
+    return {k: r[:n].cpu() for k, r in out.items()}
+
+
+def _reference(s, t, labels, div, grad_rows):
+    """float64 rows, and the student's gradients for GRAD_SCALE and for grad_rows."""
+    x = s.clone().requires_grad_()
+    rows = reference.kd_loss_rows(x, t, labels, *_args(div, labels))
+    grad_f, = torch.autograd.grad(GRAD_SCALE * rows.sum(), x, retain_graph=True)
+    grad_b, = torch.autograd.grad((rows * grad_rows).sum(), x)
+    return rows.detach(), grad_f, grad_b
+
+
+def _finite_max(x):
+    x = x[torch.isfinite(x)]
+    return x.abs().max().item() if x.numel() else 0.0
+
+
+def _loss_atol(s, t, labels):
+    """One-millionth of the magnitudes a row's loss is made of (as in test_parity)."""
+    _, _, _, hard, soft, _, _ = _args("forward_kl", labels)
+    log_v = math.log(s.shape[1])
+    spread = (_finite_max(s) + _finite_max(t)) / TEMPERATURE
+    return 1e-6 * (soft * TEMPERATURE ** 2 * (1 + log_v + spread)
+                   + hard * (1 + log_v + _finite_max(s)))
+
+
+def _grad_atol(ref, s, t, labels, div, up, dtype):
+    """As test_parity: 1e-6 of the largest coefficient an entry is made of; half types also
+    their rounding of the largest entry."""
+    _, _, _, hard, soft, _, _ = _args(div, labels)
+    c = up * (soft * TEMPERATURE + hard)
+    if div in ("reverse_kl", "jsd"):
+        c *= 1 + math.log(s.shape[1]) + (_finite_max(s) + _finite_max(t)) / TEMPERATURE
+    half = 0.0
+    if dtype != torch.float32:
+        info = torch.finfo(dtype)
+        half = GRAD_RTOL[dtype] * _finite_max(ref) + info.tiny * info.eps
+    return 1e-6 * c + half + 1e-30
+
+
+def _bits(x):
+    return x.view({2: torch.int16, 4: torch.int32}[x.element_size()])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("div", DIVS)
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("v,dtype,offset", ROWS,
+                         ids=[f"{v}-{str(d)[6:]}-offset{o}" for v, d, o in ROWS])
+def test_split_rows_cuda(v, dtype, offset, n, div, variant):
+    s, t, labels = _inputs(n, v, dtype, variant)
+    grad_rows = torch.linspace(-1.5, 2.0, n, dtype=torch.float64)
+    got = _native(s, t, labels, div, dtype, offset, grad_rows)
+
+    ref_rows, ref_grad_f, ref_grad_b = _reference(s, t, labels, div, grad_rows)
+    loss_atol = _loss_atol(s, t, labels)
+    torch.testing.assert_close(got["rows"].double(), ref_rows, rtol=1e-5, atol=loss_atol,
+                               equal_nan=True)
+    for name, ref, up in (("grad_f", ref_grad_f, GRAD_SCALE), ("grad_b", ref_grad_b, 2.0)):
+        torch.testing.assert_close(got[name].double(), ref, rtol=GRAD_RTOL[dtype],
+                                   atol=_grad_atol(ref, s, t, labels, div, up, dtype),
+                                   equal_nan=True, msg=name)
+
+    # Without the gradient to write, the last pass runs one block per row: the same bits.
+    assert torch.equal(_bits(got["rows0"]), _bits(got["rows"]))
+    assert torch.equal(_bits(got["stats0"]), _bits(got["stats"]))
+
+    # One block per row (a batch of 2 · SMs rows): the same values up to float32 summation
+    # order.
+    one = _native(s, t, labels, div, dtype, offset, grad_rows, rows=max(2 * _sms(), n))
+    torch.testing.assert_close(got["rows"], one["rows"], rtol=1e-5, atol=loss_atol,
+                               equal_nan=True)
+    torch.testing.assert_close(got["stats"], one["stats"], rtol=1e-5, atol=1e-5, equal_nan=True)
+    for name, ref, up in (("grad_f", ref_grad_f, GRAD_SCALE), ("grad_b", ref_grad_b, 2.0)):
+        torch.testing.assert_close(got[name], one[name], rtol=GRAD_RTOL[dtype],
+                                   atol=_grad_atol(ref, s, t, labels, div, up, dtype),
+                                   equal_nan=True, msg=name)
+
+    # Deterministic: a second run gives the same bits.
+    again = _native(s, t, labels, div, dtype, offset, grad_rows)
+    for name in got:
+        assert torch.equal(_bits(again[name]), _bits(got[name])), name
+
+
+def test_small_batches_read_a_row_with_several_blocks_cuda():
+    """N = 8, V = 256000 runs the split kernels; a batch of 2 · SMs such rows does not."""
+    def kernels(n):
+        x = torch.randn(n, 256000, device=DEVICE)
+        y = torch.randn_like(x)
+        activities = [torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            torch.ops.ptcore.kd_loss_rows(x, y, None, *_args("jsd", None), 1.0, True)
+            torch.cuda.synchronize()
+        return " ".join(e.key for e in prof.key_averages())
+
+    small, big = kernels(8), kernels(2 * _sms())
+    if "kd_" not in small + big:
+        pytest.skip("the profiler recorded no CUDA kernels here")
+    for name in ("kd_split_stats_kernel", "kd_split_jsd_kernel", "kd_split_finish_kernel"):
+        assert name in small and name not in big, name
+    assert "kd_forward_kernel" in big and "kd_forward_kernel" not in small
