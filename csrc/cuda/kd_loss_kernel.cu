@@ -117,14 +117,7 @@ __device__ __forceinline__ void write_row_outputs(int64_t i, Part part, const sc
     write_grad_row<kHard>(s, t, grad + i * V, V, vec, part, st, c, counts, label, h);
   }
   if (part.index != 0 || threadIdx.x != 0) return;
-#pragma unroll
-  for (int k = 0; k < kd::kStats; ++k) stats[i * kd::kStats + k] = st[k];
-  float loss = 0.f;
-  if (counts) {
-    loss = h.soft_coef * d;
-    if (kHard) loss += h.hard_coef * (st[kd::kLse1] - static_cast<float>(s[label]));
-  }
-  rows[i] = loss;
+  store_row<kHard>(i, st, d, counts, s, label, h.soft_coef, h.hard_coef, rows, stats);
 }
 
 template <typename scalar_t, bool kHard>

@@ -138,14 +138,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
     write_grad_row<kHard>(s, grad + i * V, v, idx, V, K, vec, st, c, counts, label, h);
   }
   if (threadIdx.x != 0) return;
-#pragma unroll
-  for (int k = 0; k < kd::kStats; ++k) stats[i * kd::kStats + k] = st[k];
-  float loss = 0.f;
-  if (counts) {
-    loss = h.soft_coef * d;
-    if (kHard) loss += h.hard_coef * (st[kd::kLse1] - static_cast<float>(s[label]));
-  }
-  rows[i] = loss;
+  store_row<kHard>(i, st, d, counts, s, label, h.soft_coef, h.hard_coef, rows, stats);
 }
 
 template <typename scalar_t, bool kHard>

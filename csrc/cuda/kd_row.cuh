@@ -53,6 +53,23 @@ __device__ __forceinline__ GradCoefs grad_coefs(float gr, bool counts, const flo
   return kd::grad_coefs(gr, st, soft_coef, hard_coef, inv_t);
 }
 
+// Row i's outputs, written by one thread: its statistics st and its loss, the soft term's
+// soft_coef · d plus, with kHard, the hard term's hard_coef · (logsumexp(s) − s[label]);
+// rows that do not count (ignore_index) get 0. s is row i of the student.
+template <bool kHard, typename scalar_t>
+__device__ __forceinline__ void store_row(int64_t i, const float* st, float d, bool counts,
+                                          const scalar_t* s, int64_t label, float soft_coef,
+                                          float hard_coef, float* rows, float* stats) {
+#pragma unroll
+  for (int k = 0; k < kd::kStats; ++k) stats[i * kd::kStats + k] = st[k];
+  float loss = 0.f;
+  if (counts) {
+    loss = soft_coef * d;
+    if (kHard) loss += hard_coef * (st[kd::kLse1] - static_cast<float>(s[label]));
+  }
+  rows[i] = loss;
+}
+
 // __shared__ variables cannot have constructors (Acc has initializers): raw storage.
 #define PTCORE_SHARED_ACCS(name)                                                   \
   __shared__ alignas(::ptcore::cuda::Acc) unsigned char name##_raw[kWarp * sizeof(Acc)]; \
