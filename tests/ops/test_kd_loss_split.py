@@ -1,9 +1,9 @@
 """ptcore.kd_loss on CUDA when one row is read by several blocks. csrc/cuda/kd_loss_kernel.cu
 splits each row over blocks when the batch is too small to fill the GPU (N < 2 · SMs) and
-rows are long (V >= 16384 in float32, 32768 in half types). Such rows must give what the float64 reference
-gives, what one block per row gives (the same rows inside a batch big enough not to split),
-and the same bits on every run: the forward with and without the gradient it writes, and
-the backward."""
+rows are long (V >= 16384 in float32, 32768 in half types). Such rows must give what the
+float64 reference gives, what one block per row gives (the same rows inside a batch big
+enough not to split), and the same bits on every run: the forward with and without the
+gradient it writes, and the backward."""
 import math
 
 import pytest
