@@ -15,12 +15,12 @@ __all__ = [
     "__version__", "info", "build_info", "has_native", "has_cuda_kernels",
     "ops", "nn", "reference", "kd_loss", "kd_loss_topk", "fused_linear_kd_loss", "FeatureCache",
     "set_input_checks",
-    "input_checks",
+    "input_checks", "seed_everything",
 ]
 
 # Heavier parts (torchvision, training code) load on first use, keeping `import ptcore` quick.
 _LAZY_MODULES = {"cache", "models", "data", "engine", "strategies", "report", "cli"}
-_LAZY_ATTRS = {"FeatureCache": "ptcore.cache"}
+_LAZY_ATTRS = {"FeatureCache": "ptcore.cache", "seed_everything": "ptcore.engine.rng"}
 
 
 def __getattr__(name):

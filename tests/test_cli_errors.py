@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ import ptcore.commands.finetune as finetune_cmd
 from ptcore.cache.persist import CacheFileError
 from ptcore.cli import main
 from ptcore.engine import fit, save_checkpoint
+from ptcore.engine.distributed import available_devices, resolve_device
 from ptcore.models.weights import WeightsUnavailableError
 
 
@@ -126,8 +128,6 @@ def test_config_task_lists_refuse_booleans_negatives_and_empties(tmp_path, tasks
 
 @pytest.mark.parametrize("clip", [0, -1.0, math.inf, math.nan, True])
 def test_fit_refuses_a_bad_grad_clip(clip):
-    import torch
-
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="grad_clip"):
         fit(model, [(torch.zeros(2), 0)], torch.optim.SGD(model.parameters(), lr=0.1),
@@ -219,3 +219,97 @@ def test_the_run_folder_belongs_to_one_run(tmp_path, monkeypatch, capsys):
     assert main([*ARGS, "--out", str(out), "--overwrite", "--lr", "0.01"]) == 0
     assert calls[-1] == (False, ["run.json", "summary.json"])
     assert json.loads((out / "run.json").read_text())["settings"]["lr"] == 0.01
+
+
+# Devices this machine lacks: one line naming those it has, before any data or model loads.
+_MISSING_DEVICES = [d for d in ("cuda", "cuda:3", "mps", "xpu", "bogus", "meta")
+                    if d not in available_devices()
+                    and not (d == "cuda" and torch.cuda.is_available())]
+
+
+@pytest.mark.parametrize("device", _MISSING_DEVICES)
+@pytest.mark.parametrize("command", ["finetune", "incremental", "distill"])
+def test_a_device_this_machine_lacks_is_one_line_exit_2(command, device, monkeypatch, capsys):
+    import ptcore.models
+
+    monkeypatch.setattr(ptcore.models, "create_model", lambda *a, **k: pytest.fail("loaded"))
+    argv = {"finetune": ["--model", "resnet18"], "incremental": [],
+            "distill": ["--teacher", "resnet18", "--teacher-weights", "t.pt", "--student",
+                        "resnet18"]}[command]
+    assert _exit([command, *argv, "--out", "unused", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--device must be a device this machine has (cpu" in err and repr(device) in err
+
+
+def test_a_missing_device_in_a_config_names_the_key(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"stage": "finetune", "out": str(tmp_path / "o"),
+                                    "model": {"name": "resnet18"},
+                                    "engine": {"device": "bogus:0"},
+                                    "methods": {"a": {"mode": "full"}}}))
+    assert _exit(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "engine.device must be a device this machine has" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_engine_refuses_a_missing_device_by_name():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="not a device name.*available here: cpu"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:1' is not available on this machine"):
+            resolve_device("cuda:1")
+
+
+def test_models_filter_that_matches_nothing_says_so(capsys):
+    assert _exit(["models", "--filter", "zzz"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no torchvision model name matches 'zzz'" in captured.err
+    assert "--timm" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert _exit(["models", "--filter", "resnet5*"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet50"]
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--preprocess", "crop_size=abc"], "--preprocess: crop_size takes an int, got 'abc'"),
+    (["--preprocess", "mean=a/b/c"], "--preprocess: mean takes numbers a/b/c, got 'a/b/c'"),
+    (["--preprocess", "crop_size"], "--preprocess: takes KEY=VALUE pairs, got 'crop_size'"),
+    (["--mode", "partial"], "mode='partial' needs freeze"),
+    (["--mode", "linear", "--freeze", "layer2"], "freeze is for mode='partial' only"),
+])
+def test_finetune_option_values_name_what_is_wrong(argv, text, capsys):
+    code = _exit(["finetune", "--model", "resnet18", "--data", "digits", "--image-size", "8",
+                  "--out", "unused", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and text in err and "Traceback" not in err, err
+
+
+def test_distill_checks_beta_and_the_cache_dir_before_loading(tmp_path, monkeypatch, capsys):
+    import ptcore.models
+
+    monkeypatch.setattr(ptcore.models, "create_model", lambda *a, **k: pytest.fail("loaded"))
+    base = ["distill", "--teacher", "resnet18", "--teacher-weights", "t.pt", "--student",
+            "resnet18", "--out", str(tmp_path / "o")]
+    assert _exit([*base, "--divergence", "jsd", "--beta", "1.5"]) == 2
+    assert "--beta must be in (0, 1), got 1.5" in capsys.readouterr().err
+    monkeypatch.undo()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    from ptcore.strategies import Distill
+
+    with pytest.raises(ValueError, match="cache_dir .* is a file, not a folder"):
+        Distill(_tiny(), _tiny(), cache_dir=afile)
+
+
+def test_demo_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert _exit(["demo", "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def _tiny():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))

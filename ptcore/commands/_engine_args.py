@@ -65,7 +65,7 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, epochs: int, batch_size:
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     """--log --log-every --save-every --keep-last --keep-best --best-metric --best-mode
-    --patience --ema:
+    --patience --ema --deterministic:
     ptcore.engine.RUN_OPTIONS (docs/logging.md)."""
     from ptcore.engine.loggers import LOGGERS
 
@@ -93,6 +93,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, metavar="DECAY",
                    help="also keep, validate and checkpoint an exponential moving average of "
                    "the weights with this decay per step (e.g. 0.999)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms only (for GPUs: CPU runs are "
+                   "bit-identical without it; docs/reproducibility.md)")
 
 
 def int_list(text: str) -> list[int]:
@@ -122,6 +125,18 @@ def _resume_mode(text: str):
     return "auto"
 
 
+def start_run(args: argparse.Namespace, stage: str, **merge) -> None:
+    """What a strategy subcommand does first, before any data or model loads: merge its
+    --config and check every option's value (:func:`ptcore.config.merge_config` with
+    ``merge``; --device among them), then seed every generator with --seed, so that the same
+    command gives the same run, bit for bit (docs/reproducibility.md)."""
+    from ptcore.config import merge_config
+    from ptcore.engine.rng import seed_everything
+
+    merge_config(args, stage, **merge)
+    seed_everything(args.seed)
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """The strategy keyword arguments of the options above (all but --out/--resume)."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -131,7 +146,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             "log": args.log, "log_every": args.log_every, "save_every": args.save_every,
             "keep_last": args.keep_last, "keep_best": args.keep_best,
             "best_metric": args.best_metric, "best_mode": args.best_mode,
-            "patience": args.patience, "ema": args.ema, "optimizer": args.optimizer,
+            "patience": args.patience, "ema": args.ema, "deterministic": args.deterministic,
+            "optimizer": args.optimizer,
             "momentum": args.momentum, "nesterov": args.nesterov,
             **({"label_smoothing": args.label_smoothing, "mixup": args.mixup,
                 "cutmix": args.cutmix} if "label_smoothing" in args else {})}

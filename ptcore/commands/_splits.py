@@ -7,13 +7,19 @@ from __future__ import annotations
 
 def _pairs(text: str) -> dict:
     """``crop_size=384,interpolation=bicubic,mean=0.5/0.5/0.5``."""
+    import argparse
+
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--preprocess takes KEY=VALUE pairs, got {item!r}")
-        out[key] = ([float(v) for v in value.split("/")] if key in ("mean", "std")
-                    else value if key == "interpolation" else int(value))
+            raise argparse.ArgumentTypeError(f"takes KEY=VALUE pairs, got {item!r}")
+        try:
+            out[key] = ([float(v) for v in value.split("/")] if key in ("mean", "std")
+                        else value if key == "interpolation" else int(value))
+        except ValueError:
+            expected = "numbers a/b/c" if key in ("mean", "std") else "an int"
+            raise argparse.ArgumentTypeError(f"{key} takes {expected}, got {value!r}") from None
     return out
 
 

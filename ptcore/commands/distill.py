@@ -1,6 +1,7 @@
 """`ptcore distill`: train a student on a frozen teacher's soft labels, from few labels
 and an unlabelled pool (ptcore.strategies.Distill)."""
-from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
+from ptcore.commands._engine_args import (add_engine_arguments, int_list, start_run,
+                                          strategy_kwargs)
 from ptcore.commands._run_folder import open_run_folder
 from ptcore.commands._splits import (add_augment_argument, add_image_size_argument,
                                      add_preprocess_argument)
@@ -65,13 +66,12 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.config import merge_config
     from ptcore.engine.distributed import is_main
 
-    merge_config(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
-                 aliases={"model.name": "student", "model.weights": "student_weights",
-                          "data.shots": "labels_per_class",
-                          "strategy.teacher_input_size": "teacher_image_size"})
+    start_run(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
+              aliases={"model.name": "student", "model.weights": "student_weights",
+                       "data.shots": "labels_per_class",
+                       "strategy.teacher_input_size": "teacher_image_size"})
     summary = _distill(args)
     if not is_main():
         return 0

@@ -1,6 +1,7 @@
 """`ptcore finetune`: fine-tune a registered model on digits, an image folder or a
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
-from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
+from ptcore.commands._engine_args import (add_engine_arguments, int_list, start_run,
+                                          strategy_kwargs)
 from ptcore.commands._run_folder import open_run_folder
 from ptcore.commands._splits import add_data_arguments, add_image_size_argument
 
@@ -41,10 +42,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.config import merge_config
     from ptcore.engine.distributed import is_main
 
-    merge_config(args, "finetune", required=("model", "out"))
+    start_run(args, "finetune", required=("model", "out"))
     summary = _finetune(args)
     test = summary["test"]
     if test and is_main():

@@ -1,7 +1,8 @@
 """`ptcore incremental`: learn a sequence of class tasks without forgetting the old ones."""
 import argparse
 
-from ptcore.commands._engine_args import add_engine_arguments, int_list, strategy_kwargs
+from ptcore.commands._engine_args import (add_engine_arguments, int_list, start_run,
+                                          strategy_kwargs)
 from ptcore.commands._run_folder import open_run_folder
 from ptcore.commands._splits import add_data_arguments, add_image_size_argument
 
@@ -65,10 +66,8 @@ def _matrix(R) -> str:
 
 
 def run(args) -> int:
-    from ptcore.config import merge_config
-
-    merge_config(args, "incremental", required=("out",),
-                 aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
+    start_run(args, "incremental", required=("out",),
+              aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
     return _incremental(args)
 
 

@@ -35,6 +35,14 @@ def run(args) -> int:
 
     try:
         names = list_models("timm" if args.timm else "torchvision", args.filter)
+        if not names and args.filter:
+            source = "timm" if args.timm else "torchvision"
+            print(f"ptcore models: no {source} model name matches {args.filter!r} (--filter "
+                  "is a case-sensitive glob, or else a substring, of the names `ptcore models"
+                  f"{' --timm' if args.timm else ''}` lists"
+                  + ("" if args.timm else "; timm models are listed with --timm") + ")",
+                  file=sys.stderr)
+            return 1
         if args.weights and len(names) != 1:
             raise ValueError(f"--weights needs exactly one model; --filter matches {len(names)}")
         for name in names:

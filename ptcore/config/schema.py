@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
+from ptcore.engine.distributed import available_devices, resolve_device
 from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS
 from ptcore.engine.policy import MODES as BEST_MODES
@@ -44,7 +45,8 @@ ENGINE_KEYS = ("epochs", "batch_size", "schedule", "warmup", "accumulate", "amp"
 RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,),
                     "save_every": (int,),
                     "keep_best": (int,), "best_metric": (str,), "best_mode": (str,),
-                    "patience": (int, type(None)), "ema": (float, type(None))}
+                    "patience": (int, type(None)), "ema": (float, type(None)),
+                    "deterministic": (bool,)}
 ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
                                           "label_smoothing")
 ENGINE_KEYS += ("mixup", "cutmix")  # batch mixing alphas (ptcore.engine.mixing)
@@ -160,7 +162,7 @@ _ALPHA = (lambda v: v is None or v >= 0, "null/0 (off) or an alpha > 0")
 _VALUES = {
     "grad_clip": (lambda v: v is None or 0 < v < math.inf,
                   "null or a finite number > 0 (the largest gradient norm)"),
-    "temperature": (lambda v: v > 0, "> 0"), "soft_weight": _NON_NEGATIVE,
+    "temperature": (lambda v: v > 0, "> 0"), "beta": (lambda v: 0 < v < 1, "in (0, 1)"), "soft_weight": _NON_NEGATIVE,
     "hard_weight": _NON_NEGATIVE, "ewc_lambda": _NON_NEGATIVE, "lwf_weight": _NON_NEGATIVE,
     "threshold": (lambda v: v is None or 0 <= v <= 1, "null or a confidence in [0, 1]"),
     "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -168,7 +170,10 @@ _VALUES = {
     "image_size": (lambda v: v is None or v >= 8, "null or >= 8"), "teacher_image_size": (
         lambda v: v is None or v >= 8, "null or >= 8"), "teacher_input_size": (
         lambda v: v is None or v >= 8, "null or >= 8"),
-    "shots": _POSITIVE_INT, "labels_per_class": _POSITIVE_INT, "seed": _NON_NEGATIVE,
+    "shots": _POSITIVE_INT, "labels_per_class": _POSITIVE_INT,
+    "seed": (lambda v: 0 <= v < 2 ** 32, "an int in [0, 2**32)"),
+    "device": (lambda v: v is None or _has_device(v),
+               lambda: f"a device this machine has ({', '.join(available_devices())})"),
     "ddp_timeout": (lambda v: v is None or 0 < v < math.inf, "a positive number of seconds"),
     "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "accumulate": _POSITIVE_INT,
     "memory": _POSITIVE_INT, "topk": _POSITIVE_INT, "unfreeze_every": _POSITIVE_INT,
@@ -199,6 +204,14 @@ _VALUES = {
 }
 
 
+def _has_device(name) -> bool:
+    try:
+        resolve_device(name)
+    except ValueError:
+        return False
+    return True
+
+
 def check_value(name: str, value, where: str) -> None:
     """The value checks of option ``name`` (its type already checked): numbers finite, and
     the option's own range; ``where`` names it in the error (a key path or --option)."""
@@ -210,6 +223,7 @@ def check_value(name: str, value, where: str) -> None:
     except TypeError:  # e.g. a list where a number is compared
         ok = False
     if not ok:
+        expected = expected() if callable(expected) else expected
         raise ConfigError(f"{where} must be {expected}, got {value!r}")
 
 

@@ -29,6 +29,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, preset: str = "quick", see
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {str(out)!r} is a file, not a folder")
     configs = preset_configs(preset, str(out), seed=seed, scale=scale)
     if not progress:
         configs = without_progress(configs)

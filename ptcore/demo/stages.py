@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ptcore.config import ConfigError
+from ptcore.engine.rng import seed_everything
 from ptcore.config.schema import METHOD_EXTRAS
 from ptcore.demo.provenance import write_provenance
 
@@ -34,7 +35,7 @@ class Prepared:
     def run(self) -> dict:
         records = {}
         for name, opts in self.cfg["methods"].items():
-            torch.manual_seed(self.cfg["seed"])  # same initial weights for every method
+            seed_everything(self.cfg["seed"])  # same initial weights for every method
             records[name] = _RUN[self.cfg["stage"]](self, name, opts)
             if self.on_method is not None:
                 self.on_method(name, records[name])

@@ -11,6 +11,7 @@ from ptcore.engine.loop import (CHECKPOINT, METRICS, RUN_OPTIONS, RunFolderError
                                 classification_step, evaluate, fit, resolve_amp, run_options)
 from ptcore.engine.loaders import make_loader, resolve_num_workers
 from ptcore.engine.metrics import MetricsLog, read_metrics
+from ptcore.engine.rng import deterministic_algorithms, seed_everything
 from ptcore.engine.optim import (OPTIMIZERS, check_label_smoothing, check_optimizer,
                                  make_optimizer)
 from ptcore.engine.schedules import SCHEDULES, make_schedule
@@ -22,6 +23,7 @@ __all__ = [
     "RunFolderError", "save_checkpoint", "load_checkpoint", "is_checkpoint", "state_digest",
     "CheckpointError", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save",
     "read_torch_file", "UnreadableFileError",
-    "MetricsLog", "read_metrics", "SCHEDULES", "make_schedule",
+    "MetricsLog", "read_metrics", "SCHEDULES", "make_schedule", "seed_everything",
+    "deterministic_algorithms",
     "distributed",
 ]

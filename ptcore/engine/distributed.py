@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["setup", "shutdown", "is_distributed", "rank", "world_size", "is_main", "barrier",
-           "all_sum", "on_main", "default_device", "timeout_seconds",
+           "all_sum", "on_main", "default_device", "resolve_device",
+           "available_devices", "timeout_seconds",
            "RankFailedError", "TIMEOUT_ENV"]
 
 TIMEOUT_ENV = "PTCORE_DDP_TIMEOUT"
@@ -45,6 +46,41 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def available_devices() -> list[str]:
+    """The devices this process can train on, by name (cpu, cuda:N, mps, xpu)."""
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for kind in ("mps", "xpu"):
+        backend = getattr(torch.backends, kind, None) or getattr(torch, kind, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            found.append(kind)
+    return found
+
+
+def resolve_device(device=None) -> torch.device:
+    """``device`` (a torch.device or its name, None: :func:`default_device`) checked before
+    any work: a name torch does not know, or a device this machine lacks, raises a
+    ValueError naming the devices there are (torch itself would fail deep inside the first
+    ``.to()``)."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name (e.g. cpu, cuda, cuda:1); "
+                         f"available here: {', '.join(available_devices())}") from None
+    if dev.type == "cpu":
+        return dev
+    available = available_devices()
+    if dev.type == "cuda":
+        ok = dev.index is None and torch.cuda.is_available() or f"cuda:{dev.index}" in available
+    else:
+        ok = dev.type in available and not dev.index
+    if not ok:
+        raise ValueError(f"device {str(device)!r} is not available on this machine; "
+                         f"available: {', '.join(available)}")
+    return dev
 
 
 def timeout_seconds() -> float:

@@ -37,13 +37,18 @@ def resolve_num_workers(num_workers) -> int:
 
 def make_loader(data, batch_size: int = 1, *, batch_sampler=None, num_workers=0,
                 device=None) -> DataLoader:
-    """Batches of ``data`` in order (or ``batch_sampler``'s), loaded by ``num_workers``
-    workers that persist across epochs, pinned when ``device`` is a CUDA device. The
-    workers' base seed comes from the loader's own generator, never from the global one:
-    building or iterating a loader leaves the training's random numbers untouched."""
+    """Batches of ``data`` in order, each read under a seed of its own
+    (:class:`~ptcore.engine.sampling.InOrderBatches`), or ``batch_sampler``'s batches,
+    loaded by ``num_workers`` workers that persist across epochs, pinned when ``device`` is
+    a CUDA device. Random transforms then give the same batches whatever the number of
+    workers, and the workers' base seed comes from the loader's own generator, never from
+    the global one: building or iterating a loader leaves the training's random numbers
+    untouched."""
+    from ptcore.engine.sampling import InOrderBatches, SeededBatches
+
     workers = resolve_num_workers(num_workers)
     cuda = device is not None and torch.device(device).type == "cuda"
-    batching = ({"batch_size": batch_size} if batch_sampler is None
-                else {"batch_sampler": batch_sampler})
-    return DataLoader(data, **batching, num_workers=workers, pin_memory=cuda,
+    if batch_sampler is None:
+        data, batch_sampler = SeededBatches(data), InOrderBatches(len(data), batch_size)
+    return DataLoader(data, batch_sampler=batch_sampler, num_workers=workers, pin_memory=cuda,
                       persistent_workers=workers > 0, generator=torch.Generator())

@@ -12,6 +12,7 @@ trained without loading them and goes on bit for bit as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -34,7 +35,7 @@ from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
 from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
-from ptcore.engine.rng import get_rng_state, set_rng_state
+from ptcore.engine.rng import deterministic_algorithms, get_rng_state, set_rng_state
 from ptcore.engine.sampling import EpochBatches, SeededBatches
 from ptcore.engine.schedules import make_schedule, resume_schedule
 from ptcore.engine.settings import (differences, model_signature, optimizer_settings,
@@ -54,7 +55,7 @@ RESUME_MODES = (False, True, "auto")
 # and which checkpoints are written and kept. Name -> default.
 RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "save_every": 0, "keep_last": 0,
                "keep_best": 0, "best_metric": "val_loss", "best_mode": "min",
-               "patience": None, "ema": None}
+               "patience": None, "ema": None, "deterministic": False}
 
 
 def run_options(options: dict, *, has_val: bool | None = None) -> dict:
@@ -66,6 +67,7 @@ def run_options(options: dict, *, has_val: bool | None = None) -> dict:
         raise TypeError(f"unexpected keyword argument(s) {unknown}; run options are "
                         f"{sorted(RUN_OPTIONS)}")
     kw = {**RUN_OPTIONS, **options}
+    _check_deterministic(kw["deterministic"])
     check_loggers(kw["log"], kw["log_every"])
     check_ema(kw["ema"])
     _policy(kw).check(has_val=has_val is not False, has_out=True)
@@ -233,6 +235,23 @@ def _unpack(out) -> tuple[torch.Tensor, dict]:
                     f"{type(out).__name__}")
 
 
+def _check_deterministic(value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"deterministic must be True or False, got {value!r}")
+
+
+def _deterministic_option(train):
+    """fit's ``deterministic`` (a run option): the whole run, caches built for its epochs
+    included, under :func:`ptcore.engine.rng.deterministic_algorithms`."""
+    @functools.wraps(train)
+    def fit_with(*args, deterministic: bool = False, **kwargs):
+        _check_deterministic(deterministic)
+        with deterministic_algorithms(deterministic):
+            return train(*args, **kwargs)
+    return fit_with
+
+
+@_deterministic_option
 def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epochs: int,
         batch_size: int, step_fn: Callable = classification_step,
         schedule: str = "constant", warmup: float = 0.0, val_data=None,
@@ -273,6 +292,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     change what is trained. ``ema``: keep an exponential moving average of the weights with
     this decay per optimizer step (e.g. 0.999; :mod:`ptcore.engine.ema`), validated each
     epoch beside the model (``val_ema_*``) and stored in checkpoints (``ema``).
+    ``deterministic=True``: torch's deterministic algorithms only, for the whole run
+    (:func:`ptcore.engine.rng.deterministic_algorithms`; docs/reproducibility.md).
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -290,7 +311,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
     distributed = D.setup()
-    device = torch.device(device) if device is not None else D.default_device()
+    device = D.resolve_device(device)
     amp_dtype = resolve_amp(amp, device)
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None

@@ -27,7 +27,13 @@ import random
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
 
-__all__ = ["EpochBatches", "SeededBatches"]
+__all__ = ["EpochBatches", "InOrderBatches", "SeededBatches"]
+
+
+def _key(text: str) -> int:
+    """A seed from ``text``, stable across processes and Python versions (``hash()`` is
+    not)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 class EpochBatches(Sampler):
@@ -54,8 +60,7 @@ class EpochBatches(Sampler):
     def key(self, batch: int) -> int:
         """The seed batch ``batch`` is loaded with: a hash of (seed, epoch, rank, batch),
         stable across processes and Python versions (``hash()`` is not)."""
-        text = f"{self.seed}/{self.epoch}/{self.rank}/{batch}".encode()
-        return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+        return _key(f"{self.seed}/{self.epoch}/{self.rank}/{batch}")
 
     def __len__(self) -> int:
         return self.per_epoch - self.start
@@ -64,6 +69,23 @@ class EpochBatches(Sampler):
         order = list(self.order)
         for b in range(self.start, self.per_epoch):
             yield self.key(b), order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class InOrderBatches(Sampler):
+    """Batches of (key, indices) over ``range(n)`` in order, each batch's key a function of
+    its position alone: what every loader but the training one reads with (evaluation,
+    caches, Fisher, herding), so that data with random transforms reads the same whatever
+    the number of workers, and reading it draws nothing from the process's generators."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        for b, start in enumerate(range(0, self.n, self.batch_size)):
+            yield _key(f"in-order/{b}"), list(range(start, min(start + self.batch_size, self.n)))
 
 
 def _seed(key: int) -> None:

@@ -7,6 +7,7 @@ training data computed once) and ptcore.engine (the loop). See docs/distill.md.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,12 +165,14 @@ class Distill:
             raise ValueError(f"{self.feature_method} reads the teacher's intermediate layers "
                              "every step, so it needs mode='online'")
         self.trained = None  # feature methods: the student with its adapters, as trained
+        if cache_dir is not None and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise ValueError(f"cache_dir {str(cache_dir)!r} is a file, not a folder")
         self.cache_dtype, self.cache_dir = cache_dtype, cache_dir
         self.teacher = freeze(teacher)  # no grads, eval mode held even under .train()
         self.student = student
         self.view = TeacherView(teacher, input_size=_size(teacher_input_size,
                                                           "teacher_input_size"), topk=topk)
-        self.device = torch.device(device) if device is not None else D.default_device()
+        self.device = D.resolve_device(device)
         weight_decay = check_float(weight_decay, "weight_decay", nonneg=True)
         self.optimizer = engine.make_optimizer(
             weight_decay_groups(student, weight_decay), optimizer, momentum=momentum,

@@ -56,9 +56,12 @@ class FineTune:
                  cutmix: float | None = None, **run_options):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if (mode == "partial") != (freeze is not None):
-            raise ValueError("freeze (a split point) is required with mode='partial' and "
-                             f"not allowed with mode={mode!r}")
+        if mode == "partial" and freeze is None:
+            raise ValueError("mode='partial' needs freeze, the split point frozen through "
+                             "(e.g. freeze='layer3', --freeze layer3)")
+        if mode != "partial" and freeze is not None:
+            raise ValueError(f"freeze is for mode='partial' only, not mode={mode!r} (linear "
+                             "freezes all but the head, full nothing)")
         if bn not in BN_MODES:
             raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
         if unfreeze_every is not None and (not isinstance(unfreeze_every, int)
@@ -73,7 +76,7 @@ class FineTune:
         self.unfreeze_every = unfreeze_every
         self.label_smoothing = engine.check_label_smoothing(label_smoothing)
         self.mix = BatchMix(mixup, cutmix)
-        self.device = torch.device(device) if device is not None else D.default_device()
+        self.device = D.resolve_device(device)
         self.optimizer = engine.make_optimizer(
             layer_decay_groups(self.model, lr, layer_decay, weight_decay), optimizer,
             momentum=momentum, nesterov=nesterov)

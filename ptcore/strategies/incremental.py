@@ -184,7 +184,7 @@ class Incremental:
                              "not with protocol='task' (a sample's rows are its own task's), "
                              "der (its stored logits belong to the unmixed exemplars), "
                              "simplecil or ranpac (they train nothing)")
-        self.device = torch.device(device) if device is not None else D.default_device()
+        self.device = D.resolve_device(device)
         self.fit_args = dict(epochs=epochs, batch_size=batch_size, schedule=schedule,
                              warmup=warmup, accumulate=accumulate, amp=amp,
                              grad_clip=grad_clip, progress=progress,

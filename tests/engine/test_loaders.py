@@ -59,3 +59,29 @@ def test_workers_persist_across_epochs_and_train_the_same(tmp_path):
         assert torch.equal(a, b)
     val = tiny_digits(40)
     assert evaluate(models[0], val, num_workers=2) == evaluate(models[0], val)
+
+
+class _Noisy(Dataset):
+    """A random transform: each read draws from torch's and Python's generators."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        import random
+
+        return torch.rand(3) + random.random() + i, i
+
+
+def test_random_transforms_read_the_same_whatever_the_workers():
+    """Evaluation, caches, herding and Fisher read through make_loader: before each batch
+    had a seed of its own, workers drew from seeds of their own and the main process from
+    the training's generator, so an augmented pass (herding over an augmented training
+    split) differed between --num-workers 0 and 2."""
+    passes = [[x for x, _ in make_loader(_Noisy(), 4, num_workers=w)] for w in (0, 2, 0)]
+    assert all(torch.equal(a, b) for p in passes[1:] for a, b in zip(passes[0], p))
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    list(make_loader(_Noisy(), 4))  # reading draws nothing from the process's generator
+    assert torch.equal(before, torch.get_rng_state())
+    assert not torch.equal(passes[0][0], passes[0][1][:4])  # batches differ from each other
