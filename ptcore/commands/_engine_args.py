@@ -125,15 +125,21 @@ def _resume_mode(text: str):
     return "auto"
 
 
-def start_run(args: argparse.Namespace, stage: str, **merge) -> None:
+def start_run(args: argparse.Namespace, stage: str, *, data_fixed: dict | None = None,
+              **merge) -> None:
     """What a strategy subcommand does first, before any data or model loads: merge its
     --config and check every option's value (:func:`ptcore.config.merge_config` with
-    ``merge``; --device among them), then seed every generator with --seed, so that the same
-    command gives the same run, bit for bit (docs/reproducibility.md)."""
+    ``merge``; --device among them), gather its data options into ``args.data_options`` (a
+    config's `data` section, :func:`ptcore.config.cli.data_options`), then seed every
+    generator with --seed, so that the same command gives the same run, bit for bit
+    (docs/reproducibility.md)."""
     from ptcore.config import merge_config
+    from ptcore.config.cli import data_options
     from ptcore.engine.rng import seed_everything
 
     merge_config(args, stage, **merge)
+    args.data_options = data_options(args, stage, aliases=merge.get("aliases"),
+                                     fixed=data_fixed)
     seed_everything(args.seed)
 
 

@@ -17,7 +17,8 @@ _ARTIFACTS = ("last.pt", "state.pt", "metrics.jsonl")
 # grow to train longer; logging and which checkpoints are kept, docs/logging.md).
 _FREE = {"func", "command", "argv", "resume", "overwrite", "no_progress", "device", "config",
          "ddp_timeout", "num_workers", "out", "epochs", "log", "log_every", "save_every",
-         "keep_last", "keep_best", "best_metric", "best_mode", "patience"}
+         "keep_last", "keep_best", "best_metric", "best_mode", "patience",
+         "data_options"}  # derived from options compared one by one
 
 
 def _artifacts(out: Path) -> list[Path]:

@@ -1,7 +1,5 @@
-"""The data of a command run: official train/test splits when the data has them (a
-benchmark by name, a torchvision dataset with a root, an ImageFolder root with train/ and
-val/ or test/), read with the model's weights' preprocessing; else None (the command carves
-splits out of one dataset, as for the embedded digits)."""
+"""The data options the strategy subcommands share (--preprocess, --download, --augment,
+--image-size); what they read is ptcore.config.recipe's one recipe."""
 from __future__ import annotations
 
 
@@ -53,41 +51,3 @@ def add_augment_argument(p) -> None:
                    help="training-split augmentation at the model's preprocessing: basic "
                    "(random resized crop + flip), trivial or randaugment (basic + that policy); "
                    "none: the evaluation transform (docs/data.md)")
-
-
-def augment_train(args, train, preprocessing=None):
-    """``train`` read through ``--augment``'s transform at ``preprocessing`` (default: the
-    model's, :func:`model_preprocessing`); in-memory tensors are cropped at the size they were
-    rendered at (``--image-size``, else ``ptcore.data.IN_MEMORY_IMAGE_SIZE``). With
-    ``--augment none`` (or a config's null), ``train`` itself."""
-    from ptcore.models.preprocess import augment_split
-
-    if args.augment in (None, "none"):
-        return train
-    return augment_split(train, preprocessing or model_preprocessing(args), args.augment,
-                         args.image_size)
-
-
-def model_preprocessing(args):
-    """The preprocessing of the model's weights, with the overrides of ``--image-size`` and
-    ``--preprocess`` (docs/models.md)."""
-    from ptcore.models.preprocess import model_preprocessing
-
-    return model_preprocessing(args.model, getattr(args, "weights", None),
-                               image_size=getattr(args, "image_size", None),
-                               overrides=args.preprocess)
-
-
-def model_transform(args):
-    """The evaluation transform of :func:`model_preprocessing`."""
-    from ptcore.models.preprocess import eval_transform
-
-    return eval_transform(model_preprocessing(args))
-
-
-def official_data(args, *, data: str, root: str | None, benchmark: str | None = None):
-    """{"train", "test"(, "val")} datasets, or None when ``data`` has no splits of its own."""
-    from ptcore.data import data_splits
-
-    return data_splits(data, root, benchmark=benchmark,
-                       transforms={"test": model_transform(args)}, download=args.download)

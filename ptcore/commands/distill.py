@@ -89,13 +89,10 @@ def _distill(args) -> dict:
     import torch
 
     from ptcore import engine
-    from ptcore.data import (IN_MEMORY, class_subset, dataset_from_spec, input_size, k_shot,
-                             targets_of, train_val_test_split)
+    from ptcore.config.recipe import load_data
+    from ptcore.data import IN_MEMORY
     from ptcore.models import create_model, get_head, head_width
-    from ptcore.models.preprocess import eval_transform, model_preprocessing
     from ptcore.strategies import Distill
-
-    from ptcore.commands._splits import augment_train
 
     if args.augment not in (None, "none") and args.mode == "offline":  # before any model or data loads
         raise ValueError(f"--augment {args.augment} with --mode offline: the offline cache "
@@ -103,17 +100,9 @@ def _distill(args) -> dict:
                          "freshly augmented ones the student sees; use --mode online")
     # Image files reach the student (and, resized, the teacher) as finetune would read them
     # for the student: through its weights' preprocessing, augmented at the same.
-    preprocessing = model_preprocessing(args.student, args.student_weights,
-                                        image_size=args.image_size, overrides=args.preprocess)
-    data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root,
-                             transform=eval_transform(preprocessing))
-    if args.classes:
-        data = class_subset(data, args.classes)
-    classes = len(targets_of(data).unique())
-    train, val, test = train_val_test_split(data, args.val, args.test, seed=args.seed)
-    train = augment_train(args, train, preprocessing)
-    labelled, unlabelled = (k_shot(train, args.labels_per_class, seed=args.seed)
-                            if args.labels_per_class is not None else (train, None))
+    d = load_data(args.data_options, stage="distill", seed=args.seed, model=args.student,
+                  weights=args.student_weights)
+    classes = d["classes"]
     progress = not args.no_progress
     teacher = create_model(args.teacher, weights=args.teacher_weights, progress=progress)
     if head_width(get_head(teacher)) != classes:  # before the teacher runs over the data
@@ -128,14 +117,13 @@ def _distill(args) -> dict:
         cache_dir=args.cache_dir, method=args.method, divergence=args.divergence, beta=args.beta,
         **({"features": args.feature_pairs.split(",")} if args.feature_pairs else {})))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
-            "teacher": args.teacher,
-            "image_size": input_size(args.data, args.image_size, preprocessing.crop_size)}
+            "teacher": args.teacher, "image_size": d["image_size"]}
     resume = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched
-    summary = strategy.fit(labelled, unlabelled, val, out_dir=args.out, resume=resume,
-                           meta=meta)
-    summary["test"] = strategy.evaluate(test)
+    summary = strategy.fit(d["train"], d["unlabelled"], d["val"], out_dir=args.out,
+                           resume=resume, meta=meta)
+    summary["test"] = strategy.evaluate(d["test"])
     if args.data not in IN_MEMORY:  # images read from files: what model.pt expects
-        summary["preprocessing"] = preprocessing.as_dict()
+        summary["preprocessing"] = d["preprocessing"].as_dict()
     if engine.distributed.is_main():
         engine.atomic_write_json(Path(args.out) / "summary.json", summary)
     return summary

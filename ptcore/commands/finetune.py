@@ -56,49 +56,29 @@ def run(args) -> int:
 def _finetune(args) -> dict:
     from pathlib import Path
 
-    from ptcore import data as D
+    from ptcore.config.recipe import load_data
+    from ptcore.data import IN_MEMORY
     from ptcore.engine import atomic_write_json
     from ptcore.engine.distributed import is_main
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
-    from ptcore.commands._splits import (augment_train, model_preprocessing, model_transform,
-                                         official_data)
-
-    splits = official_data(args, data=args.data, root=args.data_root)
-    if splits is None:
-        dataset = D.dataset_from_spec(args.data, image_size=args.image_size,
-                                      root=args.data_root, transform=model_transform(args))
-    else:  # its own test (and val) split; a val fraction of train where it has none
-        dataset = splits["train"]
-    if args.classes:
-        dataset = D.class_subset(dataset, args.classes)
-        splits = splits and {k: D.class_subset(v, args.classes) for k, v in splits.items()}
-    if splits is None:
-        train, val, test = D.train_val_test_split(dataset, args.val, args.test, seed=args.seed)
-    elif "val" in splits:
-        train, val, test = dataset, splits["val"], splits["test"]
-    else:
-        train, val, _ = D.train_val_test_split(dataset, args.val, 0.0, seed=args.seed)
-        test = splits["test"]
-    if args.shots:
-        train, _ = D.k_shot(train, args.shots, seed=args.seed)
-    train = augment_train(args, train)
-    num_classes = len(D.targets_of(dataset).unique())
-    model = create_model(args.model, num_classes=num_classes, weights=args.weights,
+    d = load_data(args.data_options, stage="finetune", seed=args.seed, model=args.model,
+                  weights=args.weights)
+    model = create_model(args.model, num_classes=d["classes"], weights=args.weights,
                          progress=not args.no_progress)
     mode = args.mode or ("partial" if args.freeze else "full")
     ft = FineTune(model, **strategy_kwargs(
         args, mode=mode, freeze=args.freeze, layer_decay=args.layer_decay,
         unfreeze_every=args.unfreeze_every, bn=args.bn, cache=not args.no_cache))
-    meta = {"model": args.model, "num_classes": num_classes, "data": args.data}
+    meta = {"model": args.model, "num_classes": d["classes"], "data": args.data}
     resume = open_run_folder(args, "finetune")  # last: a bad option leaves --out untouched
-    summary = ft.fit(train, val if len(val) else None, out_dir=args.out, resume=resume,
-                     meta=meta)
-    summary["test"] = ft.evaluate(test) if len(test) else {}
-    summary["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
-    if args.data not in D.IN_MEMORY:  # images read from files: what model.pt expects
-        summary["preprocessing"] = model_preprocessing(args).as_dict()
+    summary = ft.fit(d["train"], d["val"], out_dir=args.out, resume=resume, meta=meta)
+    summary["test"] = ft.evaluate(d["test"]) if len(d["test"]) else {}
+    summary["args"] = {k: v for k, v in vars(args).items()
+                       if k not in ("func", "argv", "data_options")}
+    if args.data not in IN_MEMORY:  # images read from files: what model.pt expects
+        summary["preprocessing"] = d["preprocessing"].as_dict()
     if is_main():
         atomic_write_json(Path(args.out) / "summary.json", summary)
     return summary

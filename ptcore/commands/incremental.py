@@ -66,37 +66,21 @@ def _matrix(R) -> str:
 
 
 def run(args) -> int:
-    start_run(args, "incremental", required=("out",),
+    # no --val: incremental training validates nothing, and trains on all of train
+    start_run(args, "incremental", required=("out",), data_fixed={"val": 0.0},
               aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
     return _incremental(args)
 
 
 def _incremental(args) -> int:
-    from ptcore.commands._splits import augment_train, model_transform, official_data
-    from ptcore.data import (benchmark_tasks, class_subset, class_tasks, dataset_from_spec,
-                             k_shot, train_val_test_split)
+    from ptcore.config.recipe import load_data
     from ptcore.engine import distributed as D
     from ptcore.models import create_model
     from ptcore.strategies import Incremental
 
-    splits = official_data(args, data=args.data, root=args.root, benchmark=args.benchmark)
-    if splits is None:
-        data = dataset_from_spec(args.data, image_size=args.image_size, root=args.root,
-                                 transform=model_transform(args))
-        if args.data_classes:
-            data = class_subset(data, args.data_classes, relabel=False)
-        train, _, test = train_val_test_split(data, 0.0, args.test_fraction, seed=args.seed)
-    else:
-        train, test = splits["train"], splits["test"]
-        if args.data_classes:
-            train, test = (class_subset(d, args.data_classes, relabel=False)
-                           for d in (train, test))
-    train = augment_train(args, train)
-    tasks = (benchmark_tasks(args.benchmark, args.tasks) if args.benchmark else args.tasks)
-    train_tasks = class_tasks(train, tasks)
-    if args.shots is not None:
-        train_tasks = [k_shot(t, args.shots, seed=args.seed)[0] for t in train_tasks]
-    test_tasks = class_tasks(test, [t.targets.unique().tolist() for t in train_tasks])
+    d = load_data(args.data_options, stage="incremental", seed=args.seed, model=args.model,
+                  weights=args.weights)
+    train_tasks, test_tasks = d["train"], d["test"]
     model = create_model(args.model, weights=args.weights, progress=not args.no_progress)
     strategy = Incremental(model, **strategy_kwargs(
         args, method=args.method, protocol=args.protocol, classes=args.classes,

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 
 from ptcore.config.load import read_document
-from ptcore.config.schema import ConfigError, check_value, validate_config
+from ptcore.config.schema import (DATA_KEYS, ConfigError, check_value, data_section,
+                                  validate_config)
 
-__all__ = ["add_config_argument", "merge_config"]
+__all__ = ["add_config_argument", "merge_config", "data_options"]
 
 _PARSERS: dict[str, argparse.ArgumentParser] = {}  # stage -> its subcommand's parser
 
@@ -126,3 +127,19 @@ def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str
         raise ConfigError(f"`ptcore {stage}` needs {', '.join('--' + m.replace('_', '-') for m in missing)} "
                           "(on the command line or in --config)")
     return args
+
+
+def data_options(args: argparse.Namespace, stage: str, *, aliases: dict[str, str] | None = None,
+                 fixed: dict | None = None) -> dict:
+    """The complete `data` section that ``args`` (merged with any --config) describe: each
+    data key read from the option it maps to, as a config key finds its option (``aliases``
+    as for :func:`merge_config`); ``fixed``: keys a subcommand has no option for and sets
+    itself (incremental's ``val``: 0); the rest at the config's defaults. The one data recipe
+    (:func:`ptcore.config.recipe.load_data`) reads it, as it reads a config's."""
+    dests = vars(args)
+    raw = dict(fixed or {})
+    for key in DATA_KEYS:
+        found = _dest("data", key, dests, aliases or {})
+        if found is not None and key not in raw:
+            raw[key] = getattr(args, found[0])
+    return data_section(raw, stage)

@@ -26,7 +26,7 @@ from ptcore.models.preprocess import AUGMENTS
 from ptcore.errors import UserError
 
 __all__ = ["ConfigError", "STAGES", "STRATEGY", "ENGINE_KEYS", "METHOD_EXTRAS",
-           "validate_config", "check_value"]
+           "validate_config", "check_value", "data_section", "DATA_KEYS"]
 
 
 class ConfigError(UserError, ValueError):
@@ -96,6 +96,7 @@ _DATA = {
     "augment": Key((str, type(None)), help="training-split augmentation: "
                    + ", ".join(AUGMENTS) + " (null: none; docs/data.md)"),
 }
+DATA_KEYS = tuple(_DATA)
 _PREPROCESS = {"image_size", "crop_size", "resize_size", "interpolation", "mean", "std"}
 _SECTIONS = {"model": _MODEL, "teacher": _MODEL, "data": _DATA}
 _TOP = {"stage", "seed", "out", "model", "teacher", "data", "engine", "strategy", "methods"}
@@ -246,6 +247,8 @@ def _class_id(c) -> bool:
 def _check_data(data: dict, stage: str) -> None:
     for name in ("val", "test", "image_size", "shots", "augment"):
         check_value(name, data[name], f"data.{name}")
+    if data["augment"] == "none":  # one spelling of "no augmentation" (the CLI's default)
+        data["augment"] = None
     if data["classes"] is not None and not all(_class_id(c) for c in data["classes"]):
         raise ConfigError(f"data.classes must be a list of class ids, got {data['classes']!r}")
     _check_data_source(data, stage)
@@ -258,6 +261,14 @@ def _check_data(data: dict, stage: str) -> None:
                           f"lists, got {tasks!r}")
     if isinstance(tasks, int) and tasks < 1:
         raise ConfigError(f"data.tasks must be a positive task count, got {tasks!r}")
+
+
+def data_section(raw: dict, stage: str) -> dict:
+    """The complete `data` section of a ``stage`` (defaults filled in) from the keys ``raw``
+    gives, checked as a config's: what a strategy subcommand's data options make."""
+    data = _section(raw, _DATA, "data", partial=True)
+    _check_data(data, stage)
+    return data
 
 
 def _check_data_source(data: dict, stage: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ptcore.config import ConfigError
+from ptcore.config.recipe import load_data
 from ptcore.engine.rng import seed_everything
 from ptcore.config.schema import METHOD_EXTRAS
 from ptcore.demo.provenance import write_provenance
@@ -86,55 +87,13 @@ def _trainable(model) -> int:
 
 
 def _load_data(cfg: dict) -> dict:
-    """Train/val/test splits as the stage needs them (see docs/config.md, `data`): the
-    data's official splits where it has them (as `ptcore finetune`/`incremental` read them),
-    else carved out of one dataset; images read with the model's weights' preprocessing."""
-    from ptcore import data as D
-    from ptcore.models.preprocess import augment_split, eval_transform, model_preprocessing
-
-    d, stage, seed = cfg["data"], cfg["stage"], cfg["seed"]
-    relabel = stage != "incremental"  # incremental keeps class ids: the head grows by class
-    preprocessing = model_preprocessing(cfg["model"]["name"], cfg["model"]["weights"],
-                                        image_size=d["image_size"], overrides=d["preprocess"])
-    transform = eval_transform(preprocessing)
-    splits = D.data_splits(d["dataset"], d["root"], benchmark=d["benchmark"],
-                           transforms={"test": transform}, download=d["download"])
-    if splits is None:
-        dataset = D.dataset_from_spec(d["dataset"], image_size=d["image_size"], root=d["root"],
-                                      transform=transform)
-        size = len(dataset)
-        if d["classes"] is not None:
-            dataset = D.class_subset(dataset, d["classes"], relabel=relabel)
-        train, val, test = D.train_val_test_split(dataset, d["val"], d["test"], seed=seed)
-    else:
-        size = sum(len(s) for s in splits.values())
-        if d["classes"] is not None:
-            splits = {k: D.class_subset(v, d["classes"], relabel=relabel)
-                      for k, v in splits.items()}
-        train, val, test = splits["train"], splits.get("val"), splits["test"]
-        if val is None and stage != "incremental":  # incremental trains on all of train
-            train, val, _ = D.train_val_test_split(train, d["val"], 0.0, seed=seed)
-    unlabelled = None
-    if d["shots"] is not None:
-        train, unlabelled = D.k_shot(train, d["shots"], seed=seed)
-    if d["shots"] is not None and d["test"] == 0 and stage in ("pretrain", "finetune") \
-            and splits is None:
-        test = unlabelled  # evaluate on every sample that is neither a shot nor validation
-    # The training samples (distill: labelled and unlabelled) only, after all splitting.
-    train = augment_split(train, preprocessing, d["augment"], d["image_size"])
-    if stage == "distill" and unlabelled is not None:
-        unlabelled = augment_split(unlabelled, preprocessing, d["augment"], d["image_size"])
-    if len(test) == 0:
+    """The stage's splits (:func:`ptcore.config.recipe.load_data`), with a test split: every
+    stage reports test accuracy."""
+    out = load_data(cfg["data"], stage=cfg["stage"], seed=cfg["seed"],
+                    model=cfg["model"]["name"], weights=cfg["model"]["weights"])
+    if not len(out["test"]):
         raise ConfigError("data.test is 0: the stage reports test accuracy, keep a test split "
                           "(or, with data.shots, test on the samples that are not shots)")
-    out = {"train": train, "val": val if val is not None and len(val) else None, "test": test,
-           "unlabelled": unlabelled, "dataset_size": size,
-           "image_size": D.input_size(d["dataset"], d["image_size"], preprocessing.crop_size)}
-    if stage == "incremental":
-        tasks = (D.benchmark_tasks(d["benchmark"], d["tasks"]) if d["benchmark"]
-                 else d["tasks"])
-        out["train"] = D.class_tasks(train, tasks)
-        out["test"] = D.class_tasks(test, tasks)
     return out
 
 
