@@ -36,7 +36,7 @@ def add_preprocess_argument(p, whose: str = "the") -> None:
 
 
 def add_image_size_argument(p, whose: str = "the model's") -> None:
-    from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
+    from ptcore.data.sources import IN_MEMORY_IMAGE_SIZE
 
     p.add_argument("--image-size", type=int, metavar="N",
                    help="input size: digits and glyphs are rendered at N (default "

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ptcore.data.folders import IN_MEMORY_IMAGE_SIZE
+from ptcore.data.sources import IN_MEMORY_IMAGE_SIZE
 from ptcore.engine.distributed import available_devices, resolve_device
 from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS

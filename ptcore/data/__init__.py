@@ -7,11 +7,11 @@ from ptcore.data.benchmarks import (BENCHMARKS, PYCIL_SEED, benchmark_splits, be
                                     class_order)
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, digits_dataset
 from ptcore.data.glyphs import GLYPH_FONTS, GlyphsDataset, glyph_characters
-from ptcore.data.folders import (IN_MEMORY, IN_MEMORY_IMAGE_SIZE, dataset_from_spec,
-                                 image_folder, image_transform, in_memory_size, input_size,
-                                 is_deterministic, torchvision_dataset)
-from ptcore.data.official import (data_splits, folder_splits, has_official_splits,
-                                  official_splits)
+from ptcore.data.folders import image_folder, image_transform, is_deterministic
+from ptcore.data.official import (folder_splits, has_official_splits, official_splits,
+                                  torchvision_dataset)
+from ptcore.data.sources import (IN_MEMORY, IN_MEMORY_IMAGE_SIZE, data_splits,
+                                 dataset_from_spec, in_memory_size, input_size)
 from ptcore.data.splits import (LabeledSubset, class_subset, class_tasks, hide_labels, k_shot,
                                 targets_of, train_val_test_split)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ptcore.data.official import folder_splits, official_splits
+
 __all__ = ["PYCIL_SEED", "Benchmark", "BENCHMARKS", "class_order", "benchmark_splits",
            "benchmark_tasks"]
 
@@ -57,8 +59,6 @@ def benchmark_splits(name: str, root, *, transforms: dict | None = None,
                      download: bool = False) -> dict:
     """The benchmark's official {"train", "test"} datasets (ImageNet-subset's "val" is its
     test set, as in the literature)."""
-    from ptcore.data.official import folder_splits, official_splits
-
     b = _benchmark(name)
     if b.dataset == "folder":
         splits = folder_splits(root, transforms=transforms)

@@ -12,8 +12,10 @@ import inspect
 import os
 from pathlib import Path
 
+from ptcore.data.folders import image_folder, image_transform
+
 __all__ = ["SPLITS", "dataset_class", "expected_files", "load_split", "official_splits",
-           "folder_splits", "has_official_splits", "data_splits"]
+           "folder_splits", "has_official_splits", "torchvision_dataset"]
 
 # The names torchvision datasets give their splits, in the order ptcore reads them:
 # "val" also as "valid" (Country211), "train" also as "trainval" (OxfordIIITPet).
@@ -80,7 +82,6 @@ def official_splits(name: str, root, *, transforms: dict | None = None,
     """{"train": ..., "test": ..., and "val" where it exists} of torchvision dataset
     ``name``. ``transforms``: per split name (missing: the "test" one, else ptcore's
     default 224-pixel evaluation transform)."""
-    from ptcore.data.folders import image_transform
 
     cls = dataset_class(name)
     transforms = transforms or {"test": image_transform()}
@@ -111,8 +112,6 @@ def has_official_splits(spec: str, root=None) -> bool:
 def folder_splits(root, *, transforms: dict | None = None) -> dict:
     """ImageFolder per subfolder ``train/``, ``val/``, ``test/`` of ``root`` (``val`` and
     ``test`` optional, at least one of them); every split must have the same classes."""
-    from ptcore.data.folders import image_folder
-
     transforms = transforms or {}
     out = {}
     for split in ("train", "val", "test"):
@@ -129,22 +128,15 @@ def folder_splits(root, *, transforms: dict | None = None) -> dict:
     return out
 
 
-def data_splits(spec: str, root=None, *, benchmark: str | None = None,
-                transforms: dict | None = None, download: bool = False) -> dict | None:
-    """The official {"train", "test"(, "val")} splits of what a command's ``--data`` or a
-    config's ``data`` names: a benchmark by name (its files under ``root``), a torchvision
-    dataset name with a ``root``, an ImageFolder root with ``train/`` and ``val/`` or
-    ``test/``; None when the data has no splits of its own (the caller carves them out of
-    one dataset, as for the embedded digits). ``transforms`` as for :func:`official_splits`.
-    `ptcore finetune`, `ptcore incremental` and `ptcore run` all read their data here."""
-    from ptcore.data.benchmarks import benchmark_splits
-
-    if benchmark is not None:
-        if root is None:
-            raise ValueError(f"benchmark {benchmark} needs a root (where its files are)")
-        return benchmark_splits(benchmark, root, transforms=transforms, download=download)
-    if not has_official_splits(spec, root):
-        return None
-    if root is None:
-        return folder_splits(spec, transforms=transforms)
-    return official_splits(spec, root, transforms=transforms, download=download)
+def torchvision_dataset(name: str, root: str | os.PathLike, *, train: bool = True,
+                        image_size: int = 224, augment: bool = False, download: bool = False,
+                        transform=None, split: str | None = None):
+    """torchvision dataset ``name`` (e.g. "CIFAR10", "MNIST") from a local ``root``; grey
+    images become RGB. ``split`` (its official "train", "val", "test", ...) wins over
+    ``train``. No download unless ``download=True``; without the files, the error names
+    those to place (see :mod:`ptcore.data.official`)."""
+    cls = dataset_class(name)
+    ds = load_split(cls, root, split or ("train" if train else "test"), download=download,
+                    transform=transform or image_transform(image_size, augment=augment))
+    ds.deterministic = not augment
+    return ds
