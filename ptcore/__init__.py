@@ -20,7 +20,7 @@ __all__ = [
 
 # Heavier parts (torchvision, training code) load on first use, keeping `import ptcore` quick.
 _LAZY_MODULES = {"cache", "models", "data", "engine", "strategies", "report", "cli"}
-_LAZY_ATTRS = {"FeatureCache": "ptcore.cache", "seed_everything": "ptcore.engine.rng"}
+_LAZY_ATTRS = {"FeatureCache": "ptcore.cache", "seed_everything": "ptcore.runtime.rng"}
 
 
 def __getattr__(name):

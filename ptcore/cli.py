@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         print(f"ptcore {args.command}: interrupted; continue with --resume", file=sys.stderr)
         return 130
     except Exception as e:
-        from ptcore.engine.distributed import RankFailedError
+        from ptcore.runtime.distributed import RankFailedError
 
         message = _user_message(e)
         if message is None and not isinstance(e, RankFailedError):
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         print(f"ptcore {args.command}: error: {message or e}", file=sys.stderr)
         return 1 if isinstance(e, RankFailedError) else 2
     finally:
-        from ptcore.engine.distributed import shutdown
+        from ptcore.runtime.distributed import shutdown
 
         shutdown()
 

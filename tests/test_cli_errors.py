@@ -16,7 +16,7 @@ import ptcore.commands.finetune as finetune_cmd
 from ptcore.cache.persist import CacheFileError
 from ptcore.cli import main
 from ptcore.engine import fit, save_checkpoint
-from ptcore.engine.distributed import available_devices, resolve_device
+from ptcore.runtime.distributed import available_devices, resolve_device
 from ptcore.models.weights import WeightsUnavailableError
 
 

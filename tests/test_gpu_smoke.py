@@ -35,7 +35,7 @@ def test_nccl_with_one_rank():
         port = s.getsockname()[1]
     code = (
         "import torch, torch.distributed as dist\n"
-        "from ptcore.engine import distributed as D\n"
+        "from ptcore.runtime import distributed as D\n"
         "torch.cuda.set_device(0)\n"
         "dist.init_process_group('nccl')\n"
         "x = D.all_sum(torch.ones(3, device='cuda'))\n"

@@ -17,7 +17,7 @@ from ptcore.cache.fingerprint import (VERIFY, dataset_parts, digest_parts, expla
 from ptcore.cache.storage import TIERS, RowStore, choose_tier
 from ptcore.cache.transforms import random_transforms
 from ptcore.cache.views import CacheDataset, CacheLoader
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 
 __all__ = ["FeatureCache"]
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ptcore.engine.files import atomic_write_json, fsync_dir, remove_stale_temps
+from ptcore.runtime.files import atomic_write_json, fsync_dir, remove_stale_temps
 from ptcore.errors import UserError
 
 __all__ = ["FORMAT", "read_json", "PartialWriter", "load_verified", "CacheFileError",

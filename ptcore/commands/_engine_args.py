@@ -135,7 +135,7 @@ def start_run(args: argparse.Namespace, stage: str, *, data_fixed: dict | None =
     (docs/reproducibility.md)."""
     from ptcore.config import merge_config
     from ptcore.config.cli import data_options
-    from ptcore.engine.rng import seed_everything
+    from ptcore.runtime.rng import seed_everything
 
     merge_config(args, stage, **merge)
     args.data_options = data_options(args, stage, aliases=merge.get("aliases"),

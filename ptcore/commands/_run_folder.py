@@ -29,8 +29,8 @@ def _artifacts(out: Path) -> list[Path]:
 
 def _claim(out: Path, command: str, settings: dict, resume, overwrite: bool):
     from ptcore.engine import RunFolderError, atomic_write_json
-    from ptcore.engine.files import fsync_dir
-    from ptcore.engine.settings import differences
+    from ptcore.runtime.files import fsync_dir
+    from ptcore.runtime.settings import differences
 
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {str(out)!r} is a file, not a folder")
@@ -64,8 +64,8 @@ def _claim(out: Path, command: str, settings: dict, resume, overwrite: bool):
 def open_run_folder(args, command: str):
     """Claim ``args.out`` for this run; returns the strategy's ``resume`` (False or "auto").
     Also joins the process group (with the --ddp-timeout) and quiets ranks other than 0."""
-    from ptcore.engine import distributed as D
-    from ptcore.engine.settings import plain
+    from ptcore.runtime import distributed as D
+    from ptcore.runtime.settings import plain
 
     if args.ddp_timeout is not None:
         os.environ[D.TIMEOUT_ENV] = str(args.ddp_timeout)

@@ -66,7 +66,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.engine.distributed import is_main
+    from ptcore.runtime.distributed import is_main
 
     start_run(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
               aliases={"model.name": "student", "model.weights": "student_weights",

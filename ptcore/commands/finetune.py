@@ -42,7 +42,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ptcore.engine.distributed import is_main
+    from ptcore.runtime.distributed import is_main
 
     start_run(args, "finetune", required=("model", "out"))
     summary = _finetune(args)
@@ -59,7 +59,7 @@ def _finetune(args) -> dict:
     from ptcore.config.recipe import load_data
     from ptcore.data import IN_MEMORY
     from ptcore.engine import atomic_write_json
-    from ptcore.engine.distributed import is_main
+    from ptcore.runtime.distributed import is_main
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 

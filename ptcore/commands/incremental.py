@@ -74,7 +74,7 @@ def run(args) -> int:
 
 def _incremental(args) -> int:
     from ptcore.config.recipe import load_data
-    from ptcore.engine import distributed as D
+    from ptcore.runtime import distributed as D
     from ptcore.models import create_model
     from ptcore.strategies import Incremental
 

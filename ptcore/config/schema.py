@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptcore.data.sources import IN_MEMORY_IMAGE_SIZE
-from ptcore.engine.distributed import available_devices, resolve_device
+from ptcore.runtime.distributed import available_devices, resolve_device
 from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS
 from ptcore.engine.policy import MODES as BEST_MODES
@@ -163,7 +163,8 @@ _ALPHA = (lambda v: v is None or v >= 0, "null/0 (off) or an alpha > 0")
 _VALUES = {
     "grad_clip": (lambda v: v is None or 0 < v < math.inf,
                   "null or a finite number > 0 (the largest gradient norm)"),
-    "temperature": (lambda v: v > 0, "> 0"), "beta": (lambda v: 0 < v < 1, "in (0, 1)"), "soft_weight": _NON_NEGATIVE,
+    "temperature": (lambda v: v > 0, "> 0"), "beta": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "soft_weight": _NON_NEGATIVE,
     "hard_weight": _NON_NEGATIVE, "ewc_lambda": _NON_NEGATIVE, "lwf_weight": _NON_NEGATIVE,
     "threshold": (lambda v: v is None or 0 <= v <= 1, "null or a confidence in [0, 1]"),
     "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),

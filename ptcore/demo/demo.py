@@ -11,7 +11,7 @@ from ptcore.demo.backbones import ensure_backbone
 from ptcore.demo.pipeline import run_stages, without_progress
 from ptcore.demo.presets import preset_backbones, preset_configs
 from ptcore.demo.progress import plain_progress
-from ptcore.engine.files import atomic_write_bytes
+from ptcore.runtime.files import atomic_write_bytes
 
 __all__ = ["run_demo", "write_configs"]
 

@@ -34,7 +34,7 @@ def write_provenance(weights: str | os.PathLike, cfg: dict, method: str, record:
     import torch
 
     from ptcore import __version__
-    from ptcore.engine.files import atomic_write_json
+    from ptcore.runtime.files import atomic_write_json
 
     weights = Path(weights)
     doc = {

@@ -19,7 +19,7 @@ import torch
 
 from ptcore.config import ConfigError
 from ptcore.config.recipe import load_data
-from ptcore.engine.rng import seed_everything
+from ptcore.runtime.rng import seed_everything
 from ptcore.config.schema import METHOD_EXTRAS
 from ptcore.demo.provenance import write_provenance
 
@@ -119,7 +119,7 @@ def pretrained_path(cfg: dict, method: str) -> Path:
 
 
 def _finetune(p: Prepared, name: str, opts: dict) -> dict:
-    from ptcore.engine.files import atomic_torch_save
+    from ptcore.runtime.files import atomic_torch_save
     from ptcore.strategies import FineTune
 
     kw = _strategy_kwargs(p.cfg, opts)

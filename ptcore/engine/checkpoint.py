@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ptcore.engine import distributed as D
-from ptcore.engine.files import UnreadableFileError, atomic_torch_save, read_torch_file
+from ptcore.runtime import distributed as D
+from ptcore.runtime.files import UnreadableFileError, atomic_torch_save, read_torch_file
 
 __all__ = ["FORMAT", "CheckpointError", "state_digest", "payload_digest", "save_checkpoint",
            "load_checkpoint", "is_checkpoint"]

@@ -18,7 +18,7 @@ import math
 import time
 from pathlib import Path
 
-from ptcore.engine.files import atomic_write_bytes
+from ptcore.runtime.files import atomic_write_bytes
 
 __all__ = ["LOGGERS", "check_loggers", "Loggers", "STEPS_CSV", "EPOCHS_CSV", "TENSORBOARD"]
 

@@ -26,20 +26,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptcore.engine.ema import check_ema, make_ema
-from ptcore.engine.files import remove_stale_temps
+from ptcore.runtime.files import remove_stale_temps
 from ptcore.engine.loaders import check_num_workers, make_loader
 from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
 from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
-from ptcore.engine.rng import deterministic_algorithms, get_rng_state, set_rng_state
+from ptcore.runtime.rng import deterministic_algorithms, get_rng_state, set_rng_state
 from ptcore.engine.sampling import EpochBatches, SeededBatches
 from ptcore.engine.schedules import make_schedule, resume_schedule
-from ptcore.engine.settings import (differences, model_signature, optimizer_settings,
-                                    plain)
+from ptcore.runtime.settings import (differences, model_signature, optimizer_settings,
+                                     plain)
 from ptcore.errors import UserError
 
 __all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "check_grad_clip",
@@ -242,7 +242,7 @@ def _check_deterministic(value) -> None:
 
 def _deterministic_option(train):
     """fit's ``deterministic`` (a run option): the whole run, caches built for its epochs
-    included, under :func:`ptcore.engine.rng.deterministic_algorithms`."""
+    included, under :func:`ptcore.runtime.rng.deterministic_algorithms`."""
     @functools.wraps(train)
     def fit_with(*args, deterministic: bool = False, **kwargs):
         _check_deterministic(deterministic)
@@ -293,7 +293,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     this decay per optimizer step (e.g. 0.999; :mod:`ptcore.engine.ema`), validated each
     epoch beside the model (``val_ema_*``) and stored in checkpoints (``ema``).
     ``deterministic=True``: torch's deterministic algorithms only, for the whole run
-    (:func:`ptcore.engine.rng.deterministic_algorithms`; docs/reproducibility.md).
+    (:func:`ptcore.runtime.rng.deterministic_algorithms`; docs/reproducibility.md).
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("accumulate", accumulate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from ptcore.engine.files import atomic_write_bytes
+from ptcore.runtime.files import atomic_write_bytes
 
 __all__ = ["MetricsLog", "read_metrics"]
 

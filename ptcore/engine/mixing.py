@@ -3,7 +3,7 @@ accuracy of a classification step on the soft targets they produce.
 
 The draws (MixUp's and CutMix's Beta(α, α) ratio, CutMix's box, the choice between them)
 come from torch's global generator, which checkpoints save and resume restores
-(:mod:`ptcore.engine.rng`), so a resumed run mixes exactly as an uninterrupted one. Each
+(:mod:`ptcore.runtime.rng`), so a resumed run mixes exactly as an uninterrupted one. Each
 sample is mixed with its predecessor in the batch (torchvision's pairing); the loop's
 sampler shuffles, so the pairs are random.
 """

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptcore.engine.files import atomic_write_bytes, atomic_write_json
+from ptcore.runtime.files import atomic_write_bytes, atomic_write_json
 
 __all__ = ["CheckpointPolicy", "MODES", "BEST_INDEX"]
 

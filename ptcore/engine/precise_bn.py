@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 
 __all__ = ["recompute_bn_stats"]
 

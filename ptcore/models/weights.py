@@ -1,6 +1,6 @@
 """Pretrained weights: torchvision weights by name, or a local state_dict / ptcore checkpoint
 (.pt/.pth/.bin or .safetensors). Every file, the torch hub cache's included, is read through
-ptcore.engine.files.read_torch_file, which never executes code from a file: torch's own
+ptcore.runtime.files.read_torch_file, which never executes code from a file: torch's own
 ``load_state_dict_from_url`` unpickles the cached file with ``weights_only=False``."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _is_path(weights) -> bool:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The model tensors in ``path``: a plain state_dict or a ptcore checkpoint (verified)."""
     from ptcore.engine.checkpoint import is_checkpoint, load_checkpoint
-    from ptcore.engine.files import UnreadableFileError, read_torch_file
+    from ptcore.runtime.files import UnreadableFileError, read_torch_file
 
     obj = read_torch_file(path, "weights file")
     if is_checkpoint(obj):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ptcore.engine.files import atomic_write_bytes
+from ptcore.runtime.files import atomic_write_bytes
 from ptcore.report import plots
 from ptcore.report.findings import findings
 from ptcore.report.results import STAGES, validate_results

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: headless machines and worker processes
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ptcore.engine.files import atomic_write_bytes  # noqa: E402
+from ptcore.runtime.files import atomic_write_bytes  # noqa: E402
 
 __all__ = ["accuracy_heatmap", "accuracy_curve", "learning_curves", "method_comparison",
            "image_grid"]

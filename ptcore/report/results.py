@@ -18,7 +18,7 @@ import math
 import os
 from pathlib import Path
 
-from ptcore.engine.files import atomic_write_json
+from ptcore.runtime.files import atomic_write_json
 
 __all__ = ["FORMAT", "VERSION", "STAGES", "STAGE_METRICS", "validate_results",
            "write_results", "read_results"]

@@ -11,7 +11,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.engine.loaders import make_loader
 
 __all__ = ["EWC"]

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.engine.loaders import make_loader
 from ptcore.models import stages
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset
 
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.strategies._incr_features import embed
 
 __all__ = ["SELECTIONS", "herding", "ExemplarMemory", "union"]

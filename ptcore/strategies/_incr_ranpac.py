@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 
 __all__ = ["RanPAC"]
 

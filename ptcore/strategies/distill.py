@@ -18,7 +18,7 @@ import torch.nn as nn
 from ptcore import engine
 from ptcore._kd_args import DIVERGENCES, check_float
 from ptcore.cache.build import inference
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.models import freeze
 from ptcore.strategies._distill_data import PseudoLabelData, WithTeacherRows
 from ptcore.strategies._distill_features import (FEATURE_METHODS, StudentWithAdapters, Taps,

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ptcore import engine
 from ptcore.data import is_deterministic
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.engine.mixing import BatchMix, soft_classification
 from ptcore.models import (BN_MODES, StagedModel, blocks, freeze, get_head, head_width,
                            split_index, stages, unfreeze)

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from ptcore.engine import classification_step, fit
-from ptcore.engine import distributed as D
+from ptcore.runtime import distributed as D
 from ptcore.engine import loop
 from tests.engine.tiny import tiny_digits, tiny_net
 

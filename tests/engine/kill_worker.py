@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from ptcore.engine import files, fit
+from ptcore.engine import fit
+from ptcore.runtime import files
 from tests.engine.tiny import tiny_digits, tiny_net
 
 EPOCHS = 3

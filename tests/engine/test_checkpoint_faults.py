@@ -17,7 +17,7 @@ import torch
 
 from ptcore.engine import (CheckpointError, RunFolderError, UnreadableFileError, fit,
                            load_checkpoint, read_metrics, save_checkpoint)
-from ptcore.engine import files as F
+from ptcore.runtime import files as F
 from ptcore.engine.metrics import MetricsLog
 from tests.engine.tiny import tiny_digits, tiny_net
 

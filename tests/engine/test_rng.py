@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptcore.engine import fit
-from ptcore.engine.rng import deterministic_algorithms, seed_everything
+from ptcore.runtime.rng import deterministic_algorithms, seed_everything
 from tests.engine.tiny import tiny_digits, tiny_net
 
 

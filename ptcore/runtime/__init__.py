@@ -1,0 +1,5 @@
+"""What every layer shares, below the training loop: atomic, verified files
+(:mod:`~ptcore.runtime.files`), torch.distributed helpers (:mod:`~ptcore.runtime.distributed`),
+the random generators (:mod:`~ptcore.runtime.rng`) and run settings
+(:mod:`~ptcore.runtime.settings`). The cache, models, reports and the engine import it; it
+imports none of them."""
