@@ -9,6 +9,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "cuda/launch_config.h"
 #include "cuda/reduce.cuh"
 
 namespace ptcore::cuda {
@@ -107,16 +108,6 @@ __device__ __forceinline__ void store_at(scalar_t* row, int64_t j, const Pack<sc
 
 // The shift applied before exp: a row max, or 0 while everything is -inf (no NaN).
 __device__ __forceinline__ float base(float m) { return m == -INFINITY ? 0.f : m; }
-
-// Threads per row-block: enough for ~4 packs each, 32..kMaxThreads (the kernels'
-// __launch_bounds__, so the compiler keeps them launchable at that size).
-constexpr int kMaxThreads = 512;
-
-inline int threads_for(int64_t V, int pack) {
-  int threads = kWarp;
-  while (threads < kMaxThreads && threads * pack * 4 < V) threads *= 2;
-  return threads;
-}
 
 // Whether rows of these [N, V] tensors can be read in packs together: every base pointer
 // at the same offset modulo 16 bytes (then row i of each is too).
