@@ -14,6 +14,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_rows", &ptcore_emu::quantize_rows);
   m.def("gather_rows", &ptcore_emu::gather_rows);
   m.def("gather_rows_out", &ptcore_emu::gather_rows_out);
+  m.def("run_selftest", &ptcore_emu::run_selftest,
+        "Run one of the emulation's own test kernels (tests/emulated/emu/emu_selftest.cpp)");
   m.def("set_input_checks", &ptcore_emu::set_input_checks,
         "Turn the emulated CUDA input checks on or off; returns the previous setting");
   m.def(

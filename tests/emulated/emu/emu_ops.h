@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <string_view>
 #include <tuple>
 
@@ -40,6 +41,9 @@ Tensor gather_rows(const Tensor& store, const OptionalTensor& scales, const Tens
 // Into `out` (the kernel writes a guarded copy of it, copied back).
 void gather_rows_out(const Tensor& store, const OptionalTensor& scales, const Tensor& indices,
                      at::ScalarType dtype, Tensor& out);
+
+// Runs one of the emulation's own test kernels (emu_selftest.cpp) on x (float32, [n]).
+Tensor run_selftest(const std::string& name, const Tensor& x);
 
 // ptcore's switch of the CUDA input checks, as the emulated host code sees it.
 bool set_input_checks(bool on);
