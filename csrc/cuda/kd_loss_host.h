@@ -61,8 +61,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_rows(
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
   check_kd_data<Backend>(lp != nullptr ? &lab : nullptr, V, ignore_index, nullptr);
-  const bool vec = compute_grad ? same_alignment({&student, &teacher, &out.grad})
-                                : same_alignment({&student, &teacher});
+  // Whether the rows are read in packs depends on the inputs only, not on whether the
+  // gradient is written (its kernels check that tensor themselves), so a row's statistics
+  // and loss are the same bits with and without it.
+  const bool vec = same_alignment({&student, &teacher});
   AT_DISPATCH_V2(student.scalar_type(), "kd_loss_rows", AT_WRAP([&] {
     const scalar_t* s = student.const_data_ptr<scalar_t>();
     const scalar_t* t = teacher.const_data_ptr<scalar_t>();

@@ -102,7 +102,8 @@ __device__ __forceinline__ void write_row_outputs(int64_t i, Part part, const sc
   const int64_t label = kHard ? labels[i] : -1;  // validated on the host beforehand
   if (grad != nullptr) {
     const GradCoefs c = grad_coefs(grad_scale, counts, st, h.soft_coef, h.hard_coef, h.inv_t);
-    write_grad_row<kHard>(s, t, grad + i * V, V, vec, part, st, c, counts, label, h);
+    scalar_t* g = grad + i * V;  // in packs only if it lies at the inputs' offset (vec)
+    write_grad_row<kHard>(s, t, g, V, vec && same_offset(g, s), part, st, c, counts, label, h);
   }
   if (part.index != 0 || threadIdx.x != 0) return;
   store_row<kHard>(i, st, d, counts, s, label, h.soft_coef, h.hard_coef, rows, stats);

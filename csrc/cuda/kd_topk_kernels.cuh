@@ -58,7 +58,9 @@ __device__ __forceinline__ void write_grad_row(const scalar_t* s, scalar_t* g, c
     const float q = expf((v[k] - mt) * h.inv_t - lzt);
     g[j] = static_cast<scalar_t>(exact(j, static_cast<float>(s[j]), q, true));
   }
-  if (kHard && !__syncthreads_or(label_in_topk) && threadIdx.x == 0) {
+  // An ignored row's label (ignore_index, e.g. -100) is no column: its gradient is all zeros
+  // already. `counts` is the same for the whole block, so every thread reaches the barrier.
+  if (kHard && counts && !__syncthreads_or(label_in_topk) && threadIdx.x == 0) {
     g[label] = static_cast<scalar_t>(exact(label, static_cast<float>(s[label]), 0.f, false));
   }
 }

@@ -96,6 +96,12 @@ __device__ __forceinline__ void for_each_pack(int64_t V, bool vec, F&& f, const 
   for_each_pack(V, vec, Part{0, 1, 0}, static_cast<F&&>(f), row, more...);
 }
 
+// Whether two tensors' base pointers lie at the same offset modulo 16 bytes (then their rows
+// can be read and written in packs together).
+__device__ __forceinline__ bool same_offset(const void* a, const void* b) {
+  return reinterpret_cast<uintptr_t>(a) % kVecBytes == reinterpret_cast<uintptr_t>(b) % kVecBytes;
+}
+
 // Stores n values at column j of a row read by for_each_pack (a pack when n == P).
 template <int n, typename scalar_t>
 __device__ __forceinline__ void store_at(scalar_t* row, int64_t j, const Pack<scalar_t>& out) {

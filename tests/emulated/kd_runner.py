@@ -120,3 +120,10 @@ def check_forward_without_grad(got):
     """Without the gradient to write, the forward's statistics and losses are the same bits."""
     assert torch.equal(bits(got["rows0"]), bits(got["rows"]))
     assert torch.equal(bits(got["stats0"]), bits(got["stats"]))
+
+
+def check_same_bits(first, got, seed):
+    """Another seed (schedule, poison, guard layout) gave the same bits."""
+    for name, x in first.items():
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(bits(got[name]), bits(x)), f"{name} differs under seed {seed}"

@@ -71,3 +71,17 @@ def test_unchecked_labels_read_out_of_bounds_in_ptcores_kernel(emu, seed):
         torch.ops.ptcore.kd_loss_rows(s, t, labels, 1.0, "forward_kl", 0.5, 1.0, 1.0, -100, True,
                                       1.0, False)
     assert str(checked.value).splitlines()[0] == str(cpu.value).splitlines()[0]
+
+
+def test_every_kernels_shared_memory_is_poisoned_between_blocks(emu):
+    """The scheduler finds the kernels' __shared__ variables in the library's symbol tables;
+    one missing would keep the previous block's values (a read before a write could pass)."""
+    found = " ".join(emu.shared_variables())
+    for kernel, variable in [("kd_forward_kernel", "smem_acc_raw"),
+                             ("kd_forward_kernel", "smem_pair"),
+                             ("kd_split_stats_kernel", "smem_acc_raw"),
+                             ("kd_split_jsd_kernel", "smem_pair"),
+                             ("kd_topk_forward_kernel", "smem_f"),
+                             ("quantize_rows_kernel", "smem"),
+                             ("neighbour_kernel", "smem")]:
+        assert f"{kernel}" in found and f"::{variable}" in found, (kernel, variable)

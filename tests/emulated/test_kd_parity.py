@@ -9,7 +9,8 @@ compared with the float64 reference and with the CPU kernels, each under several
 Sizes are reduced where the emulation would be slow (every thread is a fiber): the sweep's
 4099 short rows run as 300, its 7 long rows (V >= 32001) as 2, and its special inputs at
 V = 50257 as 3 rows of V = 32771, which still take the split path (several blocks per row)
-in every dtype. Cases up to 40000 elements run under four seeds, larger ones under two."""
+in every dtype. Cases up to 40000 elements run under four seeds, larger ones under two (a
+random and a warp-greedy order)."""
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ pytestmark = requires_native  # the CPU kernels are the second comparison
 ROWS = {4099: 300}
 SPECIAL_V = {50257: 32771}
 SEEDS = (0, 1, 2, 3)
-CHEAP = 40_000  # n · v up to which a case runs under every seed; others under two
+CHEAP = 40_000  # n · v up to which a case runs under every seed; others under seeds 1 and 2
 
 
 def _emulated(case):
@@ -36,22 +37,26 @@ def _emulated(case):
 
 
 def _cases():
-    out = []
-    for k, case in enumerate(dict.fromkeys(_emulated(c) for c in sweep.CASES)):
-        n, v = case[1], case[2]
-        seeds = SEEDS if n * v <= CHEAP else (SEEDS[k % 4], SEEDS[(k + 1) % 4])
-        out += [pytest.param(case, seed, id=f"{sweep._case_id(case)}-seed{seed}")
-                for seed in seeds]
-    return out
+    return [pytest.param(case, id=sweep._case_id(case))
+            for case in dict.fromkeys(_emulated(c) for c in sweep.CASES)]
 
 
-@pytest.mark.parametrize("case,seed", _cases())
-def test_parity_emulated(emu, case, seed):
+@pytest.mark.parametrize("case", _cases())
+def test_parity_emulated(emu, case):
+    """The first seed's results against the reference and the CPU kernels; every other seed's
+    the same bits (no kernel's result may depend on the schedule, the poison or the layout)."""
     s, t, labels = sweep._inputs(case)
     grad_rows = kd_runner.row_gradients(case, labels)
-    emu.configure(seed)
-    got = kd_runner.run_rows(emu, case, s, t, labels, grad_rows)
-    kd_runner.check_against_reference(case, s, t, labels, got)
-    kd_runner.check_forward_without_grad(got)
-    cpu = kd_runner.run_rows(torch.ops.ptcore, case, s, t, labels, grad_rows)
-    kd_runner.check_against_cpu(case, s, t, labels, got, cpu)
+    seeds = SEEDS if case[1] * case[2] <= CHEAP else SEEDS[1:3]
+    first = None
+    for seed in seeds:
+        emu.configure(seed)
+        got = kd_runner.run_rows(emu, case, s, t, labels, grad_rows)
+        if first is None:
+            kd_runner.check_against_reference(case, s, t, labels, got)
+            kd_runner.check_forward_without_grad(got)
+            cpu = kd_runner.run_rows(torch.ops.ptcore, case, s, t, labels, grad_rows)
+            kd_runner.check_against_cpu(case, s, t, labels, got, cpu)
+            first = got
+        else:
+            kd_runner.check_same_bits(first, got, seed)

@@ -99,3 +99,22 @@ def test_topk_emulated(emu, n, v, k, dtype, offset, with_labels, tail, seed):
     torch.testing.assert_close(rows, cpu[0], rtol=1e-5, atol=loss_atol, equal_nan=True)
     torch.testing.assert_close(grad_f, cpu[1], rtol=rtol, atol=grad_atol, equal_nan=True)
     torch.testing.assert_close(grad_b, cpu[2], rtol=rtol, atol=grad_atol, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ignored_rows_leave_other_rows_alone(emu, seed):
+    """Found by the emulation: with a hard term, the top-k gradient kernels rewrote the entry
+    of a row's label even when the row was ignored (label -100), reading s[-100] and writing
+    g[-100] of that row: column V - 100 of the row before it, or before the tensor for row 0.
+    Row 1 here is ignored: row 0's column 200 must keep its gradient."""
+    s, values, indices, _ = _inputs(3, 300, 5, torch.float32, False)
+    labels = torch.tensor([5, -100, 7])
+    grad_rows = torch.ones(3, dtype=torch.float64)
+    x = s.clone().requires_grad_()
+    ref = reference.kd_loss_topk_rows(x, values, indices, labels, *_args(labels, False))
+    ref_grad, = torch.autograd.grad(ref.sum(), x)
+    emu.configure(seed)
+    _, grad_f, grad_b = _native(emu, s, values, indices, labels, torch.float32, 0, False,
+                                grad_rows)
+    for grad in (grad_f, grad_b):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

@@ -25,6 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::arg("seed"), py::arg("multiprocessors") = 132,
       "The seed of block order, thread order, poison and guard layout; the SM count");
+  m.def("shared_variables", &ptcore_emu::shared_variables,
+        "The kernels' __shared__ variables, poisoned before each block");
   m.def("take_launches", &ptcore_emu::take_launches,
         "The kernels launched since the last call: 'name grid=(x,y,z) block=(x,y,z)'");
 }

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -339,7 +340,8 @@ struct FaultHandler {
 };
 
 // The __shared__ variables: function-local statics of the kernels (namespace ptcore::cuda),
-// read once from this library's dynamic symbol table.
+// read once from this library's symbol tables (a non-template kernel's are local symbols,
+// in .symtab only; templates' are in .dynsym too).
 struct Region {
   char* begin;
   size_t bytes;
@@ -356,7 +358,7 @@ const std::vector<Region>& shared_regions() {
     const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(elf.data());
     const auto* sh = reinterpret_cast<const Elf64_Shdr*>(elf.data() + eh->e_shoff);
     for (int k = 0; k < eh->e_shnum; ++k) {
-      if (sh[k].sh_type != SHT_DYNSYM) continue;
+      if (sh[k].sh_type != SHT_SYMTAB && sh[k].sh_type != SHT_DYNSYM) continue;
       const char* names = elf.data() + sh[sh[k].sh_link].sh_offset;
       const auto* sym = reinterpret_cast<const Elf64_Sym*>(elf.data() + sh[k].sh_offset);
       for (size_t j = 0; j < sh[k].sh_size / sizeof(Elf64_Sym); ++j) {
@@ -365,8 +367,9 @@ const std::vector<Region>& shared_regions() {
             sym[j].st_shndx == SHN_UNDEF) {
           continue;
         }
-        out.push_back({static_cast<char*>(info.dli_fbase) + sym[j].st_value,
-                       static_cast<size_t>(sym[j].st_size), name});
+        char* begin = static_cast<char*>(info.dli_fbase) + sym[j].st_value;
+        if (std::none_of(out.begin(), out.end(), [&](const Region& r) { return r.begin == begin; }))
+          out.push_back({begin, static_cast<size_t>(sym[j].st_size), name});
       }
     }
     return out;
@@ -538,6 +541,17 @@ void run_grid(const std::string& kernel, dim3 grid, dim3 block,
   if (!canaries.empty()) {
     throw std::runtime_error("emulation: kernel " + kernel + " wrote out of bounds: " + canaries);
   }
+}
+
+std::vector<std::string> shared_variables() {
+  std::vector<std::string> names;
+  for (const Region& r : shared_regions()) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> full(
+        abi::__cxa_demangle(r.name.c_str(), nullptr, nullptr, &status), std::free);
+    names.push_back(status == 0 ? full.get() : r.name);
+  }
+  return names;
 }
 
 std::vector<std::string> take_launches() {

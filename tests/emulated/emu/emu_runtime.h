@@ -59,6 +59,9 @@ struct PointerArg {
 void run_grid(const std::string& kernel, dim3 grid, dim3 block,
               const std::vector<PointerArg>& pointers, const std::function<void()>& thread);
 
+// The kernels' __shared__ variables the scheduler poisons before each block (demangled).
+std::vector<std::string> shared_variables();
+
 // Kernels launched since the last call, as "name grid=(x,y,z) block=(x,y,z)".
 std::vector<std::string> take_launches();
 
