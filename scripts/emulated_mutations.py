@@ -53,12 +53,29 @@ MUTATIONS = {
         "  __syncthreads();  // the K classes and the label are rewritten exactly below\n",
         "",
         "the top-k gradient rewriting the K classes without waiting for the dense pass"),
+    "topk-ignored-label": (
+        "cuda/kd_topk_kernels.cuh",
+        "if (kHard && counts && !__syncthreads_or(label_in_topk)",
+        "if (kHard && !__syncthreads_or(label_in_topk)",
+        "the defect the emulation found: an ignored row rewriting g[ignore_index]"),
+    "vec-by-grad": (
+        "cuda/kd_loss_host.h",
+        "  const bool vec = same_alignment({&student, &teacher});\n",
+        "  const bool vec = compute_grad ? same_alignment({&student, &teacher, &out.grad})\n"
+        "                                : same_alignment({&student, &teacher});\n",
+        "the defect the emulation found: the forward's read width chosen with the gradient"),
     "gather-bad-row+1": (
         "cuda/cache_kernels.cuh",
         "report_bad(first_bad, i);",
         "report_bad(first_bad, i + 1);",
         "the gather kernel reporting the row after the bad one"),
 }
+
+
+# Quick files first: a caught mutation stops at its first failing test.
+ORDER = [f"tests/emulated/{name}.py" for name in (
+    "test_emulation_runtime", "test_checks_emulated", "test_cache_emulated", "test_topk_emulated",
+    "test_split_emulated", "test_kd_parity")]
 
 
 def _mutated_copy(name: str, into: str) -> str:
@@ -87,7 +104,7 @@ def _run(name: str) -> tuple[str, str, float]:
                                cwd=ROOT, env=env, capture_output=True, text=True)
         if build.returncode != 0:
             return "build fails", build.stderr.strip().splitlines()[-1][:80], time.time() - start
-        tests = subprocess.run([sys.executable, "-m", "pytest", "tests/emulated", "-x", "-q",
+        tests = subprocess.run([sys.executable, "-m", "pytest", *ORDER, "-x", "-q",
                                 "-p", "no:cacheprovider"],
                                cwd=ROOT, env=env, capture_output=True, text=True)
     failed = re.findall(r"^FAILED (\S+)", tests.stdout, re.M)

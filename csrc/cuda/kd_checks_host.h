@@ -32,9 +32,9 @@ void check_kd_data(const at::Tensor* labels, int64_t V, int64_t ignore_index,
   }
   if (labels != nullptr && labels->numel() > 0) {
     const int64_t N = labels->numel();
-    Backend::launch(checks::bad_labels_kernel, check_blocks((N + kCheckThreads - 1) / kCheckThreads),
-                    kCheckThreads, labels->const_data_ptr<int64_t>(), N, V, ignore_index,
-                    first.ptr(1));
+    const int blocks = check_blocks((N + kCheckThreads - 1) / kCheckThreads);
+    Backend::launch(checks::bad_labels_kernel, blocks, kCheckThreads,
+                    labels->const_data_ptr<int64_t>(), N, V, ignore_index, first.ptr(1));
   }
   const std::vector<int64_t> bad = first.read_all();
   if (bad[0] >= 0) {

@@ -21,9 +21,10 @@ struct Prepared {
   Hyper h;
 };
 
-inline Prepared prepare(const at::Tensor& student, const at::Tensor& values, const at::Tensor& indices,
-                 const std::optional<at::Tensor>& labels, double temperature, double hard_weight,
-                 double soft_weight, int64_t ignore_index, bool scale_by_t2, bool tail) {
+inline Prepared prepare(const at::Tensor& student, const at::Tensor& values,
+                        const at::Tensor& indices, const std::optional<at::Tensor>& labels,
+                        double temperature, double hard_weight, double soft_weight,
+                        int64_t ignore_index, bool scale_by_t2, bool tail) {
   kd::check_topk_inputs(student, values, indices, labels);
   TORCH_CHECK(student.size(0) <= std::numeric_limits<int32_t>::max(),
               "student_logits has too many rows for one launch: ", student.size(0));
@@ -48,7 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_topk_rows(
   if (N == 0) return {out.rows, out.stats, out.grad};
   at::Tensor lab;
   const int64_t* lp = labels_ptr(labels, lab);
-  check_kd_data<Backend>(lp != nullptr ? &lab : nullptr, V, ignore_index, &indices);  // once, not in backward
+  // Once, not in the backward.
+  check_kd_data<Backend>(lp != nullptr ? &lab : nullptr, V, ignore_index, &indices);
   const bool vec = compute_grad ? same_alignment({&student, &out.grad}) : true;
   AT_DISPATCH_V2(student.scalar_type(), "kd_loss_topk_rows", AT_WRAP([&] {
     scalar_t* g = compute_grad ? out.grad.data_ptr<scalar_t>() : nullptr;

@@ -67,7 +67,8 @@ GATHER = [(10, 64), (6, 67), (5, 1)]
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("out_offset", [None, 0, 1], ids=["new", "out", "out-off1"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize("store_kind", STORES, ids=lambda k: k if isinstance(k, str) else str(k)[6:])
+@pytest.mark.parametrize("store_kind", STORES,
+                         ids=lambda k: k if isinstance(k, str) else str(k)[6:])
 @pytest.mark.parametrize("m,d", GATHER, ids=[f"{m}x{d}" for m, d in GATHER])
 def test_gather_rows_emulated(emu, m, d, store_kind, dtype, out_offset, seed):
     store, scales = _store(store_kind, m, d)

@@ -166,7 +166,8 @@ def test_split_rows_emulated(emu, v, dtype, offset, n, sms, div, variant):
         assert kernels == [f"kd_forward_kernel {one}"] * 2 + [f"kd_backward_kernel {one}"]
     else:
         grid = f"grid=({n},{parts},1)"
-        passes = [f"kd_split_stats_kernel {grid}"] + [f"kd_split_jsd_kernel {grid}"] * (div == "jsd")
+        passes = [f"kd_split_stats_kernel {grid}"]
+        passes += [f"kd_split_jsd_kernel {grid}"] * (div == "jsd")
         assert kernels == (passes + [f"kd_split_finish_kernel {grid}"] + passes
                            + [f"kd_split_finish_kernel grid=({n},1,1)",
                               f"kd_backward_kernel {grid}"]), kernels
@@ -210,7 +211,8 @@ def test_h100_batch_of_eight_long_rows_splits_in_31(emu):
                                   False)
     launches = emu.take_launches()
     assert [x.split(" grid=")[0] for x in launches] == [
-        "kd_full::kd_split_stats_kernel<float, false>", "kd_full::kd_split_finish_kernel<float, false>"]
+        "kd_full::kd_split_stats_kernel<float, false>",
+        "kd_full::kd_split_finish_kernel<float, false>"]
     assert "grid=(8,31,1) block=(512,1,1)" in launches[0] and "grid=(8,1,1)" in launches[1]
     ref = reference.kd_loss_rows(s, t, None, *_args("forward_kl", None))
     torch.testing.assert_close(rows.double(), ref, rtol=1e-5, atol=_loss_atol(s, t, None))
