@@ -72,7 +72,7 @@ __device__ __forceinline__ void store_row(int64_t i, const float* st, float d, b
 
 // __shared__ variables cannot have constructors (Acc has initializers): raw storage.
 #define PTCORE_SHARED_ACCS(name)                                                   \
-  __shared__ alignas(::ptcore::cuda::Acc) unsigned char name##_raw[kWarp * sizeof(Acc)]; \
+  alignas(::ptcore::cuda::Acc) __shared__ unsigned char name##_raw[kWarp * sizeof(Acc)]; \
   Acc* name = reinterpret_cast<Acc*>(name##_raw)
 
 }  // namespace ptcore::cuda

@@ -4,11 +4,12 @@
 
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <type_traits>
 
-namespace ptcore::cuda {
+#include "cuda/launch_config.h"
 
-constexpr int kWarp = 32;
+namespace ptcore::cuda {
 
 template <typename T>
 __device__ __forceinline__ T shfl_xor(T v, int mask) {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "cuda/launch_config.h"
 #include "cuda/reduce.cuh"
 
 namespace ptcore::cuda {
@@ -95,6 +96,12 @@ __device__ __forceinline__ void for_each_pack(int64_t V, bool vec, F&& f, const 
   for_each_pack(V, vec, Part{0, 1, 0}, static_cast<F&&>(f), row, more...);
 }
 
+// Whether two tensors' base pointers lie at the same offset modulo 16 bytes (then their rows
+// can be read and written in packs together).
+__device__ __forceinline__ bool same_offset(const void* a, const void* b) {
+  return reinterpret_cast<uintptr_t>(a) % kVecBytes == reinterpret_cast<uintptr_t>(b) % kVecBytes;
+}
+
 // Stores n values at column j of a row read by for_each_pack (a pack when n == P).
 template <int n, typename scalar_t>
 __device__ __forceinline__ void store_at(scalar_t* row, int64_t j, const Pack<scalar_t>& out) {
@@ -107,16 +114,6 @@ __device__ __forceinline__ void store_at(scalar_t* row, int64_t j, const Pack<sc
 
 // The shift applied before exp: a row max, or 0 while everything is -inf (no NaN).
 __device__ __forceinline__ float base(float m) { return m == -INFINITY ? 0.f : m; }
-
-// Threads per row-block: enough for ~4 packs each, 32..kMaxThreads (the kernels'
-// __launch_bounds__, so the compiler keeps them launchable at that size).
-constexpr int kMaxThreads = 512;
-
-inline int threads_for(int64_t V, int pack) {
-  int threads = kWarp;
-  while (threads < kMaxThreads && threads * pack * 4 < V) threads *= 2;
-  return threads;
-}
 
 // Whether rows of these [N, V] tensors can be read in packs together: every base pointer
 // at the same offset modulo 16 bytes (then row i of each is too).
