@@ -2,19 +2,19 @@
 gradient accumulation, LR schedules, evaluation, JSONL/CSV/TensorBoard logs, tqdm, atomic
 checkpoints (every N steps too) with a keep/best/early-stopping policy, exact resume
 (mid-epoch too) and DDP (torchrun; gloo on CPU, NCCL on GPU)."""
-from ptcore.runtime import distributed
 from ptcore.engine.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint,
                                       save_checkpoint, state_digest)
-from ptcore.runtime.files import (UnreadableFileError, atomic_torch_save, atomic_write_bytes,
-                                  atomic_write_json, read_torch_file)
+from ptcore.engine.loaders import make_loader, resolve_num_workers
 from ptcore.engine.loop import (CHECKPOINT, METRICS, RUN_OPTIONS, RunFolderError,
                                 classification_step, evaluate, fit, resolve_amp, run_options)
-from ptcore.engine.loaders import make_loader, resolve_num_workers
 from ptcore.engine.metrics import MetricsLog, read_metrics
-from ptcore.runtime.rng import deterministic_algorithms, seed_everything
 from ptcore.engine.optim import (OPTIMIZERS, check_label_smoothing, check_optimizer,
                                  make_optimizer)
 from ptcore.engine.schedules import SCHEDULES, make_schedule
+from ptcore.runtime import distributed
+from ptcore.runtime.files import (UnreadableFileError, atomic_torch_save, atomic_write_bytes,
+                                  atomic_write_json, read_torch_file)
+from ptcore.runtime.rng import deterministic_algorithms, seed_everything
 
 __all__ = [
     "fit", "evaluate", "classification_step", "resolve_amp", "CHECKPOINT", "METRICS",

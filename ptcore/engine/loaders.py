@@ -14,6 +14,8 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
+from ptcore.engine.sampling import InOrderBatches, SeededBatches
+
 __all__ = ["MAX_AUTO_WORKERS", "resolve_num_workers", "check_num_workers", "make_loader"]
 
 MAX_AUTO_WORKERS = 8
@@ -44,8 +46,6 @@ def make_loader(data, batch_size: int = 1, *, batch_sampler=None, num_workers=0,
     workers, and the workers' base seed comes from the loader's own generator, never from
     the global one: building or iterating a loader leaves the training's random numbers
     untouched."""
-    from ptcore.engine.sampling import InOrderBatches, SeededBatches
-
     workers = resolve_num_workers(num_workers)
     cuda = device is not None and torch.device(device).type == "cuda"
     if batch_sampler is None:

@@ -26,18 +26,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ptcore.runtime import distributed as D
 from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptcore.engine.ema import check_ema, make_ema
-from ptcore.runtime.files import remove_stale_temps
 from ptcore.engine.loaders import check_num_workers, make_loader
 from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
 from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
-from ptcore.runtime.rng import deterministic_algorithms, get_rng_state, set_rng_state
 from ptcore.engine.sampling import EpochBatches, SeededBatches
 from ptcore.engine.schedules import make_schedule, resume_schedule
+from ptcore.runtime import distributed as D
+from ptcore.runtime.files import remove_stale_temps
+from ptcore.runtime.rng import deterministic_algorithms, get_rng_state, set_rng_state
 from ptcore.runtime.settings import (differences, model_signature, optimizer_settings,
                                      plain)
 from ptcore.errors import UserError
