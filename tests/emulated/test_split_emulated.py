@@ -13,21 +13,17 @@ import torch
 from ptcore import reference
 
 from tests.helpers import requires_native
+from tests.ops.split_cases import (DIVS, GRAD_RTOL, GRAD_SCALE, NS, VARIANTS, _args, _bits,
+                                     _grad_atol, _loss_atol, _reference)
 
 pytestmark = requires_native
 
-DIVS = ["forward_kl", "reverse_kl", "jsd"]
-VARIANTS = ["plain", "labels", "mask"]
 # (V, dtype, offset in elements): 4097 never splits (the control); 40000 float32 at most 4
 # parts; 100003 bfloat16 at most 6 (8 values per pack); 50257 float32 one element into its
 # buffer (a scalar head before the packs; at most 6 parts); 65537 float16 three elements in.
 ROWS = [(4097, torch.float32, 0), (40000, torch.float32, 0), (100003, torch.bfloat16, 0),
         (50257, torch.float32, 1), (65537, torch.float16, 3)]
-NS = [1, 2, 8]
 SMS = [132, 4]
-TEMPERATURE = 2.0
-GRAD_SCALE = 0.75
-GRAD_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def _expected_parts(n, v, dtype, sms):
@@ -51,11 +47,6 @@ def _inputs(n, v, dtype, variant):
         mask[1:2] = True
         s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
     return s, t, labels
-
-
-def _args(div, labels):
-    hard, soft = (0.5, 0.7) if labels is not None else (0.0, 1.0)
-    return (TEMPERATURE, div, 0.3, hard, soft, -100, True)
 
 
 def _at_offset(x, dtype, offset, rows):
@@ -87,44 +78,6 @@ def _run(emu, s, t, labels, div, dtype, offset, grad_rows, rows):
     grad_b = emu.kd_loss_rows_backward(up, x, y, lab, stats, *args)
     out = dict(rows=loss, stats=stats, grad_f=grad_f, rows0=loss0, stats0=stats0, grad_b=grad_b)
     return {k: r[:n] for k, r in out.items()}, emu.take_launches()
-
-
-def _reference(s, t, labels, div, grad_rows):
-    x = s.clone().requires_grad_()
-    rows = reference.kd_loss_rows(x, t, labels, *_args(div, labels))
-    grad_f, = torch.autograd.grad(GRAD_SCALE * rows.sum(), x, retain_graph=True)
-    grad_b, = torch.autograd.grad((rows * grad_rows).sum(), x)
-    return rows.detach(), grad_f, grad_b
-
-
-def _finite_max(x):
-    x = x[torch.isfinite(x)]
-    return x.abs().max().item() if x.numel() else 0.0
-
-
-def _loss_atol(s, t, labels):
-    """One-millionth of the magnitudes a row's loss is made of (as tests/ops/test_parity)."""
-    _, _, _, hard, soft, _, _ = _args("forward_kl", labels)
-    log_v = math.log(s.shape[1])
-    spread = (_finite_max(s) + _finite_max(t)) / TEMPERATURE
-    return 1e-6 * (soft * TEMPERATURE ** 2 * (1 + log_v + spread)
-                   + hard * (1 + log_v + _finite_max(s)))
-
-
-def _grad_atol(ref, s, t, labels, div, up, dtype):
-    _, _, _, hard, soft, _, _ = _args(div, labels)
-    c = up * (soft * TEMPERATURE + hard)
-    if div in ("reverse_kl", "jsd"):
-        c *= 1 + math.log(s.shape[1]) + (_finite_max(s) + _finite_max(t)) / TEMPERATURE
-    half = 0.0
-    if dtype != torch.float32:
-        info = torch.finfo(dtype)
-        half = GRAD_RTOL[dtype] * _finite_max(ref) + info.tiny * info.eps
-    return 1e-6 * c + half + 1e-30
-
-
-def _bits(x):
-    return x.view({2: torch.int16, 4: torch.int32}[x.element_size()])
 
 
 def _name(launch):

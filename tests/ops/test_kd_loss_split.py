@@ -9,26 +9,20 @@ import math
 import pytest
 import torch
 
-from ptcore import reference
-
 from tests.helpers import requires_native
+from tests.ops.split_cases import (DIVS, GRAD_RTOL, GRAD_SCALE, NS, VARIANTS, _args, _bits,
+                                     _grad_atol, _loss_atol, _reference)
 
 pytestmark = [requires_native,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
 
 DEVICE = "cuda"
-DIVS = ["forward_kl", "reverse_kl", "jsd"]
 # (V, dtype, offset): V = 4097 is read by one block at every N (the control); 256000 by up
 # to 31 blocks in float32, 15 in bfloat16 (8 values per 16-byte pack); 50257 starts one
 # element into its buffer, so rows are misaligned (a scalar head, then packs; with the
 # gradient, a fresh aligned tensor, every row is read element by element).
 ROWS = [(4097, torch.float32, 0), (256000, torch.float32, 0), (256000, torch.bfloat16, 0),
         (50257, torch.float32, 1)]
-NS = [1, 2, 8]
-VARIANTS = ["plain", "labels", "mask"]
-TEMPERATURE = 2.0
-GRAD_SCALE = 0.75
-GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2}
 
 
 def _sms():
@@ -52,13 +46,6 @@ def _inputs(n, v, dtype, variant, seed=0):
         mask[1:2] = True
         s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
     return s, t, labels
-
-
-def _args(div, labels):
-    """kd_loss_rows' arguments after the labels: T, divergence, β, hard and soft weights,
-    ignore_index, scale_by_t2."""
-    hard, soft = (0.5, 0.7) if labels is not None else (0.0, 1.0)
-    return (TEMPERATURE, div, 0.3, hard, soft, -100, True)
 
 
 def _place(x, dtype, offset, rows):
@@ -91,47 +78,6 @@ def _native(s, t, labels, div, dtype, offset, grad_rows, rows=None):
     grad_b = torch.ops.ptcore._kd_loss_rows_backward(up, x, y, lab, stats, *args)
     out = dict(rows=loss, stats=stats, grad_f=grad_f, rows0=loss0, stats0=stats0, grad_b=grad_b)
     return {k: r[:n].cpu() for k, r in out.items()}
-
-
-def _reference(s, t, labels, div, grad_rows):
-    """float64 rows, and the student's gradients for GRAD_SCALE and for grad_rows."""
-    x = s.clone().requires_grad_()
-    rows = reference.kd_loss_rows(x, t, labels, *_args(div, labels))
-    grad_f, = torch.autograd.grad(GRAD_SCALE * rows.sum(), x, retain_graph=True)
-    grad_b, = torch.autograd.grad((rows * grad_rows).sum(), x)
-    return rows.detach(), grad_f, grad_b
-
-
-def _finite_max(x):
-    x = x[torch.isfinite(x)]
-    return x.abs().max().item() if x.numel() else 0.0
-
-
-def _loss_atol(s, t, labels):
-    """One-millionth of the magnitudes a row's loss is made of (as in test_parity)."""
-    _, _, _, hard, soft, _, _ = _args("forward_kl", labels)
-    log_v = math.log(s.shape[1])
-    spread = (_finite_max(s) + _finite_max(t)) / TEMPERATURE
-    return 1e-6 * (soft * TEMPERATURE ** 2 * (1 + log_v + spread)
-                   + hard * (1 + log_v + _finite_max(s)))
-
-
-def _grad_atol(ref, s, t, labels, div, up, dtype):
-    """As test_parity: 1e-6 of the largest coefficient an entry is made of; half types also
-    their rounding of the largest entry."""
-    _, _, _, hard, soft, _, _ = _args(div, labels)
-    c = up * (soft * TEMPERATURE + hard)
-    if div in ("reverse_kl", "jsd"):
-        c *= 1 + math.log(s.shape[1]) + (_finite_max(s) + _finite_max(t)) / TEMPERATURE
-    half = 0.0
-    if dtype != torch.float32:
-        info = torch.finfo(dtype)
-        half = GRAD_RTOL[dtype] * _finite_max(ref) + info.tiny * info.eps
-    return 1e-6 * c + half + 1e-30
-
-
-def _bits(x):
-    return x.view({2: torch.int16, 4: torch.int32}[x.element_size()])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
