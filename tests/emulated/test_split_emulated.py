@@ -5,7 +5,6 @@ runs at sizes the emulation can afford: one block per row because the batch fill
 the SMs ask for or as few as the row length allows. Each case is compared with the float64
 reference, with the same rows read one block per row, and across thread orders bit for bit
 (a row's parts are merged in index order: no schedule may change a bit)."""
-import math
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from ptcore import reference
 
 from tests.helpers import requires_native
 from tests.ops.split_cases import (DIVS, GRAD_RTOL, GRAD_SCALE, NS, VARIANTS, _args, _bits,
-                                     _grad_atol, _loss_atol, _reference)
+                                     _grad_atol, _inputs, _loss_atol, _reference)
 
 pytestmark = requires_native
 
@@ -30,23 +29,6 @@ def _expected_parts(n, v, dtype, sms):
     """docs/kernels.md: parts = min(⌈2 · SMs / N⌉, V / (512 threads · 4 packs · pack size))."""
     pack = 16 // torch.empty(0, dtype=dtype).element_size()
     return max(1, min(-(-2 * sms // n), v // (512 * 4 * pack)))
-
-
-def _inputs(n, v, dtype, variant):
-    g = torch.Generator().manual_seed(n * 7919 + v)
-    s = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
-    t = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
-    labels = None
-    if variant == "labels":
-        labels = torch.randint(0, v, (n,), generator=g)
-        labels[1::3] = -100
-    if variant == "mask":  # row 0: its first 70 % masked (whole parts see only -inf); row 1: all
-        mask = torch.zeros(n, v, dtype=torch.bool)
-        mask[:, ::3] = True
-        mask[0, : int(0.7 * v)] = True
-        mask[1:2] = True
-        s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
-    return s, t, labels
 
 
 def _at_offset(x, dtype, offset, rows):
@@ -107,7 +89,7 @@ def _cases():
 def test_split_rows_emulated(emu, v, dtype, offset, n, sms, div, variant):
     if variant == "mask" and n < 2:
         variant = "plain"  # a mask case needs row 1 (all masked)
-    s, t, labels = _inputs(n, v, dtype, variant)
+    s, t, labels = _inputs(n, v, dtype, variant, seed=n * 7919 + v)
     grad_rows = torch.linspace(-1.5, 2.0, n, dtype=torch.float64)
 
     emu.configure(1, sms)
@@ -157,7 +139,7 @@ def test_split_rows_emulated(emu, v, dtype, offset, n, sms, div, variant):
 def test_h100_batch_of_eight_long_rows_splits_in_31(emu):
     """docs/kernels.md's example: N = 8, V = 256000 float32 on 132 SMs takes 31 parts a row."""
     n, v = 8, 256000
-    s, t, _ = _inputs(n, v, torch.float32, "plain")
+    s, t, _ = _inputs(n, v, torch.float32, "plain", seed=n * 7919 + v)
     emu.configure(1, 132)
     emu.take_launches()
     rows, _, _ = emu.kd_loss_rows(s.float(), t.float(), None, *_args("forward_kl", None), 1.0,

@@ -61,3 +61,22 @@ def _grad_atol(ref, s, t, labels, div, up, dtype):
 
 def _bits(x):
     return x.view({2: torch.int16, 4: torch.int32}[x.element_size()])
+
+
+def _inputs(n, v, dtype, variant, seed=0):
+    """float64 inputs on the CPU, rounded to dtype; labels with ignored rows, or -inf masks
+    (row 0's first 70 % masked: whole blocks of it see only -inf; row 1 entirely)."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
+    t = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
+    labels = None
+    if variant == "labels":
+        labels = torch.randint(0, v, (n,), generator=g)
+        labels[1::3] = -100
+    if variant == "mask":
+        mask = torch.zeros(n, v, dtype=torch.bool)
+        mask[:, ::3] = True
+        mask[0, : int(0.7 * v)] = True
+        mask[1:2] = True
+        s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
+    return s, t, labels

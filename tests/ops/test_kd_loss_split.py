@@ -4,14 +4,13 @@ rows are long (V >= 16384 in float32, 32768 in half types). Such rows must give 
 float64 reference gives, what one block per row gives (the same rows inside a batch big
 enough not to split), and the same bits on every run: the forward with and without the
 gradient it writes, and the backward."""
-import math
 
 import pytest
 import torch
 
 from tests.helpers import requires_native
 from tests.ops.split_cases import (DIVS, GRAD_RTOL, GRAD_SCALE, NS, VARIANTS, _args, _bits,
-                                     _grad_atol, _loss_atol, _reference)
+                                     _grad_atol, _inputs, _loss_atol, _reference)
 
 pytestmark = [requires_native,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
@@ -27,25 +26,6 @@ ROWS = [(4097, torch.float32, 0), (256000, torch.float32, 0), (256000, torch.bfl
 
 def _sms():
     return torch.cuda.get_device_properties(0).multi_processor_count
-
-
-def _inputs(n, v, dtype, variant, seed=0):
-    """float64 inputs on the CPU, rounded to dtype; labels with ignored rows, or -inf masks
-    (row 0's first 70 % masked: whole blocks of it see only -inf; row 1 entirely)."""
-    g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
-    t = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
-    labels = None
-    if variant == "labels":
-        labels = torch.randint(0, v, (n,), generator=g)
-        labels[1::3] = -100
-    if variant == "mask":
-        mask = torch.zeros(n, v, dtype=torch.bool)
-        mask[:, ::3] = True
-        mask[0, : int(0.7 * v)] = True
-        mask[1:2] = True
-        s, t = s.masked_fill(mask, -math.inf), t.masked_fill(mask, -math.inf)
-    return s, t, labels
 
 
 def _place(x, dtype, offset, rows):
