@@ -277,8 +277,8 @@ def test_models_filter_that_matches_nothing_says_so(capsys):
     (["--preprocess", "crop_size=abc"], "--preprocess: crop_size takes an int, got 'abc'"),
     (["--preprocess", "mean=a/b/c"], "--preprocess: mean takes numbers a/b/c, got 'a/b/c'"),
     (["--preprocess", "crop_size"], "--preprocess: takes KEY=VALUE pairs, got 'crop_size'"),
-    (["--mode", "partial"], "mode='partial' needs freeze"),
-    (["--mode", "linear", "--freeze", "layer2"], "freeze is for mode='partial' only"),
+    (["--tune", "partial"], "mode='partial' needs freeze"),
+    (["--tune", "linear", "--freeze", "layer2"], "freeze is for mode='partial' only"),
 ])
 def test_finetune_option_values_name_what_is_wrong(argv, text, capsys):
     code = _exit(["finetune", "--model", "resnet18", "--data", "digits", "--image-size", "8",

@@ -18,8 +18,8 @@ from ptcore.demo import backbones
 from ptcore.demo.backbones import SHIPPED, SHIPPED_OUT, ensure_backbone, glyphs_recipe
 from ptcore.demo.demo import run_demo
 from ptcore.demo.presets import PRESETS
-from ptcore.demo.progress import LineProgress
-from ptcore.demo.provenance import PROVENANCE, read_provenance, sha256_file
+from ptcore.runner.progress import LineProgress
+from ptcore.runner.provenance import PROVENANCE, read_provenance, sha256_file
 from ptcore.models import create_model, get_head
 from ptcore.report import read_results
 
@@ -288,7 +288,7 @@ def probe_against_scratch():
     """The quick preset's finetune stage as `ptcore demo` runs it (the shipped backbone,
     16×16, 5 labels per class, tested on the 737 images of 5-9 that are neither shots nor
     validation), for `scratch` and `linear_probe`, on the three seeds of docs/demo.md."""
-    from ptcore.demo.stages import prepare
+    from ptcore.runner.stages import prepare
 
     runs = {}
     for seed in (0, 1, 2):

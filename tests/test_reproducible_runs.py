@@ -91,7 +91,7 @@ def _twice(tmp_path, *argv):
 def test_finetune_on_image_files(tmp_path, images, options):
     # --freeze with --augment none trains from cached layer2 features
     _twice(tmp_path, "finetune", "--model", "resnet18", "--data", str(images),
-           "--mode", "partial", "--freeze", "layer2", *options, *COMMON)
+           "--tune", "partial", "--freeze", "layer2", *options, *COMMON)
 
 
 @pytest.mark.parametrize("augment", ["none", "trivial"])
@@ -105,7 +105,7 @@ def test_distill_online_on_image_files(tmp_path, images, teacher, augment):
     _twice(tmp_path, "distill", "--teacher", "resnet18", "--teacher-weights", str(teacher),
            "--student", "resnet18", "--data", str(images / "train"), "--val", "0.2",
            "--test", "0.2",
-           "--mode", "online", "--labels-per-class", "2", "--augment", augment, *COMMON)
+           "--mode", "online", "--shots", "2", "--augment", augment, *COMMON)
 
 
 def test_distill_from_a_teacher_cache_built_by_an_earlier_run(tmp_path, images, teacher):

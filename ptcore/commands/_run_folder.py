@@ -28,6 +28,7 @@ def _artifacts(out: Path) -> list[Path]:
 
 
 def _claim(out: Path, command: str, settings: dict, resume, overwrite: bool):
+    from ptcore.commands.options import upgrade_settings
     from ptcore.engine import RunFolderError, atomic_write_json
     from ptcore.runtime.files import fsync_dir
     from ptcore.runtime.settings import differences
@@ -48,7 +49,7 @@ def _claim(out: Path, command: str, settings: dict, resume, overwrite: bool):
                              "the folder; --resume auto starts a run when there is none)")
     if resume and record.is_file():
         try:
-            old = json.loads(record.read_text())["settings"]
+            old = upgrade_settings(command, json.loads(record.read_text())["settings"])
         except (ValueError, KeyError, TypeError) as e:
             raise RunFolderError(f"{str(record)!r} is damaged ({e}); start over with "
                                  "--overwrite") from e

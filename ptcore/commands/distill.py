@@ -1,10 +1,8 @@
 """`ptcore distill`: train a student on a frozen teacher's soft labels, from few labels
 and an unlabelled pool (ptcore.strategies.Distill)."""
-from ptcore.commands._engine_args import (add_engine_arguments, int_list, start_run,
-                                          strategy_kwargs)
+from ptcore.commands._engine_args import add_engine_arguments, start_run, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands._splits import (add_augment_argument, add_image_size_argument,
-                                     add_preprocess_argument)
+from ptcore.commands.options import add_options
 
 from ptcore._kd_args import DIVERGENCES
 
@@ -16,7 +14,7 @@ def add_parser(sub):
 
     p = sub.add_parser(
         "distill", help="knowledge distillation: a student learns from a frozen teacher",
-        description="Split the data into train/val/test, keep --labels-per-class labels of the "
+        description="Split the data into train/val/test, keep --shots labels of the "
         "training split (the rest is unlabelled: the teacher's soft pseudo-labels only), "
         "distil --teacher into --student, and report the student's test accuracy. Writes "
         "last.pt, metrics.jsonl, model.pt (the student) and summary.json to --out.")
@@ -27,21 +25,11 @@ def add_parser(sub):
                    "its head must score the data's classes (required)")
     p.add_argument("--student", help="model name (required)")
     p.add_argument("--student-weights", help="initial student weights (default: random init)")
-    p.add_argument("--data", default="digits",
-                   help="'digits', an ImageFolder directory, or a torchvision dataset name "
-                   "with --root")
-    p.add_argument("--root", help="where a torchvision dataset's files are")
-    add_image_size_argument(p, "the student's")
-    add_preprocess_argument(p, "the student's")
-    p.add_argument("--classes", type=int_list,
-                   help="comma-separated class ids to keep (relabelled 0..k-1)")
+    add_options(p, "distill", "data", "root", "image_size", "preprocess", "download",
+                "classes")
     p.add_argument("--teacher-image-size", type=int,
                    help="the teacher's input size (inputs are resized for it)")
-    add_augment_argument(p)
-    p.add_argument("--labels-per-class", type=int,
-                   help="labels kept per class of the training split (default: all)")
-    p.add_argument("--val", type=float, default=0.15, help="validation fraction")
-    p.add_argument("--test", type=float, default=0.15, help="test fraction")
+    add_options(p, "distill", "augment", "shots", "val", "test")
     p.add_argument("--mode", choices=("online", "offline"), default="online")
     p.add_argument("--topk", type=int, help="distil against the teacher's top-k logits")
     p.add_argument("--temperature", type=float, default=4.0)
@@ -50,8 +38,7 @@ def add_parser(sub):
     p.add_argument("--threshold", type=float,
                    help="use unlabelled samples where the teacher's confidence at "
                    "--temperature is at least this")
-    p.add_argument("--method", default="kd", help="kd (Hinton) or dkd (decoupled KD), "
-                   "optionally + fitnets or at (feature KD between the --features layers)")
+    add_options(p, "distill", "method")
     p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
                    help="the logit KD term's divergence (method kd, full logits)")
     p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
@@ -60,7 +47,7 @@ def add_parser(sub):
     p.add_argument("--cache-dtype", choices=CACHE_DTYPES, default="float16",
                    help="storage of the offline cache's full logits")
     p.add_argument("--cache-dir", help="offline cache directory (default: OUT/teacher_cache)")
-    add_engine_arguments(p, epochs=10, batch_size=64)
+    add_engine_arguments(p, "distill")
     add_config_argument(p, "distill")
     p.set_defaults(func=run)
 
@@ -70,7 +57,6 @@ def run(args) -> int:
 
     start_run(args, "distill", required=("teacher", "teacher_weights", "student", "out"),
               aliases={"model.name": "student", "model.weights": "student_weights",
-                       "data.shots": "labels_per_class",
                        "strategy.teacher_input_size": "teacher_image_size"})
     summary = _distill(args)
     if not is_main():

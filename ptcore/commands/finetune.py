@@ -1,9 +1,11 @@
 """`ptcore finetune`: fine-tune a registered model on digits, an image folder or a
 torchvision dataset; writes checkpoints, metrics.jsonl, model.pt and summary.json."""
-from ptcore.commands._engine_args import (add_engine_arguments, int_list, start_run,
-                                          strategy_kwargs)
+from ptcore.commands._engine_args import add_engine_arguments, start_run, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands._splits import add_data_arguments, add_image_size_argument
+from ptcore.commands.options import add_options, add_renamed
+
+_DATA = ("model", "weights", "data", "root", "image_size", "preprocess", "download", "augment",
+         "classes", "shots", "val", "test", "freeze")
 
 
 def add_parser(sub):
@@ -11,32 +13,16 @@ def add_parser(sub):
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained model (linear probe, partial "
                        "or full)")
-    p.add_argument("--model", help="registered model name, e.g. resnet50 (required, here or "
-                   "in --config)")
-    p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) "
-                   "or a local state_dict / ptcore checkpoint file")
-    p.add_argument("--data", default="digits", help="'digits', an ImageFolder directory, or a "
-                   "torchvision dataset name with --data-root")
-    p.add_argument("--data-root", help="root of a torchvision dataset given by name (its "
-                   "official train/test splits are used, and an ImageFolder root's train/, "
-                   "val/, test/ subfolders)")
-    add_image_size_argument(p)
-    add_data_arguments(p)
-    p.add_argument("--classes", type=int_list,
-                   help="comma-separated class ids to keep (relabelled 0..k-1)")
-    p.add_argument("--shots", type=int, help="labelled samples per class for training")
-    p.add_argument("--val", type=float, default=0.15, help="validation fraction")
-    p.add_argument("--test", type=float, default=0.15, help="test fraction")
-    p.add_argument("--freeze", help="split point frozen through (partial fine-tuning), "
-                   "e.g. layer3")
-    p.add_argument("--mode", choices=("linear", "partial", "full"),
-                   help="linear probe, partial (with --freeze) or full; default: partial "
-                   "when --freeze is given, else full")
+    add_options(p, "finetune", *_DATA)
+    add_renamed(p, "finetune", p.add_argument(
+        "--tune", dest="mode", choices=("linear", "partial", "full"),
+        help="what trains: linear (the head alone), partial (everything after --freeze) or "
+        "full; default: partial when --freeze is given, else full"))
     p.add_argument("--layer-decay", type=float, default=0.5)
     p.add_argument("--unfreeze-every", type=int)
     p.add_argument("--bn", choices=("train", "eval", "frozen"), default="train")
     p.add_argument("--no-cache", action="store_true", help="do not cache frozen features")
-    add_engine_arguments(p, epochs=10, batch_size=32, label_smoothing=True)
+    add_engine_arguments(p, "finetune", label_smoothing=True)
     add_config_argument(p, "finetune")
     p.set_defaults(func=run)
 

@@ -1,10 +1,14 @@
 """`ptcore incremental`: learn a sequence of class tasks without forgetting the old ones."""
 import argparse
+import sys
 
-from ptcore.commands._engine_args import (add_engine_arguments, int_list, start_run,
-                                          strategy_kwargs)
+from ptcore.commands._engine_args import add_engine_arguments, start_run, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands._splits import add_data_arguments, add_image_size_argument
+from ptcore.commands.options import add_options, int_list
+
+_DATA = ("model", "weights", "data", "root", "preprocess", "download", "augment", "image_size",
+         "classes", "shots", "test")
+DEFAULT_MODEL = "resnet18"  # until the next release: --model is then required, as elsewhere
 
 
 def _tasks(text: str) -> int | list[list[int]]:
@@ -27,35 +31,22 @@ def add_parser(sub):
 
     p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
                        "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC) and report forgetting")
-    p.add_argument("--model", default="resnet18", help="registered model name")
-    p.add_argument("--weights", help="torchvision weights name or local file (state_dict or "
-                   "ptcore checkpoint); default: random init")
-    p.add_argument("--classes", type=int_list, help="comma-separated classes the weights' head "
-                   "already holds, in row order (e.g. 0,1 after fine-tuning on the first task)")
-    p.add_argument("--data", default="digits", help="'digits', an image folder, or a "
-                   "torchvision dataset name with --root")
-    p.add_argument("--root", help="where a torchvision dataset's or a benchmark's files are")
+    add_options(p, "incremental", *_DATA)
+    p.add_argument("--head-classes", type=int_list, help="comma-separated classes the "
+                   "weights' head already holds, in row order (e.g. 0,1 after fine-tuning on "
+                   "the first task)")
     p.add_argument("--benchmark", help="a class-incremental benchmark by name with its "
                    "official splits and class order: split-cifar100, split-imagenet-subset "
                    "(see docs/data.md); --tasks is then a task count")
-    add_data_arguments(p)
-    add_image_size_argument(p)
-    p.add_argument("--data-classes", type=int_list,
-                   help="comma-separated classes of the data to use (default: all)")
     p.add_argument("--tasks", type=_tasks, default=5, help="a number of equal tasks, or the "
                    "classes of each task: 0,1,2,3,4;5,6,7;8,9")
-    p.add_argument("--shots", type=int, help="training samples per class (default: all)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--method", default="lwf+replay", help="naive, or lwf/replay/ewc/ncm/wa/bic/"
-                   "der joined by '+' (e.g. wa+replay, der+replay = DER++), the preset icarl, "
-                   "or simplecil or ranpac alone")
+    add_options(p, "incremental", "method")
     p.add_argument("--protocol", choices=("class", "task"), default="class")
     p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
     p.add_argument("--ewc-lambda", type=float, default=1000.0)
-    p.add_argument("--freeze", help="split point frozen throughout (e.g. layer2)")
-    add_engine_arguments(p, epochs=5, batch_size=32, weight_decay=0.0, epochs_help="epochs per task",
-                         label_smoothing=True)
+    add_options(p, "incremental", "freeze")
+    add_engine_arguments(p, "incremental", label_smoothing=True)
     add_config_argument(p, "incremental")
     p.set_defaults(func=run)
 
@@ -68,7 +59,14 @@ def _matrix(R) -> str:
 def run(args) -> int:
     # no --val: incremental training validates nothing, and trains on all of train
     start_run(args, "incremental", required=("out",), data_fixed={"val": 0.0},
-              aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
+              aliases={"strategy.classes": "head_classes"})
+    if args.model is None:
+        from ptcore.runtime.distributed import is_main
+
+        args.model = DEFAULT_MODEL
+        if is_main():
+            print(f"ptcore incremental: no --model given, so {DEFAULT_MODEL} (the next release "
+                  "requires --model, as finetune does)", file=sys.stderr)
     return _incremental(args)
 
 
@@ -83,7 +81,7 @@ def _incremental(args) -> int:
     train_tasks, test_tasks = d["train"], d["test"]
     model = create_model(args.model, weights=args.weights, progress=not args.no_progress)
     strategy = Incremental(model, **strategy_kwargs(
-        args, method=args.method, protocol=args.protocol, classes=args.classes,
+        args, method=args.method, protocol=args.protocol, classes=args.head_classes,
         memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
         freeze=args.freeze))
     resume = open_run_folder(args, "incremental")  # last: a bad option leaves --out untouched

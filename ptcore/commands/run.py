@@ -1,4 +1,5 @@
-"""`ptcore run CONFIG [CONFIG ...]`: run stage configs (YAML or TOML) and write a report."""
+"""`ptcore run CONFIG [CONFIG ...]`: run stage configs (YAML or TOML) and write a report
+(ptcore/runner/)."""
 
 
 def add_parser(sub):
@@ -17,7 +18,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ptcore.config import load_config
-    from ptcore.demo import run_stages
+    from ptcore.runner import run_stages
 
     # Errors: ptcore/cli.py prints those a user can fix on one line (exit 2).
     cfgs = [load_config(path) for path in args.configs]

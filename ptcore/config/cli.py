@@ -79,6 +79,8 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 def _check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
+        if action.help is argparse.SUPPRESS:  # an old spelling of an option checked here
+            continue
         if action.dest in vars(args) and action.option_strings:
             check_value(action.dest, getattr(args, action.dest), action.option_strings[0])
 
@@ -87,7 +89,7 @@ def merge_config(args: argparse.Namespace, stage: str, *, aliases: dict[str, str
                  required: tuple[str, ...] = ()) -> argparse.Namespace:
     """Fill ``args`` from ``args.config`` (if given) and check that every option named in
     ``required`` has a value. ``aliases`` map config keys to option destinations where the
-    names differ, e.g. ``{"data.shots": "labels_per_class", "model.name": "student"}``.
+    names differ, e.g. ``{"model.name": "student"}``.
     Raises ConfigError (a ValueError) naming the key on any problem."""
     aliases = aliases or {}
     args.config_options = {}

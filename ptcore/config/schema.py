@@ -52,7 +52,7 @@ ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
 ENGINE_KEYS += ("mixup", "cutmix")  # batch mixing alphas (ptcore.engine.mixing)
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
-# Per-method options that are not strategy arguments (see ptcore/demo/stages.py).
+# Per-method options that are not strategy arguments (see ptcore/runner/stages.py).
 METHOD_EXTRAS = {
     "pretrain": {"model": (str,), "weights": (str,), "save_dtype": (str,)},
     "finetune": {"model": (str,), "weights": (str,), "from_scratch": (bool,),
@@ -168,11 +168,11 @@ _VALUES = {
     "hard_weight": _NON_NEGATIVE, "ewc_lambda": _NON_NEGATIVE, "lwf_weight": _NON_NEGATIVE,
     "threshold": (lambda v: v is None or 0 <= v <= 1, "null or a confidence in [0, 1]"),
     "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "val": _FRACTION, "test": _FRACTION, "test_fraction": _FRACTION,
+    "val": _FRACTION, "test": _FRACTION,
     "image_size": (lambda v: v is None or v >= 8, "null or >= 8"), "teacher_image_size": (
         lambda v: v is None or v >= 8, "null or >= 8"), "teacher_input_size": (
         lambda v: v is None or v >= 8, "null or >= 8"),
-    "shots": _POSITIVE_INT, "labels_per_class": _POSITIVE_INT,
+    "shots": _POSITIVE_INT,
     "seed": (lambda v: 0 <= v < 2 ** 32, "an int in [0, 2**32)"),
     "device": (lambda v: v is None or _has_device(v),
                lambda: f"a device this machine has ({', '.join(available_devices())})"),

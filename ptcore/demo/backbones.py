@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from ptcore.demo.provenance import read_provenance
+from ptcore.runner.provenance import read_provenance
 
 __all__ = ["SHIPPED", "glyphs_recipe", "backbone_path", "ensure_backbone", "cache_root"]
 
@@ -78,7 +78,7 @@ def ensure_backbone(arch: str, image_size: int, *, progress: bool = True) -> Pat
         return path
     except ValueError:
         pass
-    from ptcore.demo.pipeline import run_stages
+    from ptcore.runner.pipeline import run_stages
 
     folder = path.parent.parent
     print(f"building the glyph-pretrained {arch} ({image_size}px) once into {folder}",

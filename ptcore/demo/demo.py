@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 
 from ptcore.demo.backbones import ensure_backbone
-from ptcore.demo.pipeline import run_stages, without_progress
+from ptcore.runner.pipeline import run_stages, without_progress
 from ptcore.demo.presets import preset_backbones, preset_configs
-from ptcore.demo.progress import plain_progress
+from ptcore.runner.progress import plain_progress
 from ptcore.runtime.files import atomic_write_bytes
 
 __all__ = ["run_demo", "write_configs"]

@@ -42,7 +42,7 @@ def test_incremental_config_reaches_the_options(tmp_path):
                     "  preprocess: {interpolation: bicubic}\nout: runs/x\n")
     args = build_parser().parse_args(["incremental", "--config", str(path)])
     merge_config(args, "incremental", required=("out",),
-                 aliases={"data.test": "test_fraction", "data.classes": "data_classes"})
+                 aliases={"strategy.classes": "head_classes"})
     assert (args.benchmark, args.tasks, args.root) == ("split-cifar100", 10, "/data")
     assert args.preprocess == {"interpolation": "bicubic"}
 
@@ -73,7 +73,7 @@ def test_run_reads_a_benchmark(cifar100, tmp_path):
 def test_run_reads_folder_splits_with_the_preprocessing(tmp_path):
     from torchvision.transforms import InterpolationMode, Resize
 
-    from ptcore.demo.stages import prepare
+    from ptcore.runner.stages import prepare
     from tests.data.formats import write_image_folder
 
     write_image_folder(tmp_path / "pets", per_class=3)
@@ -97,7 +97,7 @@ def test_run_augments_the_training_split_only(tmp_path):
     a test split carved out of the non-shots (finetune with data.test 0) is not augmented."""
     import torch
 
-    from ptcore.demo.stages import prepare
+    from ptcore.runner.stages import prepare
     from tests.data.formats import write_image_folder
 
     write_image_folder(tmp_path / "pets", per_class=3, noise=True)

@@ -61,7 +61,7 @@ def test_finetune_reads_image_files_at_the_weights_crop_size(tmp_path, weights_c
     write_image_folder(tmp_path / "pets", per_class=2)  # train/ val/ test/, 40 px images
     out = tmp_path / "run"
     assert main(["finetune", "--model", MODEL, "--weights", "DEFAULT", "--data",
-                 str(tmp_path / "pets"), "--mode", "linear", "--epochs", "1",
+                 str(tmp_path / "pets"), "--tune", "linear", "--epochs", "1",
                  "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
     assert input_sizes and set(input_sizes) == {(weights_crop, weights_crop)}
     recorded = json.loads((out / "summary.json").read_text())["preprocessing"]
@@ -97,7 +97,7 @@ def test_distill_reads_image_files_at_the_students_preprocessing(tmp_path, weigh
     assert main(["distill", "--teacher", MODEL, "--teacher-weights", str(teacher),
                  "--student", MODEL, "--student-weights", "DEFAULT", "--data",
                  str(tmp_path / "pets"), "--val", "0.25", "--test", "0.25",
-                 "--labels-per-class", "1", "--augment", "basic", "--epochs", "1",
+                 "--shots", "1", "--augment", "basic", "--epochs", "1",
                  "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
     assert input_sizes and set(input_sizes) == {(weights_crop, weights_crop)}
     recorded = json.loads((out / "summary.json").read_text())["preprocessing"]
@@ -108,7 +108,7 @@ def test_distill_reads_image_files_at_the_students_preprocessing(tmp_path, weigh
 def test_finetune_renders_digits_at_32_unless_told(tmp_path, input_sizes, argv, size):
     """In-memory digits, augmented (a random crop of the tensors at their rendered size)."""
     assert main(["finetune", "--model", MODEL, "--data", "digits", "--classes", "0,1",
-                 "--mode", "linear", "--augment", "basic", "--epochs", "1", "--batch-size",
+                 "--tune", "linear", "--augment", "basic", "--epochs", "1", "--batch-size",
                  "128", "--out", str(tmp_path / "run"), "--no-progress", *argv]) == 0
     assert input_sizes and set(input_sizes) == {(size, size)}
 

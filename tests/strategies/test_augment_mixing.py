@@ -117,7 +117,7 @@ def test_distill_augments_its_labelled_and_unlabelled_training_samples(tmp_path,
         "labelled": 0, "unlabelled": 0, "teacher_samples": 0})
     monkeypatch.setattr(Distill, "evaluate", lambda self, data: {"accuracy": 0, "count": 0})
     assert main(["distill", "--teacher", "resnet18", "--teacher-weights", "t.pt",
-                 "--student", "resnet18", "--image-size", "16", "--labels-per-class", "3",
+                 "--student", "resnet18", "--image-size", "16", "--shots", "3",
                  "--augment", "basic", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert not is_deterministic(seen["labelled"]) and not is_deterministic(seen["unlabelled"])
     assert is_deterministic(seen["val"])

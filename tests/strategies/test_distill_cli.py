@@ -43,7 +43,7 @@ def test_cli_offline_topk(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["distill", "--teacher", "resnet18", "--teacher-weights", _teacher_file(tmp_path),
             "--student", "mobilenet_v3_small", "--data", "digits", "--image-size", "16",
-            "--teacher-image-size", "24", "--labels-per-class", "5", "--mode", "offline",
+            "--teacher-image-size", "24", "--shots", "5", "--mode", "offline",
             "--topk", "5", "--epochs", "1", "--batch-size", "128", "--out", str(out),
             "--no-progress"]
     assert main(args) == 0
@@ -88,7 +88,7 @@ def test_cli_dkd(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["distill", "--teacher", "resnet18", "--teacher-weights", _teacher_file(tmp_path, 2),
             "--student", "mobilenet_v3_small", "--data", "digits", "--image-size", "16",
-            "--classes", "0,1", "--labels-per-class", "3", "--method", "dkd", "--epochs", "1",
+            "--classes", "0,1", "--shots", "3", "--method", "dkd", "--epochs", "1",
             "--batch-size", "128", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -259,8 +259,8 @@ def test_cli_wa_replay_and_a_der_config(tmp_path, capsys):
     from ptcore.cli import main
 
     common = ["--model", "mobilenet_v3_small", "--data", "digits", "--image-size", "16",
-              "--data-classes", "0,1,2,3", "--tasks", "0,1;2,3", "--shots", "4",
-              "--test-fraction", "0.05", "--memory", "8", "--epochs", "1", "--batch-size", "16",
+              "--classes", "0,1,2,3", "--tasks", "0,1;2,3", "--shots", "4",
+              "--test", "0.05", "--memory", "8", "--epochs", "1", "--batch-size", "16",
               "--no-progress"]
     assert main(["incremental", "--method", "wa+replay", "--out", str(tmp_path / "wa")]
                 + common) == 0

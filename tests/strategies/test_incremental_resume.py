@@ -84,7 +84,7 @@ def test_resume_refuses_another_run(tmp_path):
 
 def test_cli_runs_and_resumes(tmp_path, capsys):
     args = ["incremental", "--model", "mobilenet_v3_small", "--data", "digits",
-            "--image-size", "16", "--tasks", "5", "--shots", "4", "--test-fraction", "0.05",
+            "--image-size", "16", "--tasks", "5", "--shots", "4", "--test", "0.05",
             "--method", "replay", "--memory", "20", "--epochs", "1", "--batch-size", "16",
             "--no-progress", "--out", str(tmp_path)]
     assert main(args) == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ptcore.demo.provenance import PROVENANCE, read_provenance
+from ptcore.runner.provenance import PROVENANCE, read_provenance
 
 __all__ = ["weights_sources", "glyph_grid"]
 

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ptcore.config import validate_config
-from ptcore.demo.progress import plain_progress
-from ptcore.demo.sources import weights_sources
-from ptcore.demo.stages import prepare, pretrained_path
+from ptcore.runner.progress import plain_progress
+from ptcore.runner.sources import weights_sources
+from ptcore.runner.stages import prepare, pretrained_path
 
 __all__ = ["run_stages", "without_progress"]
 

@@ -21,7 +21,7 @@ from ptcore.config import ConfigError
 from ptcore.config.recipe import load_data
 from ptcore.runtime.rng import seed_everything
 from ptcore.config.schema import METHOD_EXTRAS
-from ptcore.demo.provenance import write_provenance
+from ptcore.runner.provenance import write_provenance
 
 __all__ = ["Prepared", "prepare", "pretrained_path"]
 

@@ -1,0 +1,336 @@
+"""Every option that more than one strategy subcommand takes (`ptcore finetune`,
+`incremental`, `distill`), defined once: its spelling, type, default, help and the config key
+it reads (docs/config.md). A subcommand adds them by name with :func:`add_options`, so the
+same option cannot drift apart between subcommands; tests/test_cli_options.py compares them.
+
+Where subcommands must differ (an epoch count suited to each, what `--method` lists), the
+difference is declared here, per command, beside the shared part. Old spellings keep
+working for one release: each is listed in ``RENAMED`` and prints a one-line notice.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Option", "SHARED", "RENAMED", "CHANGED", "add_options", "add_renamed",
+           "announce_renamed", "upgrade_settings", "int_list"]
+
+COMMANDS = ("finetune", "incremental", "distill")
+
+
+def int_list(text: str) -> list[int]:
+    """``--classes 5,6,7``: class ids (ints >= 0), comma-separated."""
+    try:
+        ids = [int(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        ids = None
+    if not ids or any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids >= 0, got {text!r}")
+    return ids
+
+
+def _pairs(text: str) -> dict:
+    """``crop_size=384,interpolation=bicubic,mean=0.5/0.5/0.5``."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"takes KEY=VALUE pairs, got {item!r}")
+        try:
+            out[key] = ([float(v) for v in value.split("/")] if key in ("mean", "std")
+                        else value if key == "interpolation" else int(value))
+        except ValueError:
+            expected = "numbers a/b/c" if key in ("mean", "std") else "an int"
+            raise argparse.ArgumentTypeError(f"{key} takes {expected}, got {value!r}") from None
+    return out
+
+
+def _workers(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0 or 'auto', got {text!r}") \
+            from None
+
+
+def _resume_mode(text: str):
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
+    return "auto"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option. ``defaults``/``detail``: what differs per command (a
+    default; a sentence appended to the help, or a callable giving it). ``choices`` may be a
+    callable, read when the parser is built (a registry that imports lazily)."""
+    flags: tuple[str, ...]
+    help: str | Callable[[], str]
+    type: Callable | None = None
+    default: Any = None
+    defaults: dict = field(default_factory=dict)
+    detail: dict = field(default_factory=dict)
+    choices: Any = None
+    metavar: str | None = None
+    action: str | None = None
+    dest: str | None = None
+    nargs: str | None = None
+    const: Any = None
+
+    def help_for(self, command: str) -> str:
+        text = self.help() if callable(self.help) else self.help
+        extra = self.detail.get(command)
+        extra = extra() if callable(extra) else extra
+        return f"{text} ({extra})" if extra else text
+
+    def add(self, p: argparse.ArgumentParser, command: str) -> argparse.Action:
+        kw = {"help": self.help_for(command)}
+        if self.action is not None:
+            kw["action"] = self.action
+        else:
+            kw.update(type=self.type, metavar=self.metavar)
+            if self.nargs is not None:
+                kw.update(nargs=self.nargs, const=self.const)
+            choices = self.choices() if callable(self.choices) else self.choices
+            if choices is not None:
+                kw["choices"] = choices
+        kw["default"] = self.defaults.get(command, self.default)
+        if self.dest is not None:
+            kw["dest"] = self.dest
+        return p.add_argument(*self.flags, **kw)
+
+
+def _augments():
+    from ptcore.models.preprocess import AUGMENTS
+
+    return AUGMENTS
+
+
+def _optimizers():
+    from ptcore.engine.optim import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _schedules():
+    from ptcore.engine.schedules import SCHEDULES
+
+    return SCHEDULES
+
+
+def _image_size_help() -> str:
+    from ptcore.data.sources import IN_MEMORY_IMAGE_SIZE
+
+    return (f"input size: digits and glyphs are rendered at N (default {IN_MEMORY_IMAGE_SIZE}); "
+            "image files are read at N instead of the model's (distill: the student's) "
+            "weights' crop size (default: their own preprocessing, docs/data.md)")
+
+
+_O = Option
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+# Data and model options (config keys: model.name, model.weights, data.<key>, strategy.freeze).
+_DATA = {
+    "model": _O(("--model",), "registered model name, e.g. resnet50 (`ptcore models` lists "
+                "them); required, here or in --config"),
+    "weights": _O(("--weights",), "torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or a "
+                  "local state_dict / ptcore checkpoint file (default: random init)"),
+    "data": _O(("--data",), "'digits', an image folder, or a torchvision dataset name with "
+               "--root (docs/data.md)", default="digits"),
+    "root": _O(("--root",), "where a torchvision dataset's or a benchmark's files are (its "
+               "official train/test splits are used, and an image folder's train/, val/, "
+               "test/ subfolders)"),
+    "download": _O(("--download",), "download a torchvision dataset that is not under --root",
+                   action="store_true", default=False),
+    "preprocess": _O(("--preprocess",), "override the model's (distill: the student's) "
+                     "weights' preprocessing: image_size, crop_size, resize_size, "
+                     "interpolation, mean/std as a/b/c (a size here wins over --image-size)",
+                     type=_pairs, default={}, metavar="K=V,..."),
+    "image_size": _O(("--image-size",), _image_size_help, type=int, metavar="N"),
+    "augment": _O(("--augment",), "training-split augmentation at the model's preprocessing: "
+                  "basic (random resized crop + flip), trivial or randaugment (basic + that "
+                  "policy); none: the evaluation transform (docs/data.md)",
+                  choices=_augments, default="none"),
+    "classes": _O(("--classes",), "comma-separated class ids of the data to use (default: all)",
+                  type=int_list, detail={"finetune": "relabelled 0..k-1",
+                                         "distill": "relabelled 0..k-1"}),
+    "shots": _O(("--shots",), "labelled training samples per class (default: all)", type=int,
+                detail={"distill": "the rest of the training split is the unlabelled pool"}),
+    "val": _O(("--val",), "validation fraction", type=float, default=0.15),
+    "test": _O(("--test",), "test fraction", type=float, default=0.15,
+               defaults={"incremental": 0.2}),
+    "freeze": _O(("--freeze",), "split point frozen throughout, e.g. layer2",
+                 detail={"finetune": "partial fine-tuning"}),
+    "method": _O(("--method",), "the method: one, or parts joined by '+'",
+                 defaults={"incremental": "lwf+replay", "distill": "kd"},
+                 detail={"incremental": "naive, or lwf/replay/ewc/ncm/wa/bic/der joined by '+' "
+                         "(e.g. wa+replay, der+replay = DER++), the preset icarl, or simplecil "
+                         "or ranpac alone",
+                         "distill": "kd (Hinton) or dkd (decoupled KD), optionally + fitnets or "
+                         "at (feature KD between the --features layers)"}),
+}
+
+# The training loop (engine keys of a config; strategy keywords, see _engine_args.py).
+_ENGINE = {
+    "epochs": _O(("--epochs",), "training epochs", type=int, default=10,
+                 defaults={"incremental": 5}, detail={"incremental": "per task"}),
+    "batch_size": _O(("--batch-size",), "samples per batch", type=int, default=32,
+                     defaults={"distill": 64}),
+    "lr": _O(("--lr",), "peak learning rate", type=float, default=1e-3),
+    "weight_decay": _O(("--weight-decay",), "weight decay (never on norms and biases)",
+                       type=float, default=0.01, defaults={"incremental": 0.0}),
+    "optimizer": _O(("--optimizer",), "adamw, or sgd with --momentum (and --nesterov)",
+                    choices=_optimizers, default="adamw"),
+    "momentum": _O(("--momentum",), "SGD's momentum", type=float, default=0.9),
+    "nesterov": _O(("--nesterov",), "SGD with Nesterov momentum", action="store_true",
+                   default=False),
+    "label_smoothing": _O(("--label-smoothing",), "cross-entropy against targets with EPS "
+                          "spread over all classes", type=float, default=0.0, metavar="EPS"),
+    "mixup": _O(("--mixup",), "MixUp of each training batch with Beta(ALPHA, ALPHA) ratios, "
+                "e.g. 0.2 (default: off)", type=float, metavar="ALPHA"),
+    "cutmix": _O(("--cutmix",), "CutMix of each training batch, e.g. 1.0 (default: off; with "
+                 "--mixup: one of the two per batch)", type=float, metavar="ALPHA"),
+    "schedule": _O(("--schedule",), "learning-rate schedule", choices=_schedules,
+                   default="cosine"),
+    "amp": _O(("--amp",), "mixed precision; auto: bf16 on a GPU that has it, off on CPU",
+              choices=AMP_CHOICES, default="auto"),
+    "precise_bn": _O(("--precise-bn",), "recompute BatchNorm statistics over N training "
+                     "batches after each epoch (short runs; MobileNetV3 students need it)",
+                     type=int, default=0, metavar="N"),
+    "num_workers": _O(("--num-workers",), "processes loading batches (every loader: training, "
+                      "evaluation, caches, Fisher, herding); auto: the available CPUs, at most "
+                      "8", type=_workers, default=0, metavar="N"),
+    "device": _O(("--device",), "cpu, cuda, cuda:1 ... (default: the GPU if present)"),
+    "seed": _O(("--seed",), "seeds every generator: the same command gives the same run "
+               "(docs/reproducibility.md)", type=int, default=0),
+    "out": _O(("--out",), "output directory (required, here or in --config)"),
+    "resume": _O(("--resume",), "continue the interrupted run in --out (an error if there is "
+                 "none); --resume auto: continue it if there is one, else start (for "
+                 "preemptible jobs)", type=_resume_mode, default=False, nargs="?", const=True,
+                 metavar="auto"),
+    "overwrite": _O(("--overwrite",), "replace the run that --out holds (its checkpoints and "
+                    "metrics)", action="store_true", default=False),
+    "ddp_timeout": _O(("--ddp-timeout",), "under torchrun: how long a rank waits for the "
+                      "others before the job fails (default $PTCORE_DDP_TIMEOUT or 600)",
+                      type=float, metavar="SECONDS"),
+    # --quiet: the spelling `ptcore finetune` had first; kept so old scripts still run.
+    "no_progress": _O(("--no-progress", "--quiet"), "no progress bars", action="store_true",
+                      dest="no_progress", default=False),
+}
+
+
+def _loggers_help() -> str:
+    from ptcore.engine.loggers import LOGGERS
+
+    return (f"comma-separated loggers from {', '.join(LOGGERS)} (metrics.jsonl is always "
+            "written); e.g. --log csv,tensorboard")
+
+
+# Logging and checkpoints: ptcore.engine.RUN_OPTIONS (docs/logging.md).
+_LOGGING = {
+    "log": _O(("--log",), _loggers_help, default="jsonl", metavar="LOGGERS"),
+    "log_every": _O(("--log-every",), "a step record (loss, lr, samples/s) every STEPS "
+                    "optimizer steps", type=int, default=50, metavar="STEPS"),
+    "save_every": _O(("--save-every",), "also write last.pt every STEPS optimizer steps within "
+                     "an epoch; --resume continues from there exactly (default 0: at epoch "
+                     "ends only)", type=int, default=0, metavar="STEPS"),
+    "keep_last": _O(("--keep-last",), "also keep the last K epochs' checkpoints "
+                    "(epoch-NNNN.pt)", type=int, default=0, metavar="K"),
+    "keep_best": _O(("--keep-best",), "keep the K best epochs' checkpoints by --best-metric "
+                    "(best-epoch-NNNN.pt, ranked in best.json)", type=int, default=0,
+                    metavar="K"),
+    "best_metric": _O(("--best-metric",), "epoch metric that ranks checkpoints and drives "
+                      "--patience", default="val_loss", metavar="NAME"),
+    "best_mode": _O(("--best-mode",), "whether a lower or a higher --best-metric is better",
+                    choices=("min", "max"), default="min"),
+    "patience": _O(("--patience",), "stop after EPOCHS epochs without a strict improvement of "
+                   "--best-metric (default: never)", type=int, metavar="EPOCHS"),
+    "ema": _O(("--ema",), "also keep, validate and checkpoint an exponential moving average of "
+              "the weights with this decay per step (e.g. 0.999)", type=float, metavar="DECAY"),
+    "deterministic": _O(("--deterministic",), "torch's deterministic algorithms only (for "
+                        "GPUs: CPU runs are bit-identical without it; "
+                        "docs/reproducibility.md)", action="store_true", default=False),
+}
+
+SHARED: dict[str, Option] = {**_DATA, **_ENGINE, **_LOGGING}
+
+# Spellings of one release ago: old flag -> (the commands that had it, the option now).
+# incremental's --classes was the head's classes; the data's classes were --data-classes.
+RENAMED = {
+    "--data-root": (("finetune",), "--root"),
+    "--labels-per-class": (("distill",), "--shots"),
+    "--test-fraction": (("incremental",), "--test"),
+    "--data-classes": (("incremental",), "--classes"),
+    "--mode": (("finetune",), "--tune"),
+}
+
+
+# Options whose meaning changed with the renaming: a notice for one release.
+CHANGED = {("incremental", "--classes"): "--classes now selects the data's classes, as in "
+           "finetune and distill (the head's classes are --head-classes)"}
+# Run-folder settings (run.json) recorded under the old names, per command: old -> new.
+_OLD_SETTINGS = {"finetune": {"data_root": "root"}, "distill": {"labels_per_class": "shots"},
+                 "incremental": {"test_fraction": "test", "classes": "head_classes",
+                                 "data_classes": "classes"}}
+
+
+def upgrade_settings(command: str, settings: dict) -> dict:
+    """A run folder's recorded settings under today's option names (a run made before the
+    renaming resumes with the new spellings)."""
+    renames = _OLD_SETTINGS.get(command, {})
+    if not any(old in settings and new not in settings for old, new in renames.items()
+               if old not in renames.values()):
+        return settings
+    return {renames.get(k, k): v for k, v in settings.items()}
+
+
+class _Renamed(argparse.Action):
+    """An old spelling: stores into the new option and records a notice (printed once by
+    :func:`announce_renamed`, not here: argparse may parse argv more than once)."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        notices = list(getattr(namespace, "renamed_options", []))
+        notices.append(f"{option_string} is now {self.new} (the old spelling goes in the "
+                       "next release)")
+        namespace.renamed_options = notices
+
+
+def add_options(p: argparse.ArgumentParser, command: str, *names: str,
+                group: str | None = None) -> None:
+    """Add the shared options ``names`` to ``command``'s parser ``p`` (in that order, in
+    the argument group ``group`` if given), each with its old spelling where it had one."""
+    target = p.add_argument_group(group) if group else p
+    for name in names:
+        add_renamed(target, command, SHARED[name].add(target, command))
+
+
+def add_renamed(p, command: str, action: argparse.Action) -> None:
+    """Accept ``action``'s old spelling in ``command`` (``RENAMED``), hidden from --help."""
+    for old, (commands, new) in RENAMED.items():
+        if command in commands and new in action.option_strings:
+            p.add_argument(old, dest=action.dest, action=_Renamed, new=new, type=action.type,
+                           choices=action.choices, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+
+
+def announce_renamed(args: argparse.Namespace, command: str) -> None:
+    """Print one line per old spelling ``args`` came with (rank 0 only), and drop the record
+    so it is not taken for a setting of the run."""
+    from ptcore.runtime.distributed import is_main
+
+    notices = vars(args).pop("renamed_options", [])
+    argv = getattr(args, "argv", None) or []
+    notices += [text for (cmd, flag), text in CHANGED.items() if cmd == command and any(
+        a == flag or a.startswith(flag + "=") for a in argv)]
+    if is_main():
+        for notice in dict.fromkeys(notices):
+            print(f"ptcore {command}: {notice}", file=sys.stderr)

@@ -1,0 +1,137 @@
+"""Every option that two strategy subcommands share means the same in both: same spelling,
+type, default and help, except where ptcore/commands/options.py declares a per-command
+difference. Old spellings still work for one release, with a notice."""
+import argparse
+import itertools
+import json
+
+import pytest
+
+from ptcore.cli import build_parser
+from ptcore.commands.options import COMMANDS, RENAMED, SHARED, upgrade_settings
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: sub.choices[name] for name in COMMANDS}
+
+
+def _options(parser) -> dict[str, argparse.Action]:
+    """Visible options by flag (old spellings are hidden: help=SUPPRESS). --config is added
+    by the one function ptcore.config.add_config_argument."""
+    return {flag: a for a in parser._actions if a.help is not argparse.SUPPRESS
+            for flag in a.option_strings if flag not in ("-h", "--help", "--config")}
+
+
+def _declared(flag: str) -> tuple[str, object] | None:
+    return next(((n, o) for n, o in SHARED.items() if flag in o.flags), None)
+
+
+PAIRS = list(itertools.combinations(COMMANDS, 2))
+
+
+@pytest.mark.parametrize("a, b", PAIRS)
+def test_options_of_one_name_agree_between_subcommands(a, b):
+    parsers = _parsers()
+    left, right = _options(parsers[a]), _options(parsers[b])
+    shared = sorted(set(left) & set(right))
+    assert len(shared) >= 25, shared  # the training loop and the data options at least
+    for flag in shared:
+        x, y = left[flag], right[flag]
+        declared = _declared(flag)
+        assert declared is not None, f"{flag} is in {a} and {b} but not in options.SHARED"
+        name, option = declared
+        assert (x.dest, x.type, x.choices, x.nargs, x.const, type(x)) == \
+            (y.dest, y.type, y.choices, y.nargs, y.const, type(y)), flag
+        # A difference in default or help must be declared for one of the two commands.
+        if x.default != y.default:
+            assert {a, b} & set(option.defaults), f"{flag}: defaults {x.default!r} vs {y.default!r}"
+        if x.help != y.help:
+            assert {a, b} & set(option.detail), f"{flag}: help differs between {a} and {b}"
+            base = option.help() if callable(option.help) else option.help
+            assert x.help.startswith(base) and y.help.startswith(base), flag
+
+
+def test_every_shared_definition_is_used_by_two_subcommands():
+    parsers = {name: _options(p) for name, p in _parsers().items()}
+    for name, option in SHARED.items():
+        users = [c for c, opts in parsers.items() if option.flags[0] in opts]
+        assert len(users) >= 2, f"{name} is used by {users} only: it is not shared"
+
+
+def test_the_one_meaning_of_classes_root_shots_test():
+    """The options that used to differ between subcommands now hold the data's values in
+    every one of them, and config keys find them under the same names."""
+    parsers = _parsers()
+    for command in COMMANDS:
+        opts = _options(parsers[command])
+        for flag, dest in (("--root", "root"), ("--classes", "classes"), ("--shots", "shots"),
+                           ("--test", "test")):
+            assert opts[flag].dest == dest, (command, flag)
+    assert "--head-classes" in _options(parsers["incremental"])
+    assert _options(parsers["finetune"])["--tune"].choices == ("linear", "partial", "full")
+    assert _options(parsers["distill"])["--mode"].choices == ("online", "offline")
+
+
+@pytest.mark.parametrize("old, commands_new", sorted(RENAMED.items()))
+def test_old_spellings_still_parse_and_give_a_notice(old, commands_new, capsys):
+    from ptcore.commands.options import announce_renamed
+
+    commands, new = commands_new
+    value = {"--mode": "linear", "--data-classes": "1,2"}.get(old, "0.3" if old == "--test-fraction"
+                                                               else "4")
+    for command in commands:
+        parser = _parsers()[command]
+        old_args = parser.parse_args([old, value])
+        new_args = parser.parse_args([new, value])
+        dest = _options(parser)[new].dest
+        assert getattr(old_args, dest) == getattr(new_args, dest) is not None
+        announce_renamed(old_args, command)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ptcore {command}: {old} is now {new} (the old spelling goes in the "
+                       "next release)"]
+        assert "renamed_options" not in vars(old_args)  # not a setting of the run
+        announce_renamed(new_args, command)
+        assert capsys.readouterr().err == ""
+
+
+def test_incremental_classes_changed_meaning_is_announced(capsys):
+    from ptcore.commands.options import announce_renamed
+
+    args = _parsers()["incremental"].parse_args(["--classes", "0,1"])
+    args.argv = ["--classes", "0,1"]
+    announce_renamed(args, "incremental")
+    assert "--head-classes" in capsys.readouterr().err
+    assert args.classes == [0, 1] and args.head_classes is None
+
+
+def test_an_old_run_folder_resumes_under_the_new_names(tmp_path, monkeypatch):
+    """run.json written before the renaming (incremental: classes = the head's, data_classes =
+    the data's) is compared under today's names, so --resume accepts the same settings."""
+    from ptcore.commands import _run_folder
+
+    old = {"model": "resnet18", "classes": [0, 1], "data_classes": [0, 1, 2],
+           "test_fraction": 0.3, "seed": 0}
+    new = {"model": "resnet18", "head_classes": [0, 1], "classes": [0, 1, 2], "test": 0.3,
+           "seed": 0}
+    assert upgrade_settings("incremental", old) == new
+    assert upgrade_settings("incremental", new) == new  # today's record is left alone
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"command": "incremental", "settings": old}))
+    (out / "metrics.jsonl").write_text("")
+    assert _run_folder._claim(out, "incremental", new, True, False) == "auto"
+    with pytest.raises(Exception, match="test: 0.3 -> 0.2"):
+        _run_folder._claim(out, "incremental", {**new, "test": 0.2}, True, False)
+
+
+def test_incremental_without_model_keeps_resnet18_for_now(tmp_path, monkeypatch, capsys):
+    """The default goes in the next release; until then it is used, with a notice."""
+    from ptcore.cli import main
+    from ptcore.commands import incremental
+
+    seen = {}
+    monkeypatch.setattr(incremental, "_incremental", lambda args: seen.setdefault("m", args.model)
+                        and 0)
+    assert main(["incremental", "--out", str(tmp_path / "o")]) == 0
+    assert seen["m"] == "resnet18" and "next release requires --model" in capsys.readouterr().err
