@@ -13,6 +13,7 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
 def add_parser(sub):
     from ptcore.config import add_config_argument
+    from ptcore.strategies.distill.terms import method_help
 
     p = sub.add_parser(
         "distill", help="knowledge distillation: a student learns from a frozen teacher",
@@ -50,8 +51,7 @@ def add_parser(sub):
     p.add_argument("--threshold", type=float,
                    help="use unlabelled samples where the teacher's confidence at "
                    "--temperature is at least this")
-    p.add_argument("--method", default="kd", help="kd (Hinton) or dkd (decoupled KD), "
-                   "optionally + fitnets or at (feature KD between the --features layers)")
+    p.add_argument("--method", default="kd", help=method_help())
     p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
                    help="the logit KD term's divergence (method kd, full logits)")
     p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
