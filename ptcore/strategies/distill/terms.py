@@ -121,7 +121,7 @@ def parse_method(method) -> list[type[Term]]:
                              f"{tuple(n for n, t in TERMS.items() if t.kind == kind)}, "
                              "joined by '+' with the terms of the other kinds")
     for t in terms:
-        clash = next((o for o in terms if o.name in t.excludes or t.name in o.excludes), None)
+        clash = next((o for o in terms if o.name in t.excludes), None)
         if clash is not None:
             raise ValueError(f"method {method!r}: {t.name} cannot be combined with "
                              f"{clash.name}")
