@@ -171,9 +171,10 @@ def train_student(student: nn.Module, windows: torch.Tensor, *, cache: FeatureCa
     meta = {"strategy": "sequence_distill", "steps": steps, "teacher_k": k,
             "temperature": temperature, "soft_weight": soft_weight, "hard_weight": hard_weight,
             "tail_bucket": tail_bucket}
-    engine.fit(_HiddenStates(student), draws, torch.optim.AdamW(student.parameters(), lr=lr), epochs=epochs,
-               batch_size=batch_size, step_fn=step, schedule="constant", warmup=0.0,
-               seed=seed, out_dir=out_dir, resume=resume, meta=meta,
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    engine.fit(_HiddenStates(student), draws, optimizer, epochs=epochs, batch_size=batch_size,
+               step_fn=step, schedule="constant", warmup=0.0, seed=seed, out_dir=out_dir,
+               resume=resume, meta=meta,
                device=device if device is not None else next(student.parameters()).device,
                amp=amp, progress=progress, num_workers=num_workers,
                **engine.run_options(run_options))

@@ -147,4 +147,5 @@ def method_help() -> str:
     kinds = dict.fromkeys(t.kind for t in TERMS.values())
     lines = "; ".join(f"{kind}: " + ", ".join(f"{n} ({t.help})" for n, t in TERMS.items()
                                              if t.kind == kind) for kind in kinds)
-    return f"distillation terms joined by '+', one of each kind at most (default {DEFAULT}). {lines}"
+    return (f"distillation terms joined by '+', one of each kind at most (default "
+            f"{DEFAULT}). {lines}")
