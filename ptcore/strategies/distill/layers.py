@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ptcore._kd_args import check_float
-from ptcore.strategies.distill.terms import Option, Step, Term, TERMS
+from ptcore.strategies.distill.terms import Option, Step, Term, names
 
 __all__ = ["FeatureTerm", "Taps", "StudentWithAdapters", "parse_pairs", "feature_loss"]
 
@@ -109,9 +109,9 @@ def _nonneg(value, name: str) -> float:
 
 
 def pairing_error(method, features) -> ValueError:
-    names = tuple(n for n, t in TERMS.items() if t.kind == FeatureTerm.kind)
-    return ValueError(f"features (layer pairs) go with a feature method {names} and only "
-                      f"then; method {method!r}, features {features!r}")
+    return ValueError(f"features (layer pairs) go with a feature method "
+                      f"{names(FeatureTerm.kind)} and only then; method {method!r}, features "
+                      f"{features!r}")
 
 
 class FeatureTerm(Term):

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 __all__ = ["Option", "Setup", "Step", "Term", "TERMS", "DEFAULT", "register", "parse_method",
-           "check_options", "option_names", "method_help"]
+           "check_options", "option_names", "names", "method_help"]
 
 DEFAULT = "kd"  # the logit term of a method that names none
 TERMS: dict[str, type[Term]] = {}  # name → term, in the order registered
@@ -101,6 +101,11 @@ def register(term: type[Term]) -> type[Term]:
     return term
 
 
+def names(kind: str) -> tuple[str, ...]:
+    """The registered terms of ``kind``."""
+    return tuple(n for n, t in TERMS.items() if t.kind == kind)
+
+
 def parse_method(method) -> list[type[Term]]:
     """The terms of ``method`` ("kd", "at+dkd", ...): the logit term first, then the others
     in the order registered (so the way a method is written does not change the sum)."""
@@ -117,9 +122,8 @@ def parse_method(method) -> list[type[Term]]:
         terms.append(TERMS[DEFAULT])
     for kind in dict.fromkeys(t.kind for t in terms):
         if sum(t.kind == kind for t in terms) > 1:
-            raise ValueError(f"method {method!r}: at most one of "
-                             f"{tuple(n for n, t in TERMS.items() if t.kind == kind)}, "
-                             "joined by '+' with the terms of the other kinds")
+            raise ValueError(f"method {method!r}: at most one of {names(kind)}, joined by "
+                             "'+' with the terms of the other kinds")
     for t in terms:
         clash = next((o for o in terms if o.name in t.excludes), None)
         if clash is not None:
@@ -145,7 +149,7 @@ def option_names() -> set[str]:
 def method_help() -> str:
     """The --method help: every registered term by kind, with its one line."""
     kinds = dict.fromkeys(t.kind for t in TERMS.values())
-    lines = "; ".join(f"{kind}: " + ", ".join(f"{n} ({t.help})" for n, t in TERMS.items()
-                                             if t.kind == kind) for kind in kinds)
+    lines = "; ".join(f"{kind}: " + ", ".join(f"{n} ({TERMS[n].help})" for n in names(kind))
+                      for kind in kinds)
     return (f"distillation terms joined by '+', one of each kind at most (default "
             f"{DEFAULT}). {lines}")
