@@ -112,12 +112,12 @@ def parse_method(method) -> list[type[Term]]:
     if not isinstance(method, str):
         raise TypeError(f"method must be a str such as 'kd' or 'at+dkd', got "
                         f"{type(method).__name__}")
-    names = [p.strip() for p in method.lower().split("+")]
-    unknown = [n for n in names if n not in TERMS]
+    parts = [p.strip() for p in method.lower().split("+")]
+    unknown = [n for n in parts if n not in TERMS]
     if unknown:
         raise ValueError(f"method {method!r}: {unknown[0]!r} is no distillation term; the "
                          f"terms are {', '.join(TERMS)}, joined by '+'")
-    terms = [TERMS[n] for n in names]
+    terms = [TERMS[n] for n in parts]
     if not any(t.kind == TERMS[DEFAULT].kind for t in terms):
         terms.append(TERMS[DEFAULT])
     for kind in dict.fromkeys(t.kind for t in terms):
