@@ -144,7 +144,7 @@ class Distill:
         self.divergence, self.beta = divergence, beta
         setup = Setup(mode=mode, topk=topk, threshold=threshold, temperature=self.temperature,
                       soft_weight=self.soft_weight, hard_weight=self.hard_weight,
-                      divergence=divergence, beta=beta, ignore_index=IGNORE, seed=seed)
+                      divergence=divergence, beta=beta, ignore_index=IGNORE)
         options = check_options({
             "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta, "features": features,
             "feature_weight": feature_weight,

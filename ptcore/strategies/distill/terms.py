@@ -42,7 +42,6 @@ class Setup:
     divergence: str
     beta: float
     ignore_index: int
-    seed: int
 
 
 @dataclass
