@@ -11,6 +11,7 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
 def add_parser(sub):
     from ptcore.config import add_config_argument
+    from ptcore.strategies.distill.terms import names
 
     p = sub.add_parser(
         "distill", help="knowledge distillation: a student learns from a frozen teacher",
@@ -42,7 +43,8 @@ def add_parser(sub):
     p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
                    help="the logit KD term's divergence (method kd, full logits)")
     p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
-    p.add_argument("--features", dest="feature_pairs", help="layer pairs for fitnets/at: "
+    p.add_argument("--features", dest="feature_pairs", help="layer pairs for the feature "
+                   f"terms ({', '.join(names('features'))}): "
                    "student.path:teacher.path[,student.path:teacher.path...]")
     p.add_argument("--cache-dtype", choices=CACHE_DTYPES, default="float16",
                    help="storage of the offline cache's full logits")

@@ -122,6 +122,13 @@ def _schedules():
     return SCHEDULES
 
 
+def _registry_help(command: str) -> str:
+    """What --method takes, from the strategy's registry of methods (plug-ins included)."""
+    from ptcore.strategies.distill.terms import method_help
+
+    return method_help()
+
+
 def _image_size_help() -> str:
     from ptcore.data.sources import IN_MEMORY_IMAGE_SIZE
 
@@ -170,8 +177,7 @@ _DATA = {
                  detail={"incremental": "naive, or lwf/replay/ewc/ncm/wa/bic/der joined by '+' "
                          "(e.g. wa+replay, der+replay = DER++), the preset icarl, or simplecil "
                          "or ranpac alone",
-                         "distill": "kd (Hinton) or dkd (decoupled KD), optionally + fitnets or "
-                         "at (feature KD between the --features layers)"}),
+                         "distill": lambda: _registry_help("distill")}),
 }
 
 # The training loop (engine keys of a config; strategy keywords, see _engine_args.py).

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ptcore.data import LabeledSubset
 from ptcore.models import get_head, head_width
 from ptcore.ops import kd_loss_topk
-from ptcore.strategies._distill_teacher import TeacherView
+from ptcore.strategies.distill.teacher import TeacherView
 from ptcore.strategies._incr_memory import union
 
 __all__ = ["LogitStore", "Targets", "der_loss"]

@@ -5,16 +5,20 @@ the fused linear + KD loss, so neither model's [tokens, V] logits are kept aroun
 Token windows are ``[M, L + 1]``: L inputs and, shifted by one, the L tokens they predict.
 The student is any module with ``hidden_states(tokens [B, L]) -> [B, L, H]`` and an
 ``lm_head`` (``nn.Linear(H, V)``); the teacher is any module ``tokens [B, L] -> logits
-[B, L, V]``. See docs/llm.md."""
+[B, L, V]``. The student trains on :func:`ptcore.engine.fit` (checkpoints, resume, DDP, AMP,
+loggers). See docs/llm.md."""
 from __future__ import annotations
 
 import math
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
+from ptcore import engine
 from ptcore.cache import FeatureCache
 from ptcore.ops.fused_linear_kd import fused_linear_kd_loss
+from ptcore.runtime import distributed as D
 
 __all__ = ["TopKTokenTeacher", "cache_teacher", "train_student", "next_token_loss"]
 
@@ -79,43 +83,99 @@ def next_token_loss(student: nn.Module, windows: torch.Tensor, batch_size: int =
     return total / max(count, 1)
 
 
+class _Draws(Dataset):
+    """Epoch ``epoch``'s ``count`` windows, drawn uniformly with replacement (a generator
+    seeded by ``seed``, which drew the earlier epochs' first), each with the teacher's
+    cached rows for it: items ``(window,)`` or ``(window, rows)``."""
+
+    def __init__(self, windows: torch.Tensor, cache: FeatureCache | None, count: int, *,
+                 seed: int, epoch: int):
+        g = torch.Generator().manual_seed(seed)
+        self.index = torch.randint(0, windows.shape[0], ((epoch + 1) * count,),
+                                   generator=g)[epoch * count:]
+        self.windows, self.cache = windows, cache
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, positions: list[int]):
+        index = self.index[positions]
+        tokens = self.windows[index.to(self.windows.device)]
+        if self.cache is None:
+            return [(t,) for t in tokens]
+        return list(zip(tokens, self.cache.get(index, device=tokens.device)))
+
+
+class _HiddenStates(nn.Module):
+    """The student as the engine trains it: ``forward`` is ``hidden_states`` (so DDP sees
+    the call); the loss reads ``lm_head`` itself, fused with the loss."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.student.hidden_states(tokens)
+
+
 def train_student(student: nn.Module, windows: torch.Tensor, *, cache: FeatureCache | None,
                   steps: int, batch_size: int = 32, lr: float = 3e-3, temperature: float = 1.0,
                   soft_weight: float = 1.0, hard_weight: float = 1.0, tail_bucket: bool = True,
-                  seed: int = 0) -> list[float]:
-    """Train ``student`` on ``windows`` [M, L + 1] for ``steps`` AdamW steps: next-token cross
-    entropy (``hard_weight``) plus, with a ``cache`` from :func:`cache_teacher` over the same
-    windows, KL to the teacher's cached top-k (``soft_weight``, ``temperature``,
-    ``tail_bucket``). Without a cache it is the labels-only baseline. Returns the losses."""
+                  seed: int = 0, epochs: int = 1, out_dir=None, resume: bool | str = False,
+                  device=None, amp="off", progress: bool = False, num_workers: int | str = 0,
+                  **run_options) -> list[float]:
+    """Train ``student`` on ``windows`` [M, L + 1]: ``epochs`` epochs of ``steps`` AdamW
+    steps (constant ``lr``), each on ``batch_size`` windows per process drawn uniformly with
+    replacement. The loss is next-token cross entropy (``hard_weight``) plus, with a
+    ``cache`` from :func:`cache_teacher` over the same windows, KL to the teacher's cached
+    top-k (``soft_weight``, ``temperature``, ``tail_bucket``); without a cache it is the
+    labels-only baseline. Training runs on :func:`ptcore.engine.fit` (on ``device``, by
+    default the student's), so with ``out_dir`` it writes ``last.pt`` and ``metrics.jsonl``
+    every epoch and ``resume`` continues from them; ``amp``, ``progress``, ``num_workers``
+    and ``run_options`` (``log``, ``save_every``, ...) are the engine's. Returns the losses
+    of the steps this call trained."""
     if cache is not None and len(cache) != windows.shape[0]:
         raise ValueError(f"the cache has {len(cache)} rows for {windows.shape[0]} windows")
     if cache is None and hard_weight <= 0:
         raise ValueError("without a teacher cache, hard_weight must be > 0")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
     k = None if cache is None else cache.sample_shape[-1] // 2
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(student.parameters(), lr=lr)
-    head = student.lm_head
     losses = []
-    student.train()
-    for step in range(steps):
-        idx = torch.randint(0, windows.shape[0], (batch_size,), generator=g)
-        tokens = windows[idx]
-        hidden = student.hidden_states(tokens[:, :-1])
-        labels = tokens[:, 1:]
-        if cache is None:
-            logits = head(hidden)
-            loss = hard_weight * nn.functional.cross_entropy(logits.flatten(0, 1),
+
+    def step(model, batch) -> torch.Tensor:
+        tokens, *rows = batch
+        hidden = model(tokens[:, :-1])
+        labels, head = tokens[:, 1:], student.lm_head
+        if not rows:
+            loss = hard_weight * nn.functional.cross_entropy(head(hidden).flatten(0, 1),
                                                              labels.flatten())
         else:
-            values, indices = _unpack(cache.get(idx), k)
+            values, indices = _unpack(rows[0], k)
             loss = fused_linear_kd_loss(hidden, head.weight, head.bias, teacher_values=values,
                                         teacher_indices=indices, labels=labels,
                                         temperature=temperature, soft_weight=soft_weight,
                                         hard_weight=hard_weight, tail_bucket=tail_bucket)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"the loss became {losses[-1]} at step {step}")
+            raise FloatingPointError(f"the loss became {losses[-1]} at step {len(losses) - 1}")
+        return loss
+
+    def draws(epoch: int) -> _Draws:  # inside fit: the world size is known
+        return _Draws(windows, cache, steps * batch_size * D.world_size(), seed=seed,
+                      epoch=epoch)
+
+    meta = {"strategy": "sequence_distill", "steps": steps, "teacher_k": k,
+            "temperature": temperature, "soft_weight": soft_weight, "hard_weight": hard_weight,
+            "tail_bucket": tail_bucket}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    engine.fit(_HiddenStates(student), draws, optimizer, epochs=epochs, batch_size=batch_size,
+               step_fn=step, schedule="constant", warmup=0.0, seed=seed, out_dir=out_dir,
+               resume=resume, meta=meta,
+               device=device if device is not None else next(student.parameters()).device,
+               amp=amp, progress=progress, num_workers=num_workers,
+               **engine.run_options(run_options))
     return losses

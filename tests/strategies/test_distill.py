@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ptcore import engine
 from ptcore.data import digits_dataset, k_shot, train_val_test_split
 from ptcore.strategies import Distill
-from ptcore.strategies._distill_teacher import distill_loss
+from ptcore.strategies.distill.kd import kd_term_loss
 
 SEED = 0
 
@@ -113,7 +113,7 @@ def test_loss_follows_the_formula(T, soft, hard, topk):
         values, indices = t.topk(topk, -1)
         teacher = (values, indices)
     for threshold in (None, 0.5):
-        got = distill_loss(s, y, teacher, temperature=T, soft_weight=soft, hard_weight=hard,
+        got = kd_term_loss(s, y, teacher, temperature=T, soft_weight=soft, hard_weight=hard,
                            threshold=threshold)["loss"]
         want = expected_loss(s, y, values, T, soft, hard, indices, threshold)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -125,7 +125,7 @@ def test_weights_and_temperature_change_the_loss_as_the_formula_says():
     y = torch.randint(0, 10, (16,), generator=g)
 
     def loss(soft, hard, T=4.0):
-        return distill_loss(s, y, (t,), temperature=T, soft_weight=soft,
+        return kd_term_loss(s, y, (t,), temperature=T, soft_weight=soft,
                             hard_weight=hard)["loss"]
 
     kd, ce = loss(1.0, 0.0), loss(0.0, 1.0)
@@ -142,10 +142,10 @@ def test_confidence_threshold_drops_unsure_unlabelled_rows():
     s = torch.zeros(4, 3)
     t = torch.tensor([[9.0, 0, 0], [0.1, 0, 0], [9.0, 0, 0], [0.1, 0, 0]])
     y = torch.tensor([0, 0, -100, -100])  # the last row is unlabelled and unsure
-    out = distill_loss(s, y, (t,), temperature=1.0, soft_weight=1.0, hard_weight=0.0,
+    out = kd_term_loss(s, y, (t,), temperature=1.0, soft_weight=1.0, hard_weight=0.0,
                        threshold=0.9)
     assert out["pseudo"].item() == pytest.approx(0.25)  # one of 4 rows: the confident one
-    kept = distill_loss(s[:3], y[:3], (t[:3],), temperature=1.0, soft_weight=1.0,
+    kept = kd_term_loss(s[:3], y[:3], (t[:3],), temperature=1.0, soft_weight=1.0,
                         hard_weight=0.0)["loss"]
     torch.testing.assert_close(out["loss"], kept)
 

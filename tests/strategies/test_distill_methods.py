@@ -10,9 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from test_distill import digits, make, one_thread, small, teacher, teacher_net  # noqa: F401
 
-from ptcore.strategies._distill_dkd import dkd_loss
-from ptcore.strategies._distill_features import feature_loss
-from ptcore.strategies._distill_teacher import distill_loss
+from ptcore.strategies.distill.at import AT
+from ptcore.strategies.distill.dkd import dkd_loss, dkd_term_loss
+from ptcore.strategies.distill.kd import kd_term_loss
+from ptcore.strategies.distill.layers import feature_loss
 
 
 def reference_dkd(s, t, y, T, alpha, beta):
@@ -55,8 +56,8 @@ def test_distill_loss_with_dkd_uses_labels_or_the_teacher_s_class():
     s, t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g) * 2
     y = torch.tensor([0, 1, 2, -100, -100, 3])
     target = torch.where(y >= 0, y, t.argmax(-1))
-    got = distill_loss(s, y, (t,), temperature=2.0, soft_weight=1.0, hard_weight=0.5,
-                       dkd=(1.0, 8.0))["loss"]
+    got = dkd_term_loss(s, y, (t,), temperature=2.0, soft_weight=1.0, hard_weight=0.5,
+                        alpha=1.0, beta=8.0)["loss"]
     labelled = y >= 0
     want = (6 * reference_dkd(s, t, target, 2.0, 1.0, 8.0)
             + 0.5 * F.cross_entropy(s[labelled].double(), y[labelled], reduction="sum")) / 6
@@ -68,7 +69,7 @@ def test_divergence_reaches_the_loss(divergence):
     g = torch.Generator().manual_seed(6)
     s, t = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
     y = torch.full((5,), -100)
-    got = distill_loss(s, y, (t,), temperature=2.0, soft_weight=1.0, hard_weight=0.0,
+    got = kd_term_loss(s, y, (t,), temperature=2.0, soft_weight=1.0, hard_weight=0.0,
                        divergence=divergence, beta=0.3)["loss"]
     ps, pt = torch.softmax(s.double() / 2, -1), torch.softmax(t.double() / 2, -1)
 
@@ -87,7 +88,7 @@ def test_attention_transfer_loss_is_the_distance_of_normalised_maps():
     g = torch.Generator().manual_seed(7)
     s, t = torch.randn(3, 4, 6, 6, generator=g), torch.randn(3, 8, 6, 6, generator=g)
     rows = torch.tensor([True, False, True])
-    got = feature_loss("at", [s], [t], rows)
+    got = feature_loss(AT.per_row, [s], [t], rows)
     want = 0.0
     for i in (0, 2):
         a_s = (s[i].double() ** 2).mean(0).flatten()

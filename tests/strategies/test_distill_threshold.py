@@ -3,6 +3,7 @@ the teacher's top probability at the distillation temperature T. Checked against
 computations written here: at T = 1 the rows and the loss of the former separate softmax,
 at T != 1 the tempered confidence; rejected rows get exactly zero gradient; the full, top-k
 and DKD paths; and no other pass over the [N, V] logits runs."""
+import functools
 import sys
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ptcore.strategies._distill_teacher import distill_loss
+from ptcore.strategies.distill.dkd import dkd_term_loss
+from ptcore.strategies.distill.kd import kd_term_loss
 from test_distill_methods import reference_dkd
 
 from tests.helpers import requires_native
@@ -49,7 +51,7 @@ def _want(s, y, teacher, T, soft, hard, threshold, conf_T):
 
 
 def _run(s, y, teacher, T, threshold, **kw):
-    out = distill_loss(s, y, teacher, temperature=T, soft_weight=0.7, hard_weight=0.4,
+    out = kd_term_loss(s, y, teacher, temperature=T, soft_weight=0.7, hard_weight=0.4,
                        threshold=threshold, **kw)
     return out["loss"], out["pseudo"]
 
@@ -74,7 +76,7 @@ def test_at_T_above_1_a_tempered_teacher_is_less_confident():
     t = torch.tensor([[6.0, 0, 0], [30.0, 0, 0]])  # top probability at T = 4: 0.69, 0.9989
     y = torch.tensor([-100, -100])
     assert torch.softmax(t[0], -1).amax() > 0.99
-    out = distill_loss(s, y, (t,), temperature=4.0, soft_weight=1.0, hard_weight=0.0,
+    out = kd_term_loss(s, y, (t,), temperature=4.0, soft_weight=1.0, hard_weight=0.0,
                        threshold=0.9)
     assert out["pseudo"].item() == 0.5
 
@@ -84,8 +86,10 @@ def test_rejected_rows_get_exactly_zero_gradient(form):
     s, y, t, teacher = _case(topk=4 if form == "topk" else None)
     T, threshold = 2.0, 0.6
     s = s.clone().requires_grad_()
-    out = distill_loss(s, y, teacher, temperature=T, soft_weight=1.0, hard_weight=0.5,
-                       threshold=threshold, dkd=(1.0, 8.0) if form == "dkd" else None)
+    term = functools.partial(dkd_term_loss, alpha=1.0, beta=8.0) if form == "dkd" \
+        else kd_term_loss
+    out = term(s, y, teacher, temperature=T, soft_weight=1.0, hard_weight=0.5,
+               threshold=threshold)
     out["loss"].backward()
     _, pseudo, _ = _want(s.detach(), y, teacher, T, 1.0, 0.5, threshold, conf_T=T)
     rejected = (y == -100) & ~pseudo
@@ -105,8 +109,8 @@ def test_dkd_threshold_on_the_teacher_s_top_class_probability(T):
     rows = counts.nonzero()[:, 0]
     want = (counts.sum() * reference_dkd(s[rows], t[rows], target[rows], T, 1.0, 8.0)
             + 0.5 * F.cross_entropy(s[labelled].double(), y[labelled], reduction="sum"))
-    out = distill_loss(s, y, (t,), temperature=T, soft_weight=1.0, hard_weight=0.5,
-                       threshold=threshold, dkd=(1.0, 8.0))
+    out = dkd_term_loss(s, y, (t,), temperature=T, soft_weight=1.0, hard_weight=0.5,
+                        threshold=threshold, alpha=1.0, beta=8.0)
     torch.testing.assert_close(out["loss"].double(), want / counts.sum(), rtol=1e-5, atol=1e-6)
     assert out["pseudo"].item() == pytest.approx((~labelled & confident).double().mean().item())
 

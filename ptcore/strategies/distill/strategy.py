@@ -3,7 +3,8 @@
 (KD only: the teacher's soft pseudo-labels).
 
 Composes ptcore.models (freezing), ptcore.cache (the offline teacher: its outputs over the
-training data computed once) and ptcore.engine (the loop). See docs/distill.md.
+training data computed once) and ptcore.engine (the loop); the terms of the loss are
+plug-ins (ptcore/strategies/distill/terms.py). See docs/distill.md.
 """
 from __future__ import annotations
 
@@ -20,33 +21,24 @@ from ptcore._kd_args import DIVERGENCES, check_float
 from ptcore.cache.build import inference
 from ptcore.runtime import distributed as D
 from ptcore.models import freeze
-from ptcore.strategies._distill_data import PseudoLabelData, WithTeacherRows
-from ptcore.strategies._distill_features import (FEATURE_METHODS, StudentWithAdapters, Taps,
-                                                 feature_loss, parse_pairs)
-from ptcore.strategies._distill_teacher import TeacherView, distill_loss, unpack
 from ptcore.strategies._param_groups import weight_decay_groups
+from ptcore.strategies.distill.data import PseudoLabelData, WithTeacherRows
+from ptcore.strategies.distill.layers import FeatureTerm, StudentWithAdapters, Taps, \
+    pairing_error
+from ptcore.strategies.distill.teacher import TeacherView, unpack
+from ptcore.strategies.distill.terms import Setup, Step, check_options, option_names, \
+    parse_method
 
-__all__ = ["Distill", "DISTILL_MODES", "DISTILL_METHODS", "DIVERGENCES", "parse_distill_method"]
+__all__ = ["Distill", "DISTILL_MODES", "DIVERGENCES", "parse_distill_method"]
 
 DISTILL_MODES = ("online", "offline")
-LOGIT_METHODS = ("kd", "dkd")
-DISTILL_METHODS = LOGIT_METHODS + FEATURE_METHODS
 IGNORE = -100  # the label of unlabelled samples
 
 
-def parse_distill_method(method: str) -> tuple[str, str | None]:
-    """(logit term, feature term or None) of a method such as "dkd" or "fitnets+kd"; the
-    logit term is "kd" unless "dkd" is named."""
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a str such as 'kd' or 'at+dkd', got "
-                        f"{type(method).__name__}")
-    parts = [p.strip() for p in method.lower().split("+")]
-    logit = [p for p in parts if p in LOGIT_METHODS]
-    feature = [p for p in parts if p in FEATURE_METHODS]
-    if len(logit) > 1 or len(feature) > 1 or len(logit) + len(feature) != len(parts):
-        raise ValueError(f"method {method!r}: at most one of {LOGIT_METHODS} and one of "
-                         f"{FEATURE_METHODS}, joined by '+'")
-    return (logit or ["kd"])[0], (feature or [None])[0]
+def parse_distill_method(method: str) -> tuple[str, ...]:
+    """The names of the terms of a method such as "dkd" or "fitnets+kd", the logit term
+    first ("kd" unless another logit term is named)."""
+    return tuple(t.name for t in parse_method(method))
 
 
 def _size(value, name: str) -> tuple[int, int] | None:
@@ -81,7 +73,7 @@ class Distill:
 
     loss: per row ``soft_weight·T²·KL(p_t‖p_s) + hard_weight·CE(student, label)``, the hard
     term on labelled rows only; averaged over the rows that count (see
-    :func:`~ptcore.strategies._distill_teacher.distill_loss`).
+    :func:`~ptcore.strategies.distill.kd.kd_term_loss`).
     mode: "online" (the teacher runs every step: eval mode, no grad, under the loop's AMP) or
     "offline" (its outputs over the training data are computed once into a
     :class:`ptcore.FeatureCache` and served every epoch; the data must be deterministic).
@@ -90,14 +82,16 @@ class Distill:
     threshold: unlabelled samples count only where the teacher's top probability at the
     distillation temperature (the soft target they learn from; over the K kept classes with
     ``topk``) is at least this; read from the loss kernel's row statistics, no extra pass.
-    method: the logit term, "kd" (``divergence``: "forward_kl", "reverse_kl" or "jsd" with
-    ``beta``, as in :func:`ptcore.kd_loss`) or "dkd" (decoupled KD, ``dkd_alpha`` on the
-    target-class term, ``dkd_beta`` on the non-target term), optionally joined by "+" with a
-    feature term, "fitnets" (hints through a learned adapter) or "at" (attention transfer)
-    between the layer pairs ``features`` (module paths, ``[("student.path",
-    "teacher.path"), ...]`` or "student.path:teacher.path"), weight ``feature_weight``;
-    logit KD stays on top (``soft_weight=0`` turns it off). Feature terms need the online
-    teacher. teacher_input_size: resize inputs (bilinear) for the teacher.
+    method: the terms of the loss joined by "+" (ptcore/strategies/distill/terms.py: the
+    registry; one term of each kind). The logit term, "kd" (``divergence``: "forward_kl",
+    "reverse_kl" or "jsd" with ``beta``, as in :func:`ptcore.kd_loss`) or "dkd" (decoupled
+    KD, ``dkd_alpha`` on the target-class term, ``dkd_beta`` on the non-target term),
+    optionally with a feature term, "fitnets" (hints through a learned adapter) or "at"
+    (attention transfer) between the layer pairs ``features`` (module paths,
+    ``[("student.path", "teacher.path"), ...]`` or "student.path:teacher.path"), weight
+    ``feature_weight``; logit KD stays on top (``soft_weight=0`` turns it off). Feature
+    terms need the online teacher. A registered term's own options are keyword arguments
+    too. teacher_input_size: resize inputs (bilinear) for the teacher.
     cache_dtype: storage of cached full logits (float16, bfloat16, float32, int8); top-k rows
     are float32. cache_dir: where the offline cache persists and is reused across runs
     (default ``out_dir/teacher_cache``; in memory without either).
@@ -142,29 +136,26 @@ class Distill:
                             f"{cache_dtype}")
         self.mode, self.topk, self.threshold = mode, topk, threshold
         self.method = method.lower() if isinstance(method, str) else method
-        self.logit_method, self.feature_method = parse_distill_method(method)
+        terms = parse_method(method)
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
         if not 0.0 < check_float(beta, "beta") < 1.0:
             raise ValueError(f"beta must be in (0, 1), got {beta!r}")
         self.divergence, self.beta = divergence, beta
-        if divergence != "forward_kl" and (topk is not None or self.logit_method == "dkd"):
-            raise ValueError(f"divergence={divergence!r} needs full logits and method 'kd': "
-                             "top-k and DKD distil with the forward KL")
-        if self.logit_method == "dkd" and topk is not None:
-            raise ValueError("dkd needs the teacher's full logits (its non-target term spans "
-                             "every class); topk must be None")
-        self.dkd = (check_float(dkd_alpha, "dkd_alpha", nonneg=True),
-                    check_float(dkd_beta, "dkd_beta", nonneg=True))
-        self.feature_weight = check_float(feature_weight, "feature_weight", nonneg=True)
-        self.pairs = parse_pairs(features) if features is not None else None
-        if (self.pairs is None) != (self.feature_method is None):
-            raise ValueError(f"features (layer pairs) go with a feature method ('fitnets' or "
-                             f"'at') and only then; method {method!r}, features {features!r}")
-        if self.feature_method is not None and mode == "offline":
-            raise ValueError(f"{self.feature_method} reads the teacher's intermediate layers "
-                             "every step, so it needs mode='online'")
-        self.trained = None  # feature methods: the student with its adapters, as trained
+        setup = Setup(mode=mode, topk=topk, threshold=threshold, temperature=self.temperature,
+                      soft_weight=self.soft_weight, hard_weight=self.hard_weight,
+                      divergence=divergence, beta=beta, ignore_index=IGNORE)
+        options = check_options({
+            "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta, "features": features,
+            "feature_weight": feature_weight,
+            **{k: run_options.pop(k) for k in list(run_options) if k in option_names()}})
+        self.terms = [term(setup, options) for term in terms]
+        # The feature term (one at most): its layers are tapped on both sides every step.
+        self.feature = next((t for t in self.terms if isinstance(t, FeatureTerm)), None)
+        self.pairs = self.feature.pairs if self.feature is not None else None
+        if self.feature is None and options["features"] is not None:
+            raise pairing_error(method, features)
+        self.trained = None  # feature terms: the student with its adapters, as trained
         if cache_dir is not None and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
             raise ValueError(f"cache_dir {str(cache_dir)!r} is a file, not a folder")
         self.cache_dtype, self.cache_dir = cache_dtype, cache_dir
@@ -241,17 +232,16 @@ class Distill:
         else:
             with torch.no_grad():
                 rows = self.view(x)
-        out = distill_loss(model(x), y, unpack(rows, self.topk), temperature=self.temperature,
-                           soft_weight=self.soft_weight, hard_weight=self.hard_weight,
-                           threshold=self.threshold, ignore_index=IGNORE,
-                           divergence=self.divergence, beta=self.beta,
-                           dkd=self.dkd if self.logit_method == "dkd" else None)
-        if self.feature_method is not None:
-            teacher = [self.teacher_taps.outputs[t] for _, t in self.pairs]
-            every = torch.ones(len(x), dtype=torch.bool, device=x.device)
-            hint = feature_loss(self.feature_method, self.trained.hints, teacher, every) / len(x)
-            out["loss"] = out["loss"] + self.feature_weight * hint
-            out["feature"] = hint.detach()
+        step = Step(model(x), y, unpack(rows, self.topk))
+        if self.feature is not None:
+            step.student_features = self.trained.hints
+            step.teacher_features = [self.teacher_taps.outputs[t] for _, t in self.pairs]
+        parts = [term.loss(step) for term in self.terms]
+        out = {"loss": parts[0]["loss"]}
+        for part in parts[1:]:
+            out["loss"] = out["loss"] + part["loss"]
+        for part in parts:
+            out.update((k, v) for k, v in part.items() if k != "loss")
         return out
 
     def _prepare_features(self, data: PseudoLabelData) -> None:
@@ -266,8 +256,8 @@ class Distill:
             with inference(self.student):
                 self.student(x)
             teacher = [self.teacher_taps.outputs[t] for _, t in self.pairs]
-            if self.feature_method == "fitnets":
-                self.trained.build_adapters(teacher, self.fit_args["seed"])
+            if self.feature.adapter is not None:
+                self.trained.build_adapters(teacher, self.fit_args["seed"], self.feature.adapter)
                 self.trained.to(self.device)
                 params = list(self.trained.adapters.parameters())
                 if params:
@@ -291,16 +281,16 @@ class Distill:
         with _count_samples(self.teacher) as teacher_samples:
             self.cache = self._build_cache(data, out_dir) if self.mode == "offline" else None
             self._check_classes(data)
-            if self.feature_method is not None:
+            if self.feature is not None:
                 self._prepare_features(data)
             try:
                 history = engine.fit(
-                    self.student if self.feature_method is None else self.trained,
+                    self.student if self.feature is None else self.trained,
                     WithTeacherRows(data, self.cache) if self.cache is not None else data,
                     self.optimizer, step_fn=self._step, val_data=val, out_dir=out_dir,
                     resume=resume, device=self.device, meta=meta, **self.fit_args)
             finally:
-                if self.feature_method is not None:
+                if self.feature is not None:
                     self.teacher_taps.remove()
                     self.trained.taps.remove()
         summary = {
