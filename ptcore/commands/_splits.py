@@ -45,7 +45,7 @@ def add_image_size_argument(p, whose: str = "the model's") -> None:
 
 
 def add_augment_argument(p) -> None:
-    from ptcore.models.preprocess import AUGMENTS
+    from ptcore.data.augment import AUGMENTS
 
     p.add_argument("--augment", choices=AUGMENTS, default="none",
                    help="training-split augmentation at the model's preprocessing: basic "

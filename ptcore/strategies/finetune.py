@@ -14,7 +14,7 @@ import torch.nn as nn
 from ptcore import engine
 from ptcore.data import is_deterministic
 from ptcore.runtime import distributed as D
-from ptcore.engine.mixing import BatchMix, soft_classification
+from ptcore.data.augment import BatchMix, soft_classification
 from ptcore.models import (BN_MODES, StagedModel, blocks, freeze, get_head, head_width,
                            split_index, stages, unfreeze)
 from ptcore.strategies._param_groups import layer_decay_groups
