@@ -17,11 +17,10 @@ def augmented(dataset, *, images, tensors):
     """A shallow copy of ``dataset`` (through its Subsets, whose indices and labels stay) that
     reads its samples through a training transform, flagged random (``deterministic`` is
     False, so no cache is built from it). ``images``: the transform of datasets that read
-    image files (PIL image -> normalised tensor, e.g.
-    :func:`train_transform`); ``tensors``: that of in-memory
-    :class:`TensorImageDataset` images (``[C, H, W]`` in [0, 1] -> the same, before the
-    dataset's normalisation, e.g. :func:`augment_ops`). The
-    original keeps its transform: splits carved from it are not affected."""
+    image files (PIL image -> normalised tensor, e.g. :func:`train_transform`); ``tensors``:
+    that of in-memory :class:`TensorImageDataset` images (``[C, H, W]`` in [0, 1] -> the
+    same, before the dataset's normalisation, e.g. :func:`augment_ops`). The original keeps
+    its transform: splits carved from it are not affected."""
     view = copy.copy(dataset)
     if isinstance(dataset, Subset):
         view.dataset = augmented(dataset.dataset, images=images, tensors=tensors)
