@@ -105,7 +105,7 @@ class Option:
 
 
 def _augments():
-    from ptcore.models.preprocess import AUGMENTS
+    from ptcore.data.augment import AUGMENTS
 
     return AUGMENTS
 

@@ -17,7 +17,8 @@ def load_data(d: dict, *, stage: str, seed: int, model: str, weights) -> dict:
     samples alone augmented, after all splitting. For the incremental stage, "train" and
     "test" are lists of class tasks, and class ids are kept (the head grows by class)."""
     from ptcore import data as D
-    from ptcore.models.preprocess import augment_split, eval_transform, model_preprocessing
+    from ptcore.data.augment import augment_split
+    from ptcore.models.preprocess import eval_transform, model_preprocessing
 
     relabel = stage != "incremental"
     preprocessing = model_preprocessing(model, weights, image_size=d["image_size"],
@@ -48,9 +49,10 @@ def load_data(d: dict, *, stage: str, seed: int, model: str, weights) -> dict:
     if d["shots"] is not None and d["test"] == 0 and stage in ("pretrain", "finetune") \
             and splits is None:
         test = unlabelled  # evaluate on every sample that is neither a shot nor validation
-    train = augment_split(train, preprocessing, d["augment"], d["image_size"])
+    tensor_size = D.in_memory_size(d["image_size"])  # what the in-memory data is rendered at
+    train = augment_split(train, preprocessing, d["augment"], tensor_size)
     if stage == "distill" and unlabelled is not None:
-        unlabelled = augment_split(unlabelled, preprocessing, d["augment"], d["image_size"])
+        unlabelled = augment_split(unlabelled, preprocessing, d["augment"], tensor_size)
     out = {"train": train, "val": val if val is not None and len(val) else None, "test": test,
            "unlabelled": unlabelled, "classes": classes, "dataset_size": size,
            "image_size": D.input_size(d["dataset"], d["image_size"], preprocessing.crop_size),

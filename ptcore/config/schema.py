@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ptcore.data.augment import AUGMENTS
 from ptcore.data.sources import IN_MEMORY_IMAGE_SIZE
 from ptcore.runtime.distributed import available_devices, resolve_device
 from ptcore.engine.loggers import LOGGERS
 from ptcore.engine.optim import OPTIMIZERS
 from ptcore.engine.policy import MODES as BEST_MODES
 from ptcore.engine.schedules import SCHEDULES
-from ptcore.models.preprocess import AUGMENTS
 
 from ptcore.errors import UserError
 
@@ -49,7 +49,7 @@ RUN_OPTION_TYPES = {"log": (list, str), "log_every": (int,), "keep_last": (int,)
                     "deterministic": (bool,)}
 ENGINE_KEYS += tuple(RUN_OPTION_TYPES) + ("optimizer", "momentum", "nesterov",
                                           "label_smoothing")
-ENGINE_KEYS += ("mixup", "cutmix")  # batch mixing alphas (ptcore.engine.mixing)
+ENGINE_KEYS += ("mixup", "cutmix")  # batch mixing alphas (ptcore.data.augment)
 # Set by the runner from other sections, never by the config.
 _RUNNER_KEYS = {"model", "teacher", "student", "seed"}
 # Per-method options that are not strategy arguments (see ptcore/runner/stages.py).

@@ -1,8 +1,14 @@
 """Datasets (the embedded digits, glyphs of many scripts rendered from bundled fonts, image
 folders, torchvision datasets by name with their official splits, class-incremental
-benchmarks with their published class orders) and deterministic splits (train/val/test,
-class subsets and tasks, k-shot, unlabelled pool)."""
-from ptcore.data.augmented import augmented
+benchmarks with their published class orders), deterministic splits (train/val/test,
+class subsets and tasks, k-shot, unlabelled pool) and training augmentation (transforms,
+the training split's view, MixUp/CutMix: :mod:`ptcore.data.augment`).
+
+The bottom of the training stack: ptcore.data imports torch, torchvision and itself, never
+models/, engine/ or strategies/ (a model's ``Preprocessing`` reaches it as an argument). The
+strategies, the commands and the config recipe import it; the engine does not (it is handed
+datasets and a step function)."""
+from ptcore.data.augment import augmented
 from ptcore.data.benchmarks import (BENCHMARKS, PYCIL_SEED, benchmark_splits, benchmark_tasks,
                                     class_order)
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD, TensorImageDataset, digits_dataset

@@ -1,9 +1,11 @@
-"""Images read from files: the evaluation/augmenting transform, ImageFolder directories,
-and whether a dataset's items are deterministic (what lets a frozen prefix be cached)."""
+"""Images read from files: ptcore's default transform (without a model's preprocessing),
+ImageFolder directories, and whether a dataset's items are deterministic (what lets a frozen
+prefix be cached)."""
 from __future__ import annotations
 
 import os
 
+from ptcore.data.augment.recipes import recipe_ops
 from ptcore.data.digits import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["image_transform", "image_folder", "is_deterministic"]
@@ -14,12 +16,13 @@ def _rgb(img):
 
 def image_transform(image_size: int = 224, *, augment: bool = False, mean=IMAGENET_MEAN,
                     std=IMAGENET_STD):
-    """PIL image → normalised RGB tensor. ``augment``: random resized crop and flip (then
-    the transform is random and a frozen prefix's outputs cannot be cached)."""
+    """PIL image → normalised RGB tensor. ``augment``: the "basic" augmentation, random
+    resized crop and flip (then the transform is random and a frozen prefix's outputs cannot
+    be cached)."""
     from torchvision import transforms as T
 
     if augment:
-        geometry = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+        geometry = [recipe_ops("basic", image_size)]
     else:
         geometry = [T.Resize(max(image_size, round(image_size * 256 / 224))),
                     T.CenterCrop(image_size)]

@@ -1,11 +1,11 @@
 """torchvision and timm classifiers by name, pretrained weights (by name or local file) and
 their preprocessing, split points (frozen prefix + trainable rest), freezing that fixes
 BatchNorm, head replace/expand."""
+from ptcore.data.augment import train_transform  # its home is data/; public here before
 from ptcore.models.freeze import BN_MODES, freeze, is_frozen, set_bn_mode, unfreeze
 from ptcore.models.heads import (expand_head, get_head, get_heads, head_path, head_paths,
                                  head_width, replace_head)
-from ptcore.models.preprocess import (Preprocessing, eval_transform, preprocessing,
-                                      train_transform)
+from ptcore.models.preprocess import Preprocessing, eval_transform, preprocessing
 from ptcore.models.registry import MODELS, TIMM_PREFIX, create_model, is_timm, list_models
 from ptcore.models.stages import (Stage, StagedModel, blocks, split_index, split_model,
                                   split_points, stages)

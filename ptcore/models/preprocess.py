@@ -3,28 +3,23 @@
 torchvision weights carry their own evaluation transform (``weights.transforms()``: ResNet-50
 V2 resizes to 232, EfficientNet is bicubic, ViT SWAG is 384), timm models a data config
 (``resolve_data_config``). With such weights the default evaluation transform is exactly
-theirs, and the training transform is built from the same crop size, interpolation, mean and
-std (random resized crop + horizontal flip, optionally TrivialAugmentWide or RandAugment:
-``AUGMENTS``). Without them (random init, a local file) the
-ImageNet defaults hold: resize to 256/224 of the crop, bilinear, ImageNet mean/std. Any
-field can be overridden (a config's ``data.preprocess``); then both transforms are built from
-the fields.
+theirs; the training augmentations (:mod:`ptcore.data.augment`) read the same crop size,
+interpolation, mean and std from a :class:`Preprocessing`. Without them (random init, a
+local file) the ImageNet defaults hold: resize to 256/224 of the crop, bilinear, ImageNet
+mean/std. Any field can be overridden (a config's ``data.preprocess``); then the transforms
+are built from the fields.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Preprocessing", "preprocessing", "eval_transform", "train_transform",
-           "augment_ops", "augment_split", "AUGMENTS", "model_preprocessing",
+__all__ = ["Preprocessing", "preprocessing", "eval_transform", "model_preprocessing",
            "model_transform"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-# Training augmentations by name: "none" trains on the evaluation transform; "basic" is a
-# random resized crop and a horizontal flip; "trivial" and "randaugment" add that policy.
-AUGMENTS = ("none", "basic", "trivial", "randaugment")
 
 
 @dataclass(frozen=True)
@@ -128,36 +123,6 @@ def eval_transform(p: Preprocessing):
                       T.CenterCrop(p.crop_size), T.ToTensor(), T.Normalize(p.mean, p.std)])
 
 
-def augment_ops(p: Preprocessing, augment: str = "basic"):
-    """The random part of ``augment`` (a name of ``AUGMENTS`` but "none") at ``p``'s crop size
-    and interpolation, as one torchvision.transforms.v2 Compose: it takes a PIL image or an
-    image tensor (uint8, or float in [0, 1]) and returns the same kind, unnormalised."""
-    from torchvision.transforms import v2
-
-    if augment not in AUGMENTS[1:]:
-        raise ValueError(f"augment must be one of {', '.join(AUGMENTS[1:])} here, got "
-                         f"{augment!r}")
-    mode = _mode(p)
-    ops = [v2.RandomResizedCrop(p.crop_size, interpolation=mode, antialias=True),
-           v2.RandomHorizontalFlip()]
-    if augment == "trivial":
-        ops.append(v2.TrivialAugmentWide(interpolation=mode))
-    elif augment == "randaugment":
-        ops.append(v2.RandAugment(interpolation=mode))
-    return v2.Compose(ops)
-
-
-def train_transform(p: Preprocessing, augment: str = "basic"):
-    """PIL image -> normalised RGB tensor: :func:`augment_ops` then the normalisation of
-    ``p`` (random: not cacheable)."""
-    import torch
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RGB(), augment_ops(p, augment), v2.ToImage(),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std),
-                       v2.ToPureTensor()])
-
-
 def model_preprocessing(model: str, weights=None, *, image_size: int | None = None,
                         overrides: dict | None = None) -> Preprocessing:
     """What the commands and `ptcore run` read data with: the model's weights' preprocessing
@@ -175,18 +140,3 @@ def model_transform(model: str, weights=None, *, image_size: int | None = None,
     """The evaluation transform of :func:`model_preprocessing`."""
     return eval_transform(model_preprocessing(model, weights, image_size=image_size,
                                               overrides=overrides))
-
-
-def augment_split(dataset, p: Preprocessing, augment: str | None, tensor_size: int | None):
-    """``dataset`` (a training split) read through ``augment``'s transform: image files at
-    ``p`` (:func:`train_transform`), in-memory image tensors cropped at the size
-    :func:`ptcore.data.dataset_from_spec` renders them at for an image size ``tensor_size``
-    (None: ``ptcore.data.IN_MEMORY_IMAGE_SIZE``) (:func:`augment_ops`); with "none" or None,
-    ``dataset`` itself."""
-    from ptcore.data import augmented, in_memory_size
-
-    if augment in (None, "none"):
-        return dataset
-    tensors = replace(p, crop_size=in_memory_size(tensor_size))
-    return augmented(dataset, images=train_transform(p, augment),
-                     tensors=augment_ops(tensors, augment))

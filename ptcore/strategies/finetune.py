@@ -14,7 +14,7 @@ import torch.nn as nn
 from ptcore import engine
 from ptcore.data import is_deterministic
 from ptcore.runtime import distributed as D
-from ptcore.engine.mixing import BatchMix, soft_classification
+from ptcore.data.augment import BatchMix, soft_classification
 from ptcore.models import (BN_MODES, StagedModel, blocks, freeze, get_head, head_width,
                            split_index, stages, unfreeze)
 from ptcore.strategies._param_groups import layer_decay_groups
@@ -33,7 +33,7 @@ class FineTune:
     ``layer_decay`` times the one after it. AdamW (or ``optimizer="sgd"`` with ``momentum``,
     ``nesterov``) with ``weight_decay`` (none on biases, norms, tokens); ``label_smoothing`` in
     the training loss; ``mixup``/``cutmix``: alphas of MixUp/CutMix on each training batch
-    (:mod:`ptcore.engine.mixing`; None or 0: off). unfreeze_every: every N epochs one more
+    (:mod:`ptcore.data.augment`; None or 0: off). unfreeze_every: every N epochs one more
     layer group is unfrozen (ULMFiT).
     bn: BatchNorm of the trainable part, "train", "eval" (running stats fixed) or "frozen"
     (stats and affine fixed); frozen layers always keep their statistics.

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 from ptcore import engine
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.runtime import distributed as D
-from ptcore.engine.mixing import BatchMix, soft_accuracy
+from ptcore.data.augment import BatchMix, soft_accuracy
 from ptcore.runtime.rng import get_rng_state, set_rng_state
 from ptcore.models import (StagedModel, expand_head, get_head, get_heads, head_width,
                            replace_head, split_index, stages)

@@ -9,9 +9,9 @@ from torchvision.transforms import InterpolationMode, v2
 
 from ptcore.data import (augmented, digits_dataset, folder_splits, is_deterministic,
                          train_val_test_split)
+from ptcore.data.augment import AUGMENTS, augment_ops, train_transform
 from ptcore.models import create_model
-from ptcore.models.preprocess import (AUGMENTS, augment_ops, eval_transform, preprocessing,
-                                      train_transform)
+from ptcore.models.preprocess import eval_transform, preprocessing
 from ptcore.strategies import FineTune
 from tests.data.formats import write_image_folder
 

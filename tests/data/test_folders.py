@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ptcore.data import (dataset_from_spec, image_folder, is_deterministic, k_shot,
-                         torchvision_dataset)
+from ptcore.data import (dataset_from_spec, image_folder, image_transform, is_deterministic,
+                         k_shot, torchvision_dataset)
 
 
 @pytest.fixture
@@ -32,6 +32,23 @@ def test_image_folder(folder):
     assert len(dataset_from_spec(str(folder), image_size=16)) == 7
     with pytest.raises(FileNotFoundError):
         image_folder(folder / "missing")
+
+
+def test_augmenting_transform_is_the_basic_recipe(folder):
+    """image_transform(augment=True) crops and flips as torchvision's classic
+    RandomResizedCrop + RandomHorizontalFlip do, draw for draw."""
+    from torchvision import transforms as T
+
+    classic = T.Compose([T.Lambda(lambda img: img.convert("RGB")), T.RandomResizedCrop(16),
+                         T.RandomHorizontalFlip(), T.ToTensor(),
+                         T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    images = [Image.open(p) for p in sorted(folder.rglob("*.png"))]
+    out = {}
+    for name, t in (("ptcore", image_transform(16, augment=True)), ("classic", classic)):
+        torch.manual_seed(0)
+        out[name] = torch.stack([t(img) for img in images * 4])
+    assert torch.equal(out["ptcore"], out["classic"])
+    assert not torch.equal(out["ptcore"][:7], out["ptcore"][7:14])  # random: drawn anew
 
 
 def test_torchvision_by_name_needs_local_files(tmp_path):

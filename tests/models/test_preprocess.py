@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from ptcore.cli import main
-from ptcore.models.preprocess import eval_transform, preprocessing, train_transform
+from ptcore.models import train_transform  # public here; its home is ptcore.data.augment
+from ptcore.models.preprocess import eval_transform, preprocessing
 
 
 @pytest.fixture

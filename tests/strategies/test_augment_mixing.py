@@ -15,7 +15,8 @@ from ptcore.commands._engine_args import strategy_kwargs
 from ptcore.config import ConfigError, validate_config
 from ptcore.data import (augmented, class_subset, digits_dataset, is_deterministic,
                          train_val_test_split)
-from ptcore.models.preprocess import augment_ops, preprocessing
+from ptcore.data.augment import augment_ops
+from ptcore.models.preprocess import preprocessing
 from ptcore.strategies import Distill, FineTune, Incremental
 from test_incremental_helpers import make, one_thread, scenario
 from tests.data.formats import write_image_folder

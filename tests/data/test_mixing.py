@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ptcore.engine.mixing import BatchMix, check_mixing, soft_classification
+from ptcore.data.augment import BatchMix, check_mixing, soft_classification
 from ptcore.runtime.rng import get_rng_state, set_rng_state
 
 B, C = 6, 8  # distinct labels: each sample's pair (its predecessor) has another class
