@@ -87,6 +87,29 @@ def test_tensor_images_are_augmented_before_normalisation():
         augmented(torch.utils.data.TensorDataset(torch.zeros(2, 3)), images=None, tensors=None)
 
 
+@pytest.mark.parametrize("augment", ["trivial", "randaugment"])
+def test_bicubic_weights_augment_in_memory_tensors(augment):
+    """torchvision rotates and shears image tensors nearest or bilinear only: the policy of
+    bicubic weights on in-memory digits runs bilinear (it raised before), the crop stays
+    bicubic, and image files keep their bicubic policy."""
+    from dataclasses import replace
+
+    from ptcore.data.augment import augment_split
+
+    p = preprocessing("efficientnet_b0", "DEFAULT", image_size=16)  # bicubic weights
+    view = augment_split(digits_dataset(16), p, augment, 16)
+    torch.manual_seed(0)
+    for i in range(40):  # enough draws that every op of the policy runs
+        x, _ = view[i]
+        assert x.shape == (3, 16, 16) and torch.isfinite(x).all()
+    policy_class = v2.TrivialAugmentWide if augment == "trivial" else v2.RandAugment
+    t = augment_ops(replace(p, crop_size=16), augment, tensors=True)
+    assert _ops(t, v2.RandomResizedCrop)[0].interpolation == InterpolationMode.BICUBIC
+    assert _ops(t, policy_class)[0].interpolation == InterpolationMode.BILINEAR
+    assert _ops(augment_ops(p, augment), policy_class)[0].interpolation == \
+        InterpolationMode.BICUBIC
+
+
 def test_finetune_builds_no_cache_from_random_or_mixed_data():
     data = train_val_test_split(digits_dataset(16), 0.0, 0.97, seed=0)[0]  # ~50 images
     p = preprocessing("resnet18", None, image_size=16)

@@ -10,11 +10,14 @@ __all__ = ["AUGMENTS", "augment_ops", "recipe_ops", "train_transform"]
 AUGMENTS = ("none", "basic", "trivial", "randaugment")
 
 
-def recipe_ops(augment: str, size: int, interpolation: str = "bilinear"):
+def recipe_ops(augment: str, size: int, interpolation: str = "bilinear", *,
+               tensors: bool = False):
     """The random part of ``augment`` (a name of ``AUGMENTS`` but "none") cropping at
     ``size`` with ``interpolation``, as one torchvision.transforms.v2 Compose: it takes a PIL
     image or an image tensor (uint8, or float in [0, 1]) and returns the same kind,
-    unnormalised."""
+    unnormalised. ``tensors``: for image tensors, whose rotations and shears torchvision
+    interpolates nearest or bilinear only, so the policy of bicubic weights turns bilinear
+    (the crop stays bicubic)."""
     from torchvision.transforms import InterpolationMode, v2
 
     if augment not in AUGMENTS[1:]:
@@ -23,6 +26,8 @@ def recipe_ops(augment: str, size: int, interpolation: str = "bilinear"):
     mode = InterpolationMode(interpolation)
     ops = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True),
            v2.RandomHorizontalFlip()]
+    if tensors and mode == InterpolationMode.BICUBIC:
+        mode = InterpolationMode.BILINEAR
     if augment == "trivial":
         ops.append(v2.TrivialAugmentWide(interpolation=mode))
     elif augment == "randaugment":
@@ -30,9 +35,9 @@ def recipe_ops(augment: str, size: int, interpolation: str = "bilinear"):
     return v2.Compose(ops)
 
 
-def augment_ops(p, augment: str = "basic"):
+def augment_ops(p, augment: str = "basic", *, tensors: bool = False):
     """:func:`recipe_ops` at ``p``'s crop size and interpolation."""
-    return recipe_ops(augment, p.crop_size, p.interpolation)
+    return recipe_ops(augment, p.crop_size, p.interpolation, tensors=tensors)
 
 
 def train_transform(p, augment: str = "basic"):

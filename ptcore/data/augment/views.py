@@ -48,4 +48,5 @@ def augment_split(dataset, p, augment: str | None, tensor_size: int):
     if augment in (None, "none"):
         return dataset
     return augmented(dataset, images=train_transform(p, augment),
-                     tensors=augment_ops(replace(p, crop_size=tensor_size), augment))
+                     tensors=augment_ops(replace(p, crop_size=tensor_size), augment,
+                                         tensors=True))
