@@ -8,7 +8,8 @@ import json
 import pytest
 
 from ptcore.cli import build_parser
-from ptcore.commands.options import COMMANDS, RENAMED, SHARED, upgrade_settings
+from ptcore.commands.options import COMMANDS, OLD_SETTINGS, RENAMED, SHARED
+from ptcore.runtime.settings import renamed_settings
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -114,15 +115,19 @@ def test_an_old_run_folder_resumes_under_the_new_names(tmp_path, monkeypatch):
            "test_fraction": 0.3, "seed": 0}
     new = {"model": "resnet18", "head_classes": [0, 1], "classes": [0, 1, 2], "test": 0.3,
            "seed": 0}
-    assert upgrade_settings("incremental", old) == new
-    assert upgrade_settings("incremental", new) == new  # today's record is left alone
+    renames = OLD_SETTINGS["incremental"]
+    assert renamed_settings(old, renames) == new
+    assert renamed_settings(new, renames) == new  # today's record is left alone
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"command": "incremental", "settings": old}))
     (out / "metrics.jsonl").write_text("")
-    assert _run_folder._claim(out, "incremental", new, True, False) == "auto"
+    args = argparse.Namespace(out=str(out), resume=True, overwrite=False, ddp_timeout=None,
+                              **new)
+    assert _run_folder.open_run_folder(args, "incremental").resume == "auto"
+    args.test, args.resume = 0.2, True
     with pytest.raises(Exception, match="test: 0.3 -> 0.2"):
-        _run_folder._claim(out, "incremental", {**new, "test": 0.2}, True, False)
+        _run_folder.open_run_folder(args, "incremental")
 
 
 def test_incremental_without_model_keeps_resnet18_for_now(tmp_path, monkeypatch, capsys):

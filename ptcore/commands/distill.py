@@ -72,11 +72,8 @@ def run(args) -> int:
 
 
 def _distill(args) -> dict:
-    from pathlib import Path
-
     import torch
 
-    from ptcore import engine
     from ptcore.config.recipe import load_data
     from ptcore.data import IN_MEMORY
     from ptcore.models import create_model, get_head, head_width
@@ -106,12 +103,11 @@ def _distill(args) -> dict:
         **({"features": args.feature_pairs.split(",")} if args.feature_pairs else {})))
     meta = {"command": "distill", "model": args.student, "num_classes": classes,
             "teacher": args.teacher, "image_size": d["image_size"]}
-    resume = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched
-    summary = strategy.fit(d["train"], d["unlabelled"], d["val"], out_dir=args.out,
-                           resume=resume, meta=meta)
+    run = open_run_folder(args, "distill")  # last: a bad option leaves --out untouched
+    summary = strategy.fit(d["train"], d["unlabelled"], d["val"], out_dir=run,
+                           resume=run.resume, meta=meta)
     summary["test"] = strategy.evaluate(d["test"])
     if args.data not in IN_MEMORY:  # images read from files: what model.pt expects
         summary["preprocessing"] = d["preprocessing"].as_dict()
-    if engine.distributed.is_main():
-        engine.atomic_write_json(Path(args.out) / "summary.json", summary)
+    run.write_summary(summary)
     return summary

@@ -40,12 +40,8 @@ def run(args) -> int:
 
 
 def _finetune(args) -> dict:
-    from pathlib import Path
-
     from ptcore.config.recipe import load_data
     from ptcore.data import IN_MEMORY
-    from ptcore.engine import atomic_write_json
-    from ptcore.runtime.distributed import is_main
     from ptcore.models import create_model
     from ptcore.strategies import FineTune
 
@@ -58,13 +54,12 @@ def _finetune(args) -> dict:
         args, mode=mode, freeze=args.freeze, layer_decay=args.layer_decay,
         unfreeze_every=args.unfreeze_every, bn=args.bn, cache=not args.no_cache))
     meta = {"model": args.model, "num_classes": d["classes"], "data": args.data}
-    resume = open_run_folder(args, "finetune")  # last: a bad option leaves --out untouched
-    summary = ft.fit(d["train"], d["val"], out_dir=args.out, resume=resume, meta=meta)
+    run = open_run_folder(args, "finetune")  # last: a bad option leaves --out untouched
+    summary = ft.fit(d["train"], d["val"], out_dir=run, resume=run.resume, meta=meta)
     summary["test"] = ft.evaluate(d["test"]) if len(d["test"]) else {}
     summary["args"] = {k: v for k, v in vars(args).items()
                        if k not in ("func", "argv", "data_options")}
     if args.data not in IN_MEMORY:  # images read from files: what model.pt expects
         summary["preprocessing"] = d["preprocessing"].as_dict()
-    if is_main():
-        atomic_write_json(Path(args.out) / "summary.json", summary)
+    run.write_summary(summary)
     return summary

@@ -84,8 +84,8 @@ def _incremental(args) -> int:
         args, method=args.method, protocol=args.protocol, classes=args.head_classes,
         memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
         freeze=args.freeze))
-    resume = open_run_folder(args, "incremental")  # last: a bad option leaves --out untouched
-    res = strategy.fit(train_tasks, test_tasks, out_dir=args.out, resume=resume)
+    run = open_run_folder(args, "incremental")  # last: a bad option leaves --out untouched
+    res = strategy.fit(train_tasks, test_tasks, out_dir=run, resume=run.resume)
     if D.is_main():
         for proto in ("class", "task"):
             r = res[f"{proto}_incremental"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = ["Option", "SHARED", "RENAMED", "CHANGED", "add_options", "add_renamed",
-           "announce_renamed", "upgrade_settings", "int_list"]
+           "announce_renamed", "OLD_SETTINGS", "int_list"]
 
 COMMANDS = ("finetune", "incremental", "distill")
 
@@ -278,20 +278,11 @@ RENAMED = {
 # Options whose meaning changed with the renaming: a notice for one release.
 CHANGED = {("incremental", "--classes"): "--classes now selects the data's classes, as in "
            "finetune and distill (the head's classes are --head-classes)"}
-# Run-folder settings (run.json) recorded under the old names, per command: old -> new.
-_OLD_SETTINGS = {"finetune": {"data_root": "root"}, "distill": {"labels_per_class": "shots"},
-                 "incremental": {"test_fraction": "test", "classes": "head_classes",
-                                 "data_classes": "classes"}}
-
-
-def upgrade_settings(command: str, settings: dict) -> dict:
-    """A run folder's recorded settings under today's option names (a run made before the
-    renaming resumes with the new spellings)."""
-    renames = _OLD_SETTINGS.get(command, {})
-    if not any(old in settings and new not in settings for old, new in renames.items()
-               if old not in renames.values()):
-        return settings
-    return {renames.get(k, k): v for k, v in settings.items()}
+# Run-folder settings (run.json) recorded under the old names, per command: old -> new
+# (ptcore.runtime.settings.renamed_settings reads an old record under the new names).
+OLD_SETTINGS = {"finetune": {"data_root": "root"}, "distill": {"labels_per_class": "shots"},
+                "incremental": {"test_fraction": "test", "classes": "head_classes",
+                                "data_classes": "classes"}}
 
 
 class _Renamed(argparse.Action):

@@ -12,12 +12,10 @@ trained without loading them and goes on bit for bit as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -26,61 +24,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ptcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptcore.engine.ema import check_ema, make_ema
 from ptcore.engine.loaders import check_num_workers, make_loader
 from ptcore.engine.loggers import Loggers, check_loggers
 from ptcore.engine.metrics import MetricsLog
+from ptcore.engine.options import deterministic_option
 from ptcore.engine.policy import CheckpointPolicy
 from ptcore.engine.precise_bn import recompute_bn_stats
+from ptcore.engine.resume import (RESUME_MODES, RunState, fit_settings, open_checkpoint,
+                                  rank_sums)
 from ptcore.engine.sampling import EpochBatches, SeededBatches
-from ptcore.engine.schedules import make_schedule, resume_schedule
+from ptcore.engine.schedules import make_schedule
 from ptcore.runtime import distributed as D
-from ptcore.runtime.files import remove_stale_temps
-from ptcore.runtime.rng import deterministic_algorithms, get_rng_state, set_rng_state
-from ptcore.runtime.settings import (differences, model_signature, optimizer_settings,
-                                     plain)
-from ptcore.errors import UserError
+from ptcore.runtime.rng import set_rng_state
+from ptcore.runtime.run_folder import RunFolder
 
-__all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "check_grad_clip",
-           "RunFolderError", "CHECKPOINT", "METRICS", "RESUME_MODES", "RUN_OPTIONS",
-           "run_options"]
-
-CHECKPOINT = "last.pt"
-METRICS = "metrics.jsonl"
-RESUME_MODES = (False, True, "auto")
-
-
-# fit() options that strategies pass through untouched (``**run_options``): what is logged
-# and which checkpoints are written and kept. Name -> default.
-RUN_OPTIONS = {"log": ("jsonl",), "log_every": 50, "save_every": 0, "keep_last": 0,
-               "keep_best": 0, "best_metric": "val_loss", "best_mode": "min",
-               "patience": None, "ema": None, "deterministic": False}
-
-
-def run_options(options: dict, *, has_val: bool | None = None) -> dict:
-    """``options`` checked as fit() will check them, for a strategy's constructor (before
-    any training). ``has_val``: False where the strategy never validates per epoch, so a
-    policy ranking by a val_ metric is refused now; None: not known yet (fit checks it)."""
-    unknown = sorted(set(options) - set(RUN_OPTIONS))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown}; run options are "
-                        f"{sorted(RUN_OPTIONS)}")
-    kw = {**RUN_OPTIONS, **options}
-    _check_deterministic(kw["deterministic"])
-    check_loggers(kw["log"], kw["log_every"])
-    check_ema(kw["ema"])
-    _policy(kw).check(has_val=has_val is not False, has_out=True)
-    return dict(options)
-
-
-def _policy(kw: dict) -> CheckpointPolicy:
-    return CheckpointPolicy(**{k: kw[k] for k in ("save_every", "keep_last", "keep_best",
-                                                   "best_metric", "best_mode", "patience")})
-
-
-class RunFolderError(UserError, ValueError):
-    """An output folder that holds another run, or no run to resume."""
+__all__ = ["fit", "evaluate", "classification_step", "resolve_amp", "check_grad_clip"]
 
 
 def classification_step(model: nn.Module, batch) -> dict:
@@ -188,15 +147,6 @@ def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
-def _rank_sums(sums: dict[str, torch.Tensor]) -> dict:
-    """Every rank's partial epoch sums, gathered (a zero-padded sum is exact) for a
-    mid-epoch checkpoint; each rank resumes from its own row."""
-    rows = torch.zeros(D.world_size(), len(sums), dtype=torch.float64,
-                       device=next(iter(sums.values())).device)
-    rows[D.rank()] = torch.stack(list(sums.values()))
-    return {"names": list(sums), "values": D.all_sum(rows).cpu()}
-
-
 def check_grad_clip(grad_clip) -> None:
     # A negative max-norm would flip every gradient; 0, inf and NaN clip to nonsense.
     if grad_clip is None:
@@ -235,23 +185,7 @@ def _unpack(out) -> tuple[torch.Tensor, dict]:
                     f"{type(out).__name__}")
 
 
-def _check_deterministic(value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"deterministic must be True or False, got {value!r}")
-
-
-def _deterministic_option(train):
-    """fit's ``deterministic`` (a run option): the whole run, caches built for its epochs
-    included, under :func:`ptcore.runtime.rng.deterministic_algorithms`."""
-    @functools.wraps(train)
-    def fit_with(*args, deterministic: bool = False, **kwargs):
-        _check_deterministic(deterministic)
-        with deterministic_algorithms(deterministic):
-            return train(*args, **kwargs)
-    return fit_with
-
-
-@_deterministic_option
+@deterministic_option
 def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epochs: int,
         batch_size: int, step_fn: Callable = classification_step,
         schedule: str = "constant", warmup: float = 0.0, val_data=None,
@@ -314,61 +248,36 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     device = D.resolve_device(device)
     amp_dtype = resolve_amp(amp, device)
     model.to(device)
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out / CHECKPOINT if out is not None else None
-    metrics_log = MetricsLog(out / METRICS) if out is not None else None
-    if resume and out is None:
+    folder = RunFolder.of(out_dir) if out_dir is not None else None
+    if resume and folder is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
 
     def epoch_data(epoch):
         return train_data(epoch) if callable(train_data) else train_data
 
-    # What resume must match; epochs may grow (train an interrupted or finished run longer).
-    settings = plain({"batch_size": batch_size, "accumulate": accumulate,
-                "world_size": D.world_size(), "schedule": schedule, "warmup": warmup,
-                "seed": seed, "drop_last": drop_last, "grad_clip": grad_clip,
-                "precise_bn": precise_bn, "optimizer": optimizer_settings(optimizer),
-                "model": model_signature(model.state_dict()), "meta": meta or {},
-                **({"ema": ema} if ema is not None else {})})
-    ckpt = _open_run(out, resume, settings) if out is not None else None
+    settings = fit_settings(model, optimizer, batch_size=batch_size, accumulate=accumulate,
+                            schedule=schedule, warmup=warmup, seed=seed, drop_last=drop_last,
+                            grad_clip=grad_clip, precise_bn=precise_bn, meta=meta, ema=ema)
+    ckpt = open_checkpoint(folder, resume, settings) if folder is not None else None
     start = ckpt["epoch"] if ckpt is not None else 0
     # Batches of epoch `start` trained already: a checkpoint written mid-epoch.
     skip = ckpt.get("batch", 0) if ckpt is not None else 0
     per_epoch = _batches(epoch_data(min(start, epochs - 1)), batch_size, seed,
                          drop_last).per_epoch
     total_steps = epochs * math.ceil(per_epoch / accumulate)
-    scheduler = make_schedule(schedule, optimizer, total_steps, warmup)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    averaged = make_ema(model, ema) if ema is not None else None
-    history = []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        resume_schedule(scheduler, optimizer, ckpt["scheduler"],
-                        same_length=ckpt.get("schedule_steps") == total_steps)
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if averaged is not None:
-            averaged.load_state_dict(ckpt["ema"])
-        if not skip:
-            set_rng_state(ckpt["rng"])
-        history = list(ckpt.get("history", []))
+    state = RunState(model, optimizer, make_schedule(schedule, optimizer, total_steps, warmup),
+                     torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+                     make_ema(model, ema) if ema is not None else None, total_steps, settings,
+                     meta)
+    scheduler, averaged = state.scheduler, state.averaged
+    history = state.restore(ckpt) if ckpt is not None else []
     loggers = None
-    if metrics_log is not None:
+    if folder is not None:
+        metrics_log = MetricsLog(folder.metrics)
         D.on_main(lambda: metrics_log.rewrite(history), f"writing {metrics_log.path}")
         if D.is_main():
-            loggers = Loggers(log, out, step=scheduler.last_epoch, history=history,
+            loggers = Loggers(log, folder.path, step=scheduler.last_epoch, history=history,
                               world=D.world_size())
-
-    def save(epoch_, batch=0, partial=None) -> None:
-        save_checkpoint(ckpt_path, model.state_dict(), epoch=epoch_, batch=batch,
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        schedule_steps=total_steps,
-                        scaler=scaler.state_dict() if scaler is not None else None,
-                        rng=get_rng_state(), history=history, meta=meta or {},
-                        settings=settings,
-                        **({} if averaged is None else {"ema": averaged.state_dict()}),
-                        **({} if partial is None else {"sums": partial}))
 
     try:
         wrapped, wrapped_for, loader = model, None, None
@@ -404,28 +313,15 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                        disable=not (progress and D.is_main()))
             for i, batch in enumerate(bar, start=first):
                 sync = (i + 1) % accumulate == 0 or i + 1 == n_batches
-                no_sync = (wrapped.no_sync() if distributed and not sync
-                           else contextlib.nullcontext())
-                with no_sync:
+                with (wrapped.no_sync() if distributed and not sync
+                      else contextlib.nullcontext()):
                     with _autocast(device, amp_dtype):
                         loss, extras = _unpack(step_fn(wrapped, _to(batch, device)))
                     scaled = loss / accumulate
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    (state.scaler.scale(scaled) if state.scaler is not None
+                     else scaled).backward()
                 if sync:
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    if grad_clip is not None:
-                        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                 grad_clip)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    if averaged is not None:
-                        averaged.update_parameters(model)
+                    _update(state, grad_clip)
                 if loggers is not None:
                     loggers.count(_batch_len(batch))
                     if sync and scheduler.last_epoch % log_every == 0:
@@ -437,38 +333,29 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 # Only at an optimizer step (no gradients half accumulated) and not the
                 # epoch's last one, which the epoch's own checkpoint follows.
-                if sync and save_every and out is not None and i + 1 < n_batches \
+                if sync and save_every and folder is not None and i + 1 < n_batches \
                         and scheduler.last_epoch % save_every == 0:
-                    partial = _rank_sums(sums)
-                    D.on_main(lambda: save(epoch, i + 1, partial),
+                    partial = rank_sums(sums)
+                    D.on_main(lambda: state.save(folder.checkpoint, epoch=epoch,
+                                                 history=history, batch=i + 1, sums=partial),
                               f"saving the checkpoint of step {scheduler.last_epoch}")
-            totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
-                float(n_batches), dtype=torch.float64, device=device)]))
-            record = {"epoch": epoch, **{f"train_{k}": v / float(totals[-1])
-                                         for k, v in zip(sums, totals.tolist())},
+            record = {"epoch": epoch, **_train_means(sums, n_batches, device),
                       "lr": _peak_lr(optimizer)}
             if precise_bn:
                 _precise_bn(model, data, precise_bn, predict_fn, device, amp_dtype,
                             batch_size=batch_size, seed=seed, epoch=epoch)
             if val_data is not None:
-                val = evaluate(model, val_data(epoch) if callable(val_data) else val_data,
-                               batch_size=max(batch_size, 256),
-                               predict_fn=predict_fn, device=device, amp=amp,
-                               num_workers=num_workers)
-                record.update({f"val_{k}": v for k, v in val.items()})
-                if averaged is not None:
-                    val = evaluate(averaged.module, val_data(epoch) if callable(val_data)
-                                   else val_data, batch_size=max(batch_size, 256),
-                                   predict_fn=predict_fn, device=device, amp=amp,
-                                   num_workers=num_workers)
-                    record.update({f"val_ema_{k}": v for k, v in val.items()})
+                record.update(_validate(model, averaged, val_data(epoch) if callable(val_data)
+                                        else val_data, batch_size=max(batch_size, 256),
+                                        predict_fn=predict_fn, device=device, amp=amp,
+                                        num_workers=num_workers))
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
-            if out is not None:
+            if folder is not None:
                 def end_of_epoch():
                     metrics_log.append(record)  # first: a kill before the checkpoint drops it
-                    save(epoch + 1)
-                    policy.apply(out, history)
+                    state.save(folder.checkpoint, epoch=epoch + 1, history=history)
+                    policy.apply(folder, history)
                 D.on_main(end_of_epoch, f"saving the checkpoint of epoch {epoch + 1}")
             else:
                 D.barrier()
@@ -480,31 +367,35 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     return history
 
 
-def _open_run(out: Path, resume, settings: dict) -> dict | None:
-    """The checkpoint to resume from (None: start), after checking that ``out`` holds no
-    other run (a new run) or this run's checkpoint (a resumed one). Rank 0 reads the file
-    and broadcasts it, so ranks with node-local disks agree."""
-    D.on_main(lambda: remove_stale_temps(out), f"cleaning {out}")
-    path = out / CHECKPOINT
-    if not resume:
-        if D.on_main(path.is_file, f"looking for {path}"):
-            raise RunFolderError(f"{str(out)!r} holds another run's checkpoint ({CHECKPOINT}); "
-                                 "resume it (--resume, resume=True) or replace it "
-                                 "(--overwrite, or delete the folder)")
-        return None
-    ckpt = load_checkpoint(path, from_main=True)
-    if ckpt is None:
-        if resume == "auto":
-            return None
-        raise RunFolderError(f"nothing to resume: {str(path)!r} does not exist (check the "
-                             "output folder; --resume auto starts a new run when there is none)")
-    if "settings" in ckpt:
-        diff = differences(ckpt["settings"], settings)
-        if diff:
-            raise CheckpointError(f"{str(path)!r} was made with other settings ("
-                                  + "; ".join(diff) + "): resume with the same ones, or start "
-                                  "over with --overwrite")
-    elif model_signature(ckpt["model"]) != settings["model"]:
-        raise CheckpointError(f"{str(path)!r} holds another model (state_dict names or shapes "
-                              "differ): resume with the same model, or start over")
-    return ckpt
+def _update(state: RunState, grad_clip) -> None:
+    """One optimizer step on the accumulated gradients, then the schedule and the EMA."""
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    if state.averaged is not None:
+        state.averaged.update_parameters(model)
+
+
+def _train_means(sums: dict[str, torch.Tensor], n_batches: int, device) -> dict:
+    """The epoch's ``train_`` metrics: each step metric's mean over every rank's batches."""
+    totals = D.all_sum(torch.stack([*sums.values(), torch.tensor(
+        float(n_batches), dtype=torch.float64, device=device)]))
+    return {f"train_{k}": v / float(totals[-1]) for k, v in zip(sums, totals.tolist())}
+
+
+def _validate(model, averaged, data, **kw) -> dict:
+    """The epoch's ``val_`` metrics (``val_ema_`` of the averaged weights too)."""
+    record = {f"val_{k}": v for k, v in evaluate(model, data, **kw).items()}
+    if averaged is not None:
+        record.update({f"val_ema_{k}": v for k, v in evaluate(averaged.module, data,
+                                                               **kw).items()})
+    return record

@@ -11,17 +11,14 @@ epochs, ``best-epoch-0003.pt`` for the ``keep_best`` best by ``best_metric``, an
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ptcore.runtime.files import atomic_write_bytes, atomic_write_json
+from ptcore.runtime.run_folder import RunFolder
 
-__all__ = ["CheckpointPolicy", "MODES", "BEST_INDEX"]
+__all__ = ["CheckpointPolicy", "MODES"]
 
 MODES = ("min", "max")
-BEST_INDEX = "best.json"
-_KEPT = re.compile(r"^(epoch|best-epoch)-(\d+)\.pt$")
 
 
 def _count(name, v, allow_none=False) -> None:
@@ -82,22 +79,22 @@ class CheckpointPolicy:
             return False
         return len(history) - 1 - self.ranking(history)[0] >= self.patience
 
-    def apply(self, out: Path, history: list[dict]) -> None:
+    def apply(self, folder: RunFolder, history: list[dict]) -> None:
         """Copy ``last.pt`` (the checkpoint of ``history[-1]``) where the policy keeps it and
         delete the copies it no longer keeps. Call after ``last.pt`` is written."""
         n = len(history)
-        keep = {f"epoch-{e:04d}.pt" for e in range(max(n - self.keep_last, 0) + 1, n + 1)}
+        keep = {folder.epoch_copy(e) for e in range(max(n - self.keep_last, 0) + 1, n + 1)}
         best = self.ranking(history)[:self.keep_best] if self.keep_best else []
-        keep |= {f"best-epoch-{i + 1:04d}.pt" for i in best}
+        keep |= {folder.best_copy(i + 1) for i in best}
         data = None
-        for name in (f"epoch-{n:04d}.pt", f"best-epoch-{n:04d}.pt"):
-            if name in keep:
-                data = data if data is not None else (out / "last.pt").read_bytes()
-                atomic_write_bytes(out / name, data)
+        for path in (folder.epoch_copy(n), folder.best_copy(n)):
+            if path in keep:
+                data = data if data is not None else folder.checkpoint.read_bytes()
+                atomic_write_bytes(path, data)
         if self.keep_best:
-            atomic_write_json(out / BEST_INDEX, [
+            atomic_write_json(folder.best_index, [
                 {"epoch": i + 1, self.best_metric: history[i][self.best_metric],
-                 "file": f"best-epoch-{i + 1:04d}.pt"} for i in best])
-        for path in out.iterdir():
-            if _KEPT.match(path.name) and path.name not in keep:
+                 "file": folder.best_copy(i + 1).name} for i in best])
+        for path in folder.copies():
+            if path not in keep:
                 path.unlink()

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-__all__ = ["plain", "differences", "optimizer_settings", "model_signature"]
+__all__ = ["plain", "differences", "renamed_settings", "optimizer_settings", "model_signature"]
 
 
 def plain(obj):
@@ -31,6 +31,16 @@ def differences(old: dict, new: dict) -> list[str]:
     missing = object()
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+
+def renamed_settings(settings: dict, renamed: dict[str, str]) -> dict:
+    """``settings`` recorded before options were ``renamed`` (old name -> new), under the new
+    names; a record that already uses them is returned as it is. A name may be both old and
+    new (incremental's ``classes``): only names that are old alone tell an old record."""
+    tells = [old for old in renamed if old not in renamed.values()]
+    if not any(old in settings and renamed[old] not in settings for old in tells):
+        return settings
+    return {renamed.get(k, k): v for k, v in settings.items()}
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict:

@@ -6,7 +6,6 @@ prefix, computed once instead of every epoch) and ptcore.engine (the loop).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -173,9 +172,8 @@ class FineTune:
                    "cached_epochs": sorted(cached_epochs),
                    "seconds": time.perf_counter() - start_time, "history": history,
                    "final": history[-1] if history else {}}
-        if out_dir is not None and D.is_main():
-            engine.atomic_torch_save(self.model.state_dict(), Path(out_dir) / "model.pt")
-            engine.atomic_write_json(Path(out_dir) / "summary.json", summary)
+        if out_dir is not None:
+            engine.RunFolder.of(out_dir).finish(self.model.state_dict(), summary)
         return summary
 
     def evaluate(self, data, *, batch_size: int = 256) -> dict:

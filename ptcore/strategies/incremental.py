@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,6 +21,7 @@ from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.runtime import distributed as D
 from ptcore.data.augment import BatchMix, soft_accuracy
 from ptcore.runtime.rng import get_rng_state, set_rng_state
+from ptcore.runtime.run_folder import TASK_STATES
 from ptcore.models import (StagedModel, expand_head, get_head, get_heads, head_width,
                            replace_head, split_index, stages)
 from ptcore.models import freeze as freeze_module
@@ -43,7 +43,6 @@ METHODS = ("naive", "lwf", "replay", "ewc", "ncm", "simplecil", "wa", "bic", "de
 # Named methods that are combinations of the parts above.
 PRESETS = {"icarl": ("lwf", "replay", "ncm")}
 PROTOCOLS = ("class", "task")
-STATE = "state.pt"
 
 
 def parse_method(method: str) -> frozenset[str]:
@@ -419,28 +418,28 @@ class Incremental:
         return {"method": self.method, "protocol": self.protocol,
                 "classes": self.plan.classes, "tasks": self.plan.task_classes}
 
-    def _save(self, out: Path, t: int) -> None:
+    def _save(self, out: engine.RunFolder, t: int) -> None:
         def save():
             engine.save_checkpoint(
-                out / f"task_{t}" / STATE, self.model.state_dict(), task=t,
+                out.task(t).state, self.model.state_dict(), task=t,
                 plan=self._plan_record(), R=self.R, history=self.history, means=self.means,
                 rng=get_rng_state(),  # the next task's new head rows and batches
                 **{name: part.state_dict() if part is not None else None
                    for name, part in self._parts_with_state().items()})
             # The task is done: its state supersedes the engine's mid-task checkpoint.
-            (out / f"task_{t}" / engine.CHECKPOINT).unlink(missing_ok=True)
+            out.task(t).checkpoint.unlink(missing_ok=True)
 
         # Every rank learns at once whether rank 0's write failed (not at the next collective).
         D.on_main(save, f"saving task {t}")
 
-    def _restore(self, out: Path) -> int:
+    def _restore(self, out: engine.RunFolder) -> int:
         """Load the state after the last finished task under ``out``; the next task's index."""
         done = D.on_main(lambda: [t for t in range(len(self.plan.spans))
-                                  if (out / f"task_{t}" / STATE).is_file()], f"reading {out}")
+                                  if out.task(t).state.is_file()], f"reading {out}")
         if not done:
             return 0
         t = done[-1]
-        state = engine.load_checkpoint(out / f"task_{t}" / STATE, from_main=True)
+        state = engine.load_checkpoint(out.task(t).state, from_main=True)
         if state["plan"] != self._plan_record():
             raise ValueError(f"{out} holds a run of {state['plan']}, not of "
                              f"{self._plan_record()}: resume with the same method and tasks")
@@ -496,15 +495,13 @@ class Incremental:
         self.model.to(self.device)
         train = [self.plan.remap(d) for d in train_tasks]
         test = [self.plan.remap(d) for d in test_tasks]
-        out = Path(out_dir) if out_dir is not None else None
-        if out is not None and not resume and D.on_main(
-                lambda: any(out.glob(f"task_*/{STATE}")), f"reading {out}"):
-            raise engine.RunFolderError(f"{str(out)!r} holds another incremental run; resume it "
-                                        "(resume=True) or replace it (--overwrite)")
+        out = engine.RunFolder.of(out_dir) if out_dir is not None else None
+        if out is not None and not resume:
+            out.refuse_another_run(TASK_STATES, what="incremental run")
         start = self._restore(out) if resume else 0
         began = time.perf_counter()
         for t in range(start, len(train)):
-            task_dir = out / f"task_{t}" if out is not None else None
+            task_dir = out.task(t) if out is not None else None
             # Only the first task left may have a mid-task checkpoint; later ones start.
             self.history.append(self._learn(t, train, task_dir, "auto" if resume else False))
             self._consolidate(t, train)
@@ -526,15 +523,15 @@ class Incremental:
         res.update(res[f"{self.protocol}_incremental"])  # the protocol's own metrics on top
         return res
 
-    def _write(self, out: Path, results: dict) -> None:
+    def _write(self, out: engine.RunFolder, results: dict) -> None:
         from ptcore.report import accuracy_curve, accuracy_heatmap
 
-        engine.atomic_write_json(out / "results.json", results)
-        engine.atomic_torch_save(self.model.state_dict(), out / "model.pt")
+        out.write_results(results)
+        out.write_model(self.model.state_dict())
         names = [",".join(map(str, cs)) for cs in self.plan.task_classes]
-        accuracy_heatmap(results["accuracy_matrix"], out / "accuracy_matrix.png",
+        accuracy_heatmap(results["accuracy_matrix"], out.path / "accuracy_matrix.png",
                          task_labels=names, title=f"{self.method}, {self.protocol}-incremental: "
                          "accuracy on each task after each task")
         accuracy_curve({f"{p}-incremental": results[f"{p}_incremental"]["accuracy_after_task"]
-                        for p in PROTOCOLS}, out / "accuracy_curve.png",
+                        for p in PROTOCOLS}, out.path / "accuracy_curve.png",
                        title=f"{self.method}: mean accuracy over the tasks seen so far")

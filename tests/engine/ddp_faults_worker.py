@@ -16,7 +16,7 @@ import torch
 
 from ptcore.engine import classification_step, fit
 from ptcore.runtime import distributed as D
-from ptcore.engine import loop
+from ptcore.engine import resume as checkpoints
 from tests.engine.tiny import tiny_digits, tiny_net
 
 EPOCHS, BATCH, N = 2, 8, 64
@@ -39,7 +39,7 @@ def main(scenario: str, out: str, result: str | None = None) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
 
     if scenario == "save_fails" and rank == 0:
-        loop.save_checkpoint = full_disk
+        checkpoints.save_checkpoint = full_disk
     if scenario == "incremental_save_fails":
         return incremental(out, full_disk if rank == 0 else None)
     if scenario in ("resume", "log") and rank == 1:

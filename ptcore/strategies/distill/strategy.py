@@ -304,9 +304,8 @@ class Distill:
                 "bytes": self.cache.nbytes, "dtype": str(self.cache.dtype)},
             "seconds": time.perf_counter() - start_time, "history": history,
             "final": history[-1] if history else {}}
-        if out_dir is not None and D.is_main():
-            engine.atomic_torch_save(self.student.state_dict(), Path(out_dir) / "model.pt")
-            engine.atomic_write_json(Path(out_dir) / "summary.json", summary)
+        if out_dir is not None:
+            engine.RunFolder.of(out_dir).finish(self.student.state_dict(), summary)
         return summary
 
     def evaluate(self, data, *, batch_size: int = 256) -> dict:
