@@ -24,6 +24,7 @@ def _tasks(text: str) -> int | list[list[int]]:
 
 def add_parser(sub):
     from ptcore.config import add_config_argument
+    from ptcore.strategies.incremental import method_help
 
     p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
                        "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC) and report forgetting")
@@ -46,9 +47,7 @@ def add_parser(sub):
                    "classes of each task: 0,1,2,3,4;5,6,7;8,9")
     p.add_argument("--shots", type=int, help="training samples per class (default: all)")
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--method", default="lwf+replay", help="naive, or lwf/replay/ewc/ncm/wa/bic/"
-                   "der joined by '+' (e.g. wa+replay, der+replay = DER++), the preset icarl, "
-                   "or simplecil or ranpac alone")
+    p.add_argument("--method", default="lwf+replay", help=method_help())
     p.add_argument("--protocol", choices=("class", "task"), default="class")
     p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
