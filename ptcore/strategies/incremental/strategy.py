@@ -41,21 +41,13 @@ STATE = "state.pt"
 class Incremental:
     """Learn tasks one after another with ``model`` (a registered torchvision classifier).
 
-    method: "naive" (plain fine-tuning), or parts joined by "+": "lwf" (distil the old
-    classes' logits of a frozen snapshot of the previous model, ``temperature``,
-    ``lwf_weight``), "replay" (``memory`` exemplars in all, class-balanced, chosen by
-    ``selection``: "herding" or "random"), "ewc" (online diagonal-Fisher penalty,
-    ``ewc_lambda``, ``ewc_decay``; the Fisher from at most ``ewc_samples`` samples per
-    task), "ncm" (with replay: classify by the nearest mean of
-    exemplars, iCaRL); "wa" (after each task, scale the new classes' head rows to the old
-    rows' mean norm); "bic" (with a memory: fit α·z + β on the new classes' logits over a
-    held-out share ``bic_holdout`` of the memory, never trained on); "der" (store the
-    model's logits beside each exemplar and replay them, weight ``der_weight``: MSE of
-    float16 logits, or with ``der_topk`` the KD loss on the top-k; "der" alone replays the
-    exemplars through their logits only, "der+replay" through labels too: DER++); or alone
-    "simplecil" (frozen backbone, class-mean prototypes) or "ranpac" (frozen backbone,
-    ``ranpac_dim`` random ReLU features, closed-form ridge classifier, ``ranpac_ridge``).
-    "icarl" is the preset "lwf+replay+ncm" (herding selection).
+    method: a registered method or methods joined by "+" (:data:`METHODS`, e.g. "lwf+replay";
+    "naive" is plain fine-tuning), or a preset such as "icarl" (:data:`PRESETS`); the help
+    of each, with the arguments below that it reads, is ``method_help()``. Their arguments:
+    ``temperature`` and ``lwf_weight`` (lwf), ``memory`` exemplars in all chosen by
+    ``selection`` ("herding" or "random": replay, der), ``ewc_lambda``, ``ewc_decay``,
+    ``ewc_samples`` (ewc), ``bic_holdout`` (bic), ``der_weight``, ``der_topk`` (der),
+    ``ranpac_dim``, ``ranpac_ridge`` (ranpac); docs/incremental.md describes them all.
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
     matrices are measured either way.

@@ -28,7 +28,6 @@ def weight_align(head: nn.Linear, n_old: int, stop: int) -> float:
     return gamma
 
 
-
 @register
 class WA(Method):
     name = "wa"
