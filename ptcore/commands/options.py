@@ -124,8 +124,10 @@ def _schedules():
 
 def _registry_help(command: str) -> str:
     """What --method takes, from the strategy's registry of methods (plug-ins included)."""
-    from ptcore.strategies.distill.terms import method_help
-
+    if command == "incremental":
+        from ptcore.strategies.incremental import method_help
+    else:
+        from ptcore.strategies.distill.terms import method_help
     return method_help()
 
 
@@ -172,11 +174,9 @@ _DATA = {
                defaults={"incremental": 0.2}),
     "freeze": _O(("--freeze",), "split point frozen throughout, e.g. layer2",
                  detail={"finetune": "partial fine-tuning"}),
-    "method": _O(("--method",), "the method: one, or parts joined by '+'",
+    "method": _O(("--method",), "the method",
                  defaults={"incremental": "lwf+replay", "distill": "kd"},
-                 detail={"incremental": "naive, or lwf/replay/ewc/ncm/wa/bic/der joined by '+' "
-                         "(e.g. wa+replay, der+replay = DER++), the preset icarl, or simplecil "
-                         "or ranpac alone",
+                 detail={"incremental": lambda: _registry_help("incremental"),
                          "distill": lambda: _registry_help("distill")}),
 }
 

@@ -11,10 +11,10 @@ from test_incremental_helpers import make, pretrained, scenario
 from ptcore import engine
 from ptcore.data import LabeledSubset, class_subset, hide_labels
 from ptcore.strategies import Incremental
-from ptcore.strategies._incr_ewc import EWC
-from ptcore.strategies._incr_features import embed
-from ptcore.strategies._incr_memory import ExemplarMemory, herding
-from ptcore.strategies._incr_metrics import summarize
+from ptcore.strategies.incremental.ewc import EWC
+from ptcore.strategies.incremental.features import embed
+from ptcore.strategies.incremental.memory import ExemplarMemory, herding
+from ptcore.strategies.incremental.metrics import summarize
 from ptcore.strategies.incremental import parse_method
 
 

@@ -95,7 +95,7 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.nn.functional as F
 
     from ptcore.models import get_head
-    from ptcore.strategies._incr_ewc import EWC
+    from ptcore.strategies.incremental.ewc import EWC
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
@@ -114,12 +114,13 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     ranpac = Incremental(tiny_model(2), method="ranpac", classes=[0, 1], ranpac_dim=64,
                          progress=False)
     ranpac.fit(list(train[:3]), list(test[:3]))
-    torch.save({"memory": inc.memory.state_dict(), "fisher": inc.ewc.fisher,
+    torch.save({"memory": inc.memory.state_dict(), "fisher": inc.methods["ewc"].ewc.fisher,
                 "fresh_fisher": fresh.fisher, "model": inc.model.state_dict(),
                 "R": res["accuracy_matrix"], "head": get_head(inc.model).out_features,
                 "world": dist.get_world_size(), "bic_memory": bic.memory.state_dict(),
-                "bic_layers": bic.bias.layers, "bic_R": bic_R,
-                "der": {r: b for r, (_, b) in bic.logits.stored.items()},
-                "ranpac_G": ranpac.ranpac.G, "ranpac_W": ranpac.ranpac.W},
+                "bic_layers": bic.methods["bic"].bias.layers, "bic_R": bic_R,
+                "der": {r: b for r, (_, b) in bic.methods["der"].logits.stored.items()},
+                "ranpac_G": ranpac.methods["ranpac"].ranpac.G,
+                "ranpac_W": ranpac.methods["ranpac"].ranpac.W},
                os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()

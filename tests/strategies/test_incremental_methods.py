@@ -15,10 +15,11 @@ from test_incremental_helpers import make, run, scenario, tiny_model
 
 from ptcore import engine
 from ptcore.models import get_head
-from ptcore.strategies import incremental as I
-from ptcore.strategies._incr_bias import BiasCorrection, fit_bias, weight_align
-from ptcore.strategies._incr_der import der_loss
-from ptcore.strategies._incr_ranpac import RanPAC
+from ptcore.strategies.incremental import bic as B
+from ptcore.strategies.incremental.bic import BiasCorrection, fit_bias
+from ptcore.strategies.incremental.der import der_loss
+from ptcore.strategies.incremental.ranpac import RanPAC
+from ptcore.strategies.incremental.wa import weight_align
 from ptcore.strategies.incremental import parse_method
 
 
@@ -103,19 +104,19 @@ def test_bic_parameters_are_fit_on_held_out_samples_only(monkeypatch):
         return real_fit(model, data, *args, **kwargs)
 
     seen = []
-    real_bias = I.fit_bias
+    real_bias = B.fit_bias
 
     def spy_bias(logits, labels, start, stop, **kw):
         seen.append((len(labels), labels.tolist(), start, stop))
         return real_bias(logits, labels, start, stop, **kw)
 
     monkeypatch.setattr(engine, "fit", spy_fit)
-    monkeypatch.setattr(I, "fit_bias", spy_bias)
+    monkeypatch.setattr(B, "fit_bias", spy_bias)
     inc = make("bic+replay", epochs=1)
     inc.fit(train[:3], test[:3])
     held = [d[i][0] for d in inc.memory.heldout_datasets([inc.plan.remap(t) for t in train[:3]])
             for i in range(len(d))]
-    assert held and len(inc.bias.layers) == 2  # tasks 2 and 3 corrected
+    assert held and len(inc.methods["bic"].bias.layers) == 2  # tasks 2 and 3 corrected
     trained = torch.stack(trained_images).flatten(1)
     for x in held:  # no held-out image was ever in a training batch
         assert not (trained == x.flatten()).all(1).any()
@@ -140,7 +141,7 @@ def test_der_stores_the_logits_of_the_model_at_storing_time(tmp_path, topk):
     for row in (2, 3):
         task, positions = inc.memory.exemplars[row]
         x = torch.stack([remapped[task][p][0] for p in positions])
-        width, stored = inc.logits.stored[row]
+        width, stored = inc.methods["der"].logits.stored[row]
         assert width == 4 and len(stored) == len(positions) > 0
         with torch.no_grad():
             logits, now = then(x), inc.model.eval()(x)[:, :4]
@@ -215,7 +216,8 @@ def test_ranpac_reads_features_once_and_resumes(tmp_path, monkeypatch):
     resumed = make("ranpac")
     got = resumed.fit(train[:3], test[:3], out_dir=tmp_path, resume=True)
     assert got["accuracy_matrix"] == full["accuracy_matrix"]
-    torch.testing.assert_close(resumed.ranpac.G, reference.ranpac.G)
+    torch.testing.assert_close(resumed.methods["ranpac"].ranpac.G,
+                               reference.methods["ranpac"].ranpac.G)
 
 
 # -- what they learn --------------------------------------------------------------------------

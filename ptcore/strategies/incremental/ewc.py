@@ -1,20 +1,23 @@
 """Elastic weight consolidation, online (Kirkpatrick et al. 2017; Schwarz et al. 2018): a
 diagonal Fisher F accumulated over tasks, F <- decay * F + F_task, anchors θ* at the
-parameters after the last task, and the penalty (λ/2)·Σ F·(θ − θ*)²."""
+parameters after the last task, and the penalty (λ/2)·Σ F·(θ − θ*)², added to every step
+of the later tasks."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ptcore.runtime import distributed as D
 from ptcore.engine.loaders import make_loader
+from ptcore.runtime import distributed as D
+from ptcore.strategies.incremental.registry import Method, Term, register
 
-__all__ = ["EWC"]
+__all__ = ["EWC", "EWCMethod"]
 
 
 def _grown(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -100,3 +103,34 @@ class EWC:
 
     def load_state_dict(self, state: dict) -> None:
         self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])
+
+
+@register
+class EWCMethod(Method):
+    name = "ewc"
+    help = "online diagonal-Fisher penalty (ewc_lambda, ewc_decay, ewc_samples)"
+    state_key = "ewc"
+
+    def __init__(self, options, parts):
+        super().__init__(options, parts)
+        self.ewc = EWC(options.ewc_lambda, options.ewc_decay, samples=options.ewc_samples,
+                       seed=options.seed)
+
+    def loss_terms(self, run, step):
+        return {"ewc": Term(self.ewc.penalty(run.model))}
+
+    def after_task(self, run, t, train):
+        if t == len(train) - 1:  # no task follows the last one
+            return
+        row_task = run.plan.row_task().to(run.device)
+        self.ewc.update(run.model, train[t],
+                        lambda z, y: F.cross_entropy(run.restrict(z, y, row_task), y),
+                        device=run.device, progress=run.fit_args["progress"],
+                        num_workers=run.fit_args["num_workers"])
+
+    def state_dict(self):
+        return self.ewc.state_dict()
+
+    def load_state_dict(self, state, device):  # its tensors meet the parameters on the device
+        self.ewc.load_state_dict({k: {n: v.to(device) for n, v in d.items()}
+                                  for k, d in state.items()})

@@ -1,6 +1,7 @@
 """Penultimate-layer features of a model, per-class means of them, and nearest-class-mean
 scores (iCaRL's NCM classifier, SimpleCIL's prototypes). Features are L2-normalised, so the
-nearest mean is the one of highest cosine similarity."""
+nearest mean is the one of highest cosine similarity. :class:`MeanClassifier` is the part of
+those methods that classifies by the means."""
 from __future__ import annotations
 
 import torch
@@ -8,11 +9,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from ptcore.runtime import distributed as D
 from ptcore.engine.loaders import make_loader
 from ptcore.models import stages
+from ptcore.runtime import distributed as D
+from ptcore.strategies.incremental.registry import Method
 
-__all__ = ["Backbone", "backbone_features", "embed", "class_means", "ncm_scores"]
+__all__ = ["Backbone", "backbone_features", "embed", "class_means", "ncm_scores",
+           "MeanClassifier"]
 
 
 def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,3 +78,22 @@ def ncm_scores(model: nn.Module, x: torch.Tensor, means: torch.Tensor) -> torch.
     """Cosine similarity of each sample's features to each class mean: [B, C], used as
     logits (argmax = nearest class mean)."""
     return backbone_features(model, x) @ means.T
+
+
+class MeanClassifier(Method):
+    """A method that classifies by class means (head-row order) instead of the head."""
+    every_class = True
+    state_key = "means"
+
+    def __init__(self, options, parts):
+        super().__init__(options, parts)
+        self.means: torch.Tensor | None = None
+
+    def scores(self, run, x):
+        return None if self.means is None else ncm_scores(run.model, x, self.means)
+
+    def state_dict(self):
+        return self.means
+
+    def load_state_dict(self, state, device):
+        self.means = None if state is None else state.to(device)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 
 from ptcore.runtime import distributed as D
+from ptcore.strategies.incremental.features import Backbone, backbone_features
+from ptcore.strategies.incremental.registry import Method, register
 
-__all__ = ["RanPAC"]
+__all__ = ["RanPAC", "RanPACMethod"]
 
 
 class RanPAC:
@@ -65,3 +67,37 @@ class RanPAC:
                              f"ridge {self.lam})")
         self.projection, self.G, self.Q, self.W = (state[k] for k in ("projection", "G", "Q",
                                                                        "W"))
+
+
+@register
+class RanPACMethod(Method):
+    name = "ranpac"
+    help = ("alone: frozen backbone, ranpac_dim random ReLU features, closed-form ridge "
+            "classifier (ranpac_ridge)")
+    alone = True
+    trains = False
+    unmixed = "it trains nothing"
+    every_class = True
+    state_key = "ranpac"
+
+    def __init__(self, options, parts):
+        super().__init__(options, parts)
+        self.ranpac = RanPAC(options.ranpac_dim, options.ranpac_ridge, options.seed)
+
+    def after_task(self, run, t, train):
+        from ptcore.cache import FeatureCache
+
+        # frozen backbone: each sample's features once
+        cache = FeatureCache(Backbone(run.model), train[t], dtype=torch.float32,
+                             device=run.device, shard=True,
+                             progress=run.fit_args["progress"]).build()
+        self.ranpac.update(cache.get(slice(None)), cache.labels, run.plan.spans[t][1])
+
+    def scores(self, run, x):
+        return self.ranpac.scores(backbone_features(run.model, x))
+
+    def state_dict(self):
+        return self.ranpac.state_dict()
+
+    def load_state_dict(self, state, device):
+        self.ranpac.load_state_dict(state)

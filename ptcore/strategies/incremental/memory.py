@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset
 
 from ptcore.data import LabeledSubset, is_deterministic, targets_of
 from ptcore.runtime import distributed as D
-from ptcore.strategies._incr_features import embed
+from ptcore.strategies.incremental.features import embed
 
 __all__ = ["SELECTIONS", "herding", "ExemplarMemory", "union"]
 

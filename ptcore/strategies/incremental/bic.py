@@ -1,32 +1,18 @@
-"""Corrections of a class-incremental head's bias toward the newest classes, applied after a
-task is trained: Weight Aligning (WA, Zhao et al. 2020) rescales the new classes' rows of
-the head; BiC (Wu et al. 2019) fits a two-parameter affine map of the new classes' logits
-on samples held out of training."""
+"""Bias Correction (BiC, Wu et al. 2019): after a task is trained, correct the head's bias
+toward the newest classes with a two-parameter affine map of their logits, fit on samples
+of every class held out of training (a share of the exemplar memory)."""
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["weight_align", "fit_bias", "BiasCorrection"]
+from ptcore.data import LabeledSubset
+from ptcore.strategies.incremental.memory import union
+from ptcore.strategies.incremental.registry import Method, register
 
-
-@torch.no_grad()
-def weight_align(head: nn.Linear, n_old: int, stop: int) -> float:
-    """Scale rows ``[n_old, stop)`` of ``head`` so that their mean weight norm equals that of
-    rows ``[0, n_old)``; returns the factor γ. The bias of those rows is scaled too, so the
-    new classes' logits are exactly γ times what they were (WA's aim) whatever the bias."""
-    if not 0 < n_old < stop <= head.out_features:
-        raise ValueError(f"need 0 < n_old < stop <= {head.out_features} rows, got "
-                         f"n_old={n_old}, stop={stop}")
-    norms = head.weight.float().norm(dim=1)
-    gamma = float(norms[:n_old].mean() / norms[n_old:stop].mean())
-    head.weight[n_old:stop] *= gamma
-    if head.bias is not None:
-        head.bias[n_old:stop] *= gamma
-    return gamma
+__all__ = ["fit_bias", "BiasCorrection", "BiC"]
 
 
 def fit_bias(logits: torch.Tensor, labels: torch.Tensor, start: int, stop: int, *,
@@ -75,3 +61,46 @@ class BiasCorrection:
 
     def load_state_dict(self, state: dict) -> None:
         self.layers = [tuple(layer) for layer in state["layers"]]
+
+
+@register
+class BiC(Method):
+    name = "bic"
+    help = ("with replay or der: fit a + b*z on the new classes' logits over a held-out share "
+            "bic_holdout of the memory")
+    requires = ("replay", "der")
+    requires_why = ("bic fits its correction on a held-out slice of the exemplar memory, so "
+                    "it needs replay or der (e.g. 'bic+replay')")
+    excludes = {"wa": "wa and bic both correct the head's bias; choose one"}
+    state_key = "bias"
+
+    def __init__(self, options, parts):
+        super().__init__(options, parts)
+        if not 0 < options.bic_holdout < 0.5:
+            raise ValueError(f"bic_holdout must be in (0, 0.5), got {options.bic_holdout!r}")
+        self.holdout = options.bic_holdout
+        self.bias = BiasCorrection()
+        self.keep: list[int] | None = None  # the positions of the task's data left to train on
+
+    def before_task(self, run, t, train):
+        # before anything trains (even a task that trains nothing)
+        self.keep = run.memory.reserve(t, train[t], list(range(*run.plan.spans[t])))
+
+    def train_data(self, run, t, train, data):
+        return LabeledSubset(data, self.keep), 0
+
+    def after_training(self, run, t, train):
+        start, stop = run.plan.spans[t]
+        if not start or (t == 0 and run.plan.skip_first):  # no older classes
+            return
+        logits, labels = run.outputs(union(run.memory.heldout_datasets(train)))
+        self.bias.layers.append((start, stop, *fit_bias(self.bias(logits), labels, start, stop)))
+
+    def scores(self, run, x):
+        return self.bias(run.model(x).float())
+
+    def state_dict(self):
+        return self.bias.state_dict()
+
+    def load_state_dict(self, state, device):
+        self.bias.load_state_dict(state)

@@ -14,9 +14,10 @@ from ptcore.data import LabeledSubset
 from ptcore.models import get_head, head_width
 from ptcore.ops import kd_loss_topk
 from ptcore.strategies.distill.teacher import TeacherView
-from ptcore.strategies._incr_memory import union
+from ptcore.strategies.incremental.memory import union
+from ptcore.strategies.incremental.registry import Method, Term, register
 
-__all__ = ["LogitStore", "Targets", "der_loss"]
+__all__ = ["LogitStore", "Targets", "der_loss", "DER"]
 
 
 class Targets(Dataset):
@@ -105,3 +106,50 @@ def der_loss(logits: torch.Tensor, target: torch.Tensor, width: torch.Tensor, *,
         return ((z - t[:, : z.shape[1]]).pow(2) * known).sum() / known.sum()
     return kd_loss_topk(z.masked_fill(~known, float("-inf")), t[:, :topk].contiguous(),
                         t[:, topk:].long(), temperature=temperature)
+
+
+@register
+class DER(Method):
+    name = "der"
+    help = ("store the model's logits beside each exemplar and replay them (der_weight; "
+            "der_topk: the top-k as KD targets); alone the exemplars learn from their logits "
+            "only, der+replay from their labels too (DER++)")
+    uses_memory = True
+    unmixed = "its stored logits belong to the unmixed exemplars"
+    state_key = "logits"
+
+    def __init__(self, options, parts):
+        super().__init__(options, parts)
+        if not options.der_weight >= 0:
+            raise ValueError(f"der_weight must be >= 0, got {options.der_weight!r}")
+        self.weight, self.temperature = float(options.der_weight), float(options.temperature)
+        self.logits = LogitStore(options.der_topk)
+
+    def train_data(self, run, t, train, data):
+        size = len(run.plan.classes) if self.logits.topk is None else 2 * self.logits.topk
+        parts = [Targets(data, torch.zeros(len(data), size),
+                         torch.zeros(len(data), dtype=torch.long))]
+        if self.logits.stored:
+            parts.append(self.logits.dataset(run.memory, train, size))
+        return union(parts), 2
+
+    def labelled(self, fields):
+        # DER alone: the exemplars learn from their stored logits only
+        return None if "replay" in self.parts else fields[1] == 0
+
+    def loss_terms(self, run, step):
+        stored, width = step.fields
+        return {"der": Term(der_loss(step.logits, stored, width, topk=self.logits.topk,
+                                     temperature=self.temperature), self.weight)}
+
+    def after_task(self, run, t, train):
+        rows = list(range(*run.plan.spans[t]))
+        self.logits.add(run.model, run.memory, train, rows, device=run.device,
+                        progress=run.fit_args["progress"])
+        self.logits.sync(run.memory)
+
+    def state_dict(self):
+        return self.logits.state_dict()
+
+    def load_state_dict(self, state, device):
+        self.logits.load_state_dict(state)
