@@ -122,7 +122,7 @@ def has_cuda_kernels() -> bool:
 def info() -> dict:
     """ptcore's version; the native build (its version with the local tag naming the torch
     and CUDA it was built for, those versions, its CUDA archs); what runs; the backends."""
-    from ptcore import __version__
+    from ptcore._version import __version__
 
     built = build_info()
     backends = []

@@ -56,7 +56,7 @@ def backbone_path(arch: str, image_size: int) -> Path:
     """Where ``arch``'s glyph-pretrained weights for ``image_size`` inputs are: the shipped
     file if its provenance says it was made by this recipe, else a cache entry named by
     the recipe's and ptcore's fingerprint (which :func:`ensure_backbone` builds)."""
-    from ptcore import __version__
+    from ptcore._version import __version__
 
     key = _recipe_key(glyphs_recipe("-", arch=arch, image_size=image_size))
     if key == _recipe_key(read_provenance(SHIPPED, verify=False)["config"]):

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ptcore.config import validate_config
+from ptcore.runtime.run_folder import RESULTS
 from ptcore.runner.progress import plain_progress
 from ptcore.runner.sources import weights_sources
 from ptcore.runner.stages import prepare, pretrained_path
@@ -80,7 +81,7 @@ def _run(configs: list[dict], out: Path, command: str, sources: list[str] | None
         results["context"][stage] = {**p.context, "seconds": time.perf_counter() - t0}
         _say(text_table(stage, results[stage]))
     results["wall_seconds"] = time.perf_counter() - started
-    write_results(out / "results.json", results)
+    write_results(out / RESULTS, results)
     report = write_report(results, out)
-    _say(f"done in {results['wall_seconds']:.1f}s: {out / 'results.json'}, {report}")
+    _say(f"done in {results['wall_seconds']:.1f}s: {out / RESULTS}, {report}")
     return results

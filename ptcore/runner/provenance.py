@@ -33,7 +33,7 @@ def write_provenance(weights: str | os.PathLike, cfg: dict, method: str, record:
     ``cfg``'s ``data.image_size`` may leave unset)."""
     import torch
 
-    from ptcore import __version__
+    from ptcore._version import __version__
     from ptcore.runtime.files import atomic_write_json
 
     weights = Path(weights)

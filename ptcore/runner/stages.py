@@ -115,7 +115,9 @@ _SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
 def pretrained_path(cfg: dict, method: str) -> Path:
     """Where the pretrain stage saves ``method``'s model."""
-    return Path(cfg["out"]) / method / "model.pt"
+    from ptcore.runtime.run_folder import MODEL
+
+    return Path(cfg["out"]) / method / MODEL
 
 
 def _finetune(p: Prepared, name: str, opts: dict) -> dict:
