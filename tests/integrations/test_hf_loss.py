@@ -121,12 +121,12 @@ def test_labels_only_and_held_out_loss_are_the_cross_entropy_without_logits():
     y = labels.masked_fill(mask == 0, -100)[:, 1:]
     logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
     ref = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    unpadded = student(input_ids=ids).logits[:, :-1]
+    plain = F.cross_entropy(unpadded.flatten(0, 1), ids[:, 1:].flatten()).item()
     fn = LMDistillLoss(student, soft_weight=0.0, hard_weight=1.0)  # its probe runs lm_head
     hooks = _forbid_head(student)
     got = fn(ids, mask, labels)
     torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-9, atol=0)
-    unpadded = student(input_ids=ids).logits[:, :-1]
-    plain = F.cross_entropy(unpadded.flatten(0, 1), ids[:, 1:].flatten()).item()
     assert held_out_loss(student, ids) == pytest.approx(plain, rel=1e-9)
     for h in hooks:
         h.remove()
