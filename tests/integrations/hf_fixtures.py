@@ -78,3 +78,19 @@ def tiny(family: str, vocab: int, *, seed: int = 0, hidden: int = 32, layers: in
         warnings.simplefilter("ignore")
         model = classes[family](config)
     return model.eval()
+
+
+def token_windows(tokenizer, text: str, length: int) -> torch.Tensor:
+    """Non-overlapping windows ``[M, length]`` of the tokenized ``text``."""
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    m = ids.numel() // length
+    return ids[:m * length].reshape(m, length)
+
+
+def store_case():
+    """(teacher, tokenizer, windows [24, 32]) of the teacher-store tests, the same in every
+    process."""
+    text = stdlib_text(("json", "textwrap"))
+    tokenizer = bpe_tokenizer(text, vocab=320)
+    return (tiny("qwen2", len(tokenizer), seed=3), tokenizer,
+            token_windows(tokenizer, text, 32)[:24])
