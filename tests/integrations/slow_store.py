@@ -3,11 +3,14 @@ test_hf_store.py, which kills it with SIGKILL mid-pass). argv: store path."""
 import sys
 import time
 
+import torch
+
 from ptcore.cache import feature_cache
 from ptcore.integrations.hf import store
 from tests.integrations.hf_fixtures import store_case
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # as conftest.py does for the tests
     feature_cache._COMMIT_EVERY_S = 0.0
     forward = store._TopK.forward
 
