@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -94,3 +95,18 @@ def store_case():
     tokenizer = bpe_tokenizer(text, vocab=320)
     return (tiny("qwen2", len(tokenizer), seed=3), tokenizer,
             token_windows(tokenizer, text, 32)[:24])
+
+
+@contextmanager
+def no_logits(*models, probe: int = 8):
+    """Fail if any model's lm_head runs on more than ``probe`` positions (the one-off check
+    of ptcore.integrations.hf.CausalLM): the [tokens, V] logits are never made."""
+    def fail(_module, args, _out):
+        rows = args[0].shape[:-1].numel()
+        assert rows <= probe, f"lm_head ran on {rows} positions: the logits were materialised"
+    hooks = [m.get_output_embeddings().register_forward_hook(fail) for m in models]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.integrations.hf_fixtures import tiny
+from tests.integrations.hf_fixtures import no_logits, tiny
 
 from ptcore.integrations.hf import (CausalLM, LMDistillLoss, UnsupportedModelError,
                                     VocabularyMismatchError, check_same_vocabulary,
@@ -41,12 +41,6 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _forbid_head(*models):
-    def fail(*_):
-        raise AssertionError("lm_head was called: the logits were materialised")
-    return [m.get_output_embeddings().register_forward_hook(fail) for m in models]
-
-
 def _batch(vocab, seed=0, b=3, length=11):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (b, length), generator=g)
@@ -70,13 +64,10 @@ def test_fused_loss_and_every_gradient_equal_the_materialised_logits(family, div
     ref.backward()
     want = _grads(student)
     student.zero_grad(set_to_none=True)
-    loss_fn = LMDistillLoss(student, teacher, temperature=2.0, hard_weight=0.5,
-                            divergence=divergence, chunk_size=7)
-    hooks = _forbid_head(student, teacher)
-    loss = loss_fn(ids, mask, labels)
-    loss.backward()
-    for h in hooks:
-        h.remove()
+    with no_logits(student, teacher):
+        loss = LMDistillLoss(student, teacher, temperature=2.0, hard_weight=0.5,
+                             divergence=divergence, chunk_size=7)(ids, mask, labels)
+        loss.backward()
     got = _grads(student)
     torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-9, atol=0)
     assert set(got) == set(want) and len(want) == len(list(student.parameters()))
@@ -123,13 +114,13 @@ def test_labels_only_and_held_out_loss_are_the_cross_entropy_without_logits():
     ref = F.cross_entropy(logits.flatten(0, 1), y.flatten())
     unpadded = student(input_ids=ids).logits[:, :-1]
     plain = F.cross_entropy(unpadded.flatten(0, 1), ids[:, 1:].flatten()).item()
-    fn = LMDistillLoss(student, soft_weight=0.0, hard_weight=1.0)  # its probe runs lm_head
-    hooks = _forbid_head(student)
-    got = fn(ids, mask, labels)
+    with no_logits(student):
+        got = LMDistillLoss(student, soft_weight=0.0, hard_weight=1.0)(ids, mask, labels)
+        held = held_out_loss(student, ids)
     torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-9, atol=0)
-    assert held_out_loss(student, ids) == pytest.approx(plain, rel=1e-9)
-    for h in hooks:
-        h.remove()
+    assert held == pytest.approx(plain, rel=1e-9)
+    with pytest.raises(AssertionError, match="materialised"), no_logits(student):
+        student(input_ids=ids)  # the check itself catches the model's own head
 
 
 def test_a_top_k_teacher_per_call_matches_the_full_teacher_at_k_equal_v():
@@ -139,8 +130,10 @@ def test_a_top_k_teacher_per_call_matches_the_full_teacher_at_k_equal_v():
         lp = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
     values, indices = lp.topk(V, dim=-1)
     fn = LMDistillLoss(student)
+    with no_logits(student):
+        got = fn(ids, mask, labels, teacher_values=values, teacher_indices=indices)
     torch.testing.assert_close(
-        fn(ids, mask, labels, teacher_values=values, teacher_indices=indices),
+        got,
         LMDistillLoss(student, teacher)(ids, mask, labels), rtol=1e-9, atol=0)
     with pytest.raises(ValueError, match="no teacher"):
         fn(ids, mask, labels)

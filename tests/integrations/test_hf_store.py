@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integrations.hf_fixtures import bpe_tokenizer, store_case
+from tests.integrations.hf_fixtures import bpe_tokenizer, no_logits, store_case
 
 from ptcore.integrations.hf import store as store_module
 from ptcore.integrations.hf.store import (TeacherStoreError, build_teacher_store,
@@ -22,9 +22,12 @@ from ptcore.integrations.hf.store import (TeacherStoreError, build_teacher_store
 ROOT = Path(__file__).parents[2]
 
 
-def test_the_store_holds_the_top_k_of_the_teachers_logits_and_opens_without_it(tmp_path):
+def test_the_store_holds_the_top_k_of_the_teachers_logits_and_opens_without_it(tmp_path,
+                                                                              monkeypatch):
     teacher, tokenizer, windows = store_case()
-    built = build_teacher_store(tmp_path / "s", teacher, windows, k=8, tokenizer=tokenizer)
+    monkeypatch.setattr(store_module, "_CHUNK_ELEMS", 10 * len(tokenizer))  # 10-row chunks
+    with no_logits(teacher):
+        built = build_teacher_store(tmp_path / "s", teacher, windows, k=8, tokenizer=tokenizer)
     assert built.bytes_per_token == 64 and len(built) == 24
     with torch.no_grad():
         lp = teacher(input_ids=windows).logits[:, :-1].double().log_softmax(-1)
