@@ -51,9 +51,9 @@ def bpe_tokenizer(text: str, vocab: int = 384):
 
 def tiny(family: str, vocab: int, *, seed: int = 0, hidden: int = 32, layers: int = 2,
          **overrides):
-    """A randomly initialised causal LM of ``family``, without dropout (llama: untied head; qwen2: tied
-    embeddings; gpt2: tied, learned positions; phi: a head with bias; cohere: a logit scale;
-    gemma2: logit soft-capping)."""
+    """A randomly initialised causal LM of ``family``, without dropout (llama: untied head;
+    qwen2: tied embeddings; gpt2: tied, learned positions; phi: a head with bias; cohere: a
+    logit scale; gemma2: logit soft-capping)."""
     t = transformers
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                   num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=256,
