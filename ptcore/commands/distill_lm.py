@@ -82,7 +82,7 @@ def run(args) -> int:
     return 0
 
 
-def _load(path, progress: bool):
+def _load(path, progress: bool, **model_options):
     import warnings
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,7 +91,8 @@ def _load(path, progress: bool):
     (logging.enable_progress_bar if progress else logging.disable_progress_bar)()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # transformers' notices about unused config keys
-        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        return (AutoModelForCausalLM.from_pretrained(path, **model_options),
+                AutoTokenizer.from_pretrained(path))
 
 
 def _teacher_source(args, train, tokenizer, student, device):
@@ -128,13 +129,18 @@ def _distill_lm(args) -> dict:
     from ptcore.engine import atomic_write_json, fit, make_optimizer
     from ptcore.integrations.hf import LMDistillLoss, held_out_loss
     from ptcore.integrations.hf.data import held_out_split, read_texts, token_windows
-    from ptcore.runtime.distributed import is_main, resolve_device
+    from ptcore.errors import UserError
+    from ptcore.runtime.distributed import is_main, resolve_device, world_size
 
     device = resolve_device(args.device)
-    student, tokenizer = _load(args.student, not args.no_progress)
+    # float32 master weights (--amp runs the matmuls in bfloat16); the teacher keeps its dtype
+    student, tokenizer = _load(args.student, not args.no_progress, dtype=torch.float32)
     windows = token_windows(read_texts(args.data, args.text_column), tokenizer, args.length)
     train, held = held_out_split(windows, args.val)
     resume = open_run_folder(args, "distill-lm")  # after the checks: a bad option leaves --out
+    if world_size() > 1:
+        raise UserError("ptcore distill-lm runs in one process for now (the fused loss calls "
+                        "the student's base model past the DDP wrapper)")
     teacher, store = _teacher_source(args, train, tokenizer, student, device)
     labels_only = args.mode == "labels"
     loss_fn = LMDistillLoss(student, teacher, temperature=args.temperature,

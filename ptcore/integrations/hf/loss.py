@@ -82,8 +82,7 @@ class LMDistillLoss:
                  labels: torch.Tensor | None = None, *,
                  teacher_values: torch.Tensor | None = None,
                  teacher_indices: torch.Tensor | None = None,
-                 num_items_in_batch: torch.Tensor | int | None = None, **_unused
-                 ) -> torch.Tensor:
+                 num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(f"input_ids must be [batch, length >= 2], got "
                              f"{tuple(input_ids.shape)}")

@@ -141,7 +141,9 @@ def build_teacher_store(path, teacher, windows: torch.Tensor, *, k: int, tokeniz
                                      "teacher": digest, "windows": tensor_digest(windows),
                                      "shape": list(windows.shape)})
     module = _TopK(lm, k, vocab, digest, lm.weight.device)
-    return TeacherStore(path, k, vocab, _cache(path, module, windows, batch_size, progress))
+    cache = _cache(path, module, windows, batch_size, progress)
+    module.__dict__["teacher"] = None  # served from disk now: the store keeps no teacher alive
+    return TeacherStore(path, k, vocab, cache)
 
 
 def open_teacher_store(path, windows: torch.Tensor, *, tokenizer=None,

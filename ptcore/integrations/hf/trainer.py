@@ -17,6 +17,8 @@ from ptcore.integrations.hf.loss import LMDistillLoss
 
 __all__ = ["DistillTrainer"]
 
+_BATCH_KEYS = ("input_ids", "attention_mask", "labels", "teacher_values", "teacher_indices")
+
 
 class DistillTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is :class:`LMDistillLoss` of ``model`` (the
@@ -43,13 +45,11 @@ class DistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        ids = inputs.pop("input_ids")
-        loss = self.distill_loss(ids, inputs.pop("attention_mask", None),
-                                 inputs.pop("labels", None),
-                                 teacher_values=inputs.pop("teacher_values", None),
-                                 teacher_indices=inputs.pop("teacher_indices", None),
-                                 num_items_in_batch=num_items_in_batch)
+        unknown = sorted(set(inputs) - set(_BATCH_KEYS))
+        if unknown:
+            raise ValueError(f"DistillTrainer does not use the batch keys {unknown} (it takes "
+                             f"{', '.join(_BATCH_KEYS)})")
+        loss = self.distill_loss(**inputs, num_items_in_batch=num_items_in_batch)
         # Normalised over the whole accumulated batch: the Trainer must not divide again.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         return (loss, {}) if return_outputs else loss
