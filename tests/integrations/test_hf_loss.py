@@ -164,3 +164,27 @@ def test_different_vocabularies_are_refused_naming_the_first_differing_token():
         check_same_vocabulary(a, {"<pad>": 0, "the": 1, "dog": 2, "sat": 3})
     with pytest.raises(VocabularyMismatchError, match=r"token id 4: '<none>'.*'mat'"):
         check_same_vocabulary(a, {**a, "mat": 4})
+
+
+def test_gradient_checkpointing_and_bf16_autocast_train_as_without_them():
+    teacher = tiny("llama", V, seed=2)
+    ids, mask, labels = _batch(V)
+
+    def grads(student, autocast=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = LMDistillLoss(student, teacher, hard_weight=0.5)(ids, mask, labels)
+        loss.backward()
+        return loss.detach().float(), _grads(student)
+
+    loss, want = grads(tiny("llama", V, seed=1).train())
+    checkpointed = tiny("llama", V, seed=1).train()
+    checkpointed.activation_checkpointing_enable()  # transformers 5's name
+    assert checkpointed.is_activation_checkpointing
+    loss_ckpt, got = grads(checkpointed)
+    assert loss_ckpt == loss
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+    loss_bf16, got = grads(tiny("llama", V, seed=1).train(), autocast=True)
+    assert abs(loss_bf16 - loss) < 3e-2 * loss
+    for name in want:  # bfloat16 matmuls: about 1% of each gradient's norm
+        assert (got[name] - want[name]).norm() <= 5e-2 * want[name].norm(), name
