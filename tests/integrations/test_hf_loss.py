@@ -185,6 +185,6 @@ def test_gradient_checkpointing_and_bf16_autocast_train_as_without_them():
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
     loss_bf16, got = grads(tiny("llama", V, seed=1).train(), autocast=True)
-    assert abs(loss_bf16 - loss) < 3e-2 * loss
-    for name in want:  # bfloat16 matmuls: about 1% of each gradient's norm
-        assert (got[name] - want[name]).norm() <= 5e-2 * want[name].norm(), name
+    assert abs(loss_bf16 - loss) < 1e-3 * loss
+    for name in want:  # bfloat16 matmuls: at most 0.8% of each gradient's norm, measured
+        assert (got[name] - want[name]).norm() <= 2e-2 * want[name].norm(), name
