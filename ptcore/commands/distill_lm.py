@@ -131,6 +131,7 @@ def _distill_lm(args) -> dict:
     from ptcore.integrations.hf.data import held_out_split, read_texts, token_windows
     from ptcore.errors import UserError
     from ptcore.runtime.distributed import is_main, resolve_device, world_size
+    from ptcore.strategies._param_groups import weight_decay_groups
 
     device = resolve_device(args.device)
     # float32 master weights (--amp runs the matmuls in bfloat16); the teacher keeps its dtype
@@ -156,9 +157,8 @@ def _distill_lm(args) -> dict:
         values, indices = store.get(index.cpu(), device=ids.device)
         return loss_fn(ids, teacher_values=values, teacher_indices=indices)
 
-    optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad],
-                               args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
-                               lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(weight_decay_groups(student, args.weight_decay), args.optimizer,
+                               momentum=args.momentum, nesterov=args.nesterov, lr=args.lr)
     data = torch.utils.data.TensorDataset(train, torch.arange(train.shape[0]))
     history = fit(student, data, optimizer, epochs=args.epochs, batch_size=args.batch_size,
                   step_fn=step, schedule=args.schedule, out_dir=args.out, resume=resume,

@@ -20,6 +20,7 @@ import torch
 from ptcore.cache import FeatureCache
 from ptcore.cache.build import inference
 from ptcore.cache.fingerprint import module_digest, tensor_digest
+from ptcore.cache.persist import read_json
 from ptcore.errors import UserError
 from ptcore.integrations.hf.model import CausalLM, check_same_vocabulary, teacher_rows
 from ptcore.runtime.files import atomic_write_json
@@ -153,8 +154,6 @@ def open_teacher_store(path, windows: torch.Tensor, *, tokenizer=None,
     size, or with a tokenizer other than ``tokenizer``'s."""
     _check_windows(windows)
     path = Path(path)
-    from ptcore.cache.persist import read_json
-
     info = read_json(os.fspath(path / STORE))
     if info is None or info.get("format") != FORMAT:
         raise TeacherStoreError(f"no teacher store at {str(path)!r} (no readable {STORE}); "
