@@ -18,7 +18,7 @@ import os
 import sys
 import traceback
 
-COMMANDS = ["info", "models", "finetune", "distill", "incremental", "run", "demo"]
+COMMANDS = ["info", "models", "finetune", "distill", "distill_lm", "incremental", "run", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

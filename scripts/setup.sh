@@ -9,5 +9,7 @@ export MAX_JOBS="${MAX_JOBS:-2}"
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q numpy scikit-learn tqdm matplotlib pyyaml pytest hypothesis pytest-benchmark \
     safetensors timm tensorboard setuptools wheel ninja
-python -m pip install -q --no-build-isolation -e .
+# ptcore itself, with the hf extra (transformers, datasets, accelerate, tokenizers) whose
+# tests would otherwise skip
+python -m pip install -q --no-build-isolation -e '.[hf]'
 python -m ptcore info

@@ -1,0 +1,55 @@
+"""``DistillTrainer``: ``transformers.Trainer`` with ptcore's fused distillation loss. A
+script that trains a causal LM with ``Trainer`` changes in two lines (docs/llm.md)::
+
+    trainer = DistillTrainer(model=student, teacher_model=teacher,
+                             distill={"temperature": 2.0, "hard_weight": 0.5},
+                             args=args, train_dataset=ds, data_collator=collator)
+
+Everything else is the Trainer's: optimizer, schedule, gradient accumulation (the loss is
+summed over tokens and divided by the Trainer's ``num_items_in_batch`` where it counts them,
+so that accumulated micro-batches weigh every token alike), autocast, gradient checkpointing
+(``args.gradient_checkpointing``), logging and checkpoints."""
+from __future__ import annotations
+
+from transformers import Trainer
+
+from ptcore.integrations.hf.loss import LMDistillLoss
+
+__all__ = ["DistillTrainer"]
+
+_BATCH_KEYS = ("input_ids", "attention_mask", "labels", "teacher_values", "teacher_indices")
+
+
+class DistillTrainer(Trainer):
+    """A ``transformers.Trainer`` whose loss is :class:`LMDistillLoss` of ``model`` (the
+    student) against ``teacher_model`` (moved to the training device, kept in eval mode, never
+    trained). ``distill``: LMDistillLoss's options (temperature, divergence, beta,
+    hard_weight, soft_weight, tail_bucket, chunk_size). Without a teacher, batches must carry
+    ``teacher_values`` and ``teacher_indices`` (``[B, L - 1, K]``, a top-k teacher), or
+    ``soft_weight`` must be 0 (pass ``remove_unused_columns=False`` in the arguments so that the
+    Trainer keeps those columns). One process only for now: DDP/FSDP wrap the student, and the
+    adapter calls its base model directly (refused, not silently wrong)."""
+
+    def __init__(self, *args, teacher_model=None, distill: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError("DistillTrainer runs in one process for now (the fused "
+                                      "loss calls the student's base model past the DDP/FSDP "
+                                      "wrapper)")
+        if teacher_model is not None:
+            teacher_model = teacher_model.to(self.args.device).eval()
+            teacher_model.requires_grad_(False)
+        self.distill_loss = LMDistillLoss(self.model, teacher_model, **(distill or {}))
+        # Have the Trainer count the target tokens of each accumulated batch
+        # (num_items_in_batch), as it does for a model whose own loss takes that count.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unknown = sorted(set(inputs) - set(_BATCH_KEYS))
+        if unknown:
+            raise ValueError(f"DistillTrainer does not use the batch keys {unknown} (it takes "
+                             f"{', '.join(_BATCH_KEYS)})")
+        loss = self.distill_loss(**inputs, num_items_in_batch=num_items_in_batch)
+        # Normalised over the whole accumulated batch: the Trainer must not divide again.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        return (loss, {}) if return_outputs else loss
