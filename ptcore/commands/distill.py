@@ -4,8 +4,6 @@ from ptcore.commands._engine_args import add_engine_arguments, start_run, strate
 from ptcore.commands._run_folder import open_run_folder
 from ptcore.commands.options import add_options
 
-from ptcore._kd_args import DIVERGENCES
-
 CACHE_DTYPES = ("float16", "bfloat16", "float32", "int8")
 
 
@@ -19,30 +17,22 @@ def add_parser(sub):
         "training split (the rest is unlabelled: the teacher's soft pseudo-labels only), "
         "distil --teacher into --student, and report the student's test accuracy. Writes "
         "last.pt, metrics.jsonl, model.pt (the student) and summary.json to --out.")
-    p.add_argument("--teacher", help="model name (see ptcore.models.list_models); required, "
-                   "here or in --config")
+    add_options(p, "distill", "teacher")
     p.add_argument("--teacher-weights",
                    help="torchvision weights name or local state_dict / ptcore checkpoint; "
                    "its head must score the data's classes (required)")
-    p.add_argument("--student", help="model name (required)")
+    add_options(p, "distill", "student")
     p.add_argument("--student-weights", help="initial student weights (default: random init)")
     add_options(p, "distill", "data", "root", "image_size", "preprocess", "download",
                 "classes")
     p.add_argument("--teacher-image-size", type=int,
                    help="the teacher's input size (inputs are resized for it)")
     add_options(p, "distill", "augment", "shots", "val", "test")
-    p.add_argument("--mode", choices=("online", "offline"), default="online")
-    p.add_argument("--topk", type=int, help="distil against the teacher's top-k logits")
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--soft-weight", type=float, default=1.0)
-    p.add_argument("--hard-weight", type=float, default=1.0)
+    add_options(p, "distill", "mode", "topk", "temperature", "soft_weight", "hard_weight")
     p.add_argument("--threshold", type=float,
                    help="use unlabelled samples where the teacher's confidence at "
                    "--temperature is at least this")
-    add_options(p, "distill", "method")
-    p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
-                   help="the logit KD term's divergence (method kd, full logits)")
-    p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
+    add_options(p, "distill", "method", "divergence", "beta")
     p.add_argument("--features", dest="feature_pairs", help="layer pairs for the feature "
                    f"terms ({', '.join(names('features'))}): "
                    "student.path:teacher.path[,student.path:teacher.path...]")

@@ -7,9 +7,6 @@ under OUT/student, loadable with AutoModelForCausalLM.from_pretrained. Needs the
 from ptcore.commands._run_folder import open_run_folder
 from ptcore.commands.options import add_options
 
-from ptcore._kd_args import DIVERGENCES
-
-MODES = ("online", "offline", "labels")
 _LOOP = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "momentum", "nesterov",
          "schedule", "amp", "num_workers", "device", "seed", "out", "resume", "overwrite",
          "ddp_timeout", "no_progress")
@@ -27,28 +24,15 @@ def add_parser(sub):
         "--store and data needs no --teacher. --mode labels trains the same student on the "
         "next tokens alone (the baseline). Hub ids work where transformers can reach the "
         "network; offline, give local folders (save_pretrained).")
-    p.add_argument("--teacher", help="teacher checkpoint: a local folder or a Hub id "
-                   "(required for online; offline only to build or finish --store)")
-    p.add_argument("--student", required=True, help="student checkpoint to start from: a "
-                   "local folder or a Hub id (its tokenizer tokenizes --data)")
-    p.add_argument("--data", nargs="+", required=True, metavar="SOURCE",
-                   help="text files, folders of *.txt, a datasets folder (save_to_disk) or a "
-                   "datasets Hub name")
+    add_options(p, "distill-lm", "teacher", "student", "data")
     p.add_argument("--text-column", default="text", help="the datasets column with the text")
     p.add_argument("--length", type=int, default=256, help="tokens per training window")
     add_options(p, "distill-lm", "val")
-    p.add_argument("--mode", choices=MODES, default="online")
+    add_options(p, "distill-lm", "mode")
     p.add_argument("--store", help="offline: the teacher store folder (default OUT/"
                    "teacher-store); reused by every run on the same data and tokenizer")
-    p.add_argument("--topk", type=int, default=64, help="offline: teacher log-probabilities "
-                   "kept per token (8·K bytes a token)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--divergence", choices=DIVERGENCES, default="forward_kl",
-                   help="online only; offline is forward KL")
-    p.add_argument("--beta", type=float, default=0.5, help="jsd's mixing weight")
-    p.add_argument("--soft-weight", type=float, default=1.0)
-    p.add_argument("--hard-weight", type=float, default=0.0,
-                   help="weight of the next-token cross-entropy beside the soft term")
+    add_options(p, "distill-lm", "topk", "temperature", "divergence", "beta", "soft_weight",
+                "hard_weight")
     p.add_argument("--chunk-size", type=int, help="rows per chunk of the fused loss")
     add_options(p, "distill-lm", *_LOOP, group="training loop")
     add_options(p, "distill-lm", *_LOGGING, group="logging and checkpoints")

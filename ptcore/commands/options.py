@@ -17,7 +17,7 @@ from typing import Any, Callable
 __all__ = ["Option", "SHARED", "RENAMED", "CHANGED", "add_options", "add_renamed",
            "announce_renamed", "OLD_SETTINGS", "int_list"]
 
-COMMANDS = ("finetune", "incremental", "distill")
+COMMANDS = ("finetune", "incremental", "distill", "distill-lm")
 
 
 def int_list(text: str) -> list[int]:
@@ -66,8 +66,10 @@ def _resume_mode(text: str):
 @dataclass(frozen=True)
 class Option:
     """One command-line option. ``defaults``/``detail``: what differs per command (a
-    default; a sentence appended to the help, or a callable giving it). ``choices`` may be a
-    callable, read when the parser is built (a registry that imports lazily)."""
+    default; a sentence appended to the help, or a callable giving it); ``overrides``: any
+    other argparse keyword a command sets its own way (e.g. distill-lm's text ``--data``).
+    ``choices`` may be a callable, read when the parser is built (a registry that imports
+    lazily)."""
     flags: tuple[str, ...]
     help: str | Callable[[], str]
     type: Callable | None = None
@@ -80,6 +82,7 @@ class Option:
     dest: str | None = None
     nargs: str | None = None
     const: Any = None
+    overrides: dict = field(default_factory=dict)
 
     def help_for(self, command: str) -> str:
         text = self.help() if callable(self.help) else self.help
@@ -101,6 +104,7 @@ class Option:
         kw["default"] = self.defaults.get(command, self.default)
         if self.dest is not None:
             kw["dest"] = self.dest
+        kw.update(self.overrides.get(command, {}))
         return p.add_argument(*self.flags, **kw)
 
 
@@ -149,7 +153,11 @@ _DATA = {
     "weights": _O(("--weights",), "torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or a "
                   "local state_dict / ptcore checkpoint file (default: random init)"),
     "data": _O(("--data",), "'digits', an image folder, or a torchvision dataset name with "
-               "--root (docs/data.md)", default="digits"),
+               "--root (docs/data.md)", default="digits", defaults={"distill-lm": None},
+               overrides={"distill-lm": dict(
+                   nargs="+", required=True, metavar="SOURCE",
+                   help="text files, folders of *.txt, a datasets folder (save_to_disk) or a "
+                   "datasets Hub name")}),
     "root": _O(("--root",), "where a torchvision dataset's or a benchmark's files are (its "
                "official train/test splits are used, and an image folder's train/, val/, "
                "test/ subfolders)"),
@@ -229,6 +237,48 @@ _ENGINE = {
 }
 
 
+def _divergences():
+    from ptcore._kd_args import DIVERGENCES
+
+    return DIVERGENCES
+
+
+# Distillation: `distill` (image classifiers) and `distill-lm` (Hugging Face causal LMs).
+_LM = "distill-lm"
+_KD = {
+    "teacher": _O(("--teacher",), "the teacher", detail={
+        "distill": "a registered model name (`ptcore models`); required, here or in --config",
+        _LM: "a checkpoint folder or a Hub id; required for --mode online, and offline to "
+             "build or finish --store"}),
+    "student": _O(("--student",), "the student", detail={
+        "distill": "a registered model name; required, here or in --config",
+        _LM: "the checkpoint to start from: a folder or a Hub id (its tokenizer reads "
+             "--data)"}, overrides={_LM: dict(required=True)}),
+    "mode": _O(("--mode",), "online: the teacher runs beside the student; offline: its "
+               "outputs are computed once, cached, and read back", default="online",
+               choices=("online", "offline"),
+               overrides={_LM: dict(choices=("online", "offline", "labels"), help=(
+                   "online: the teacher runs beside the student; offline: its top-k per token "
+                   "is computed once into --store and read back; labels: the next tokens "
+                   "alone (the baseline)"))}),
+    "topk": _O(("--topk",), "distil against the teacher's top-k logits (a cached teacher "
+               "stores 2·K numbers per row)", type=int, defaults={_LM: 64},
+               detail={_LM: "offline: log-probabilities kept per token, 8·K bytes"}),
+    "temperature": _O(("--temperature",), "the softmax temperature of both distributions",
+                      type=float, default=4.0, defaults={_LM: 1.0}),
+    "soft_weight": _O(("--soft-weight",), "weight of the distillation term", type=float,
+                      default=1.0),
+    "hard_weight": _O(("--hard-weight",), "weight of the cross-entropy on the labels beside "
+                      "the distillation term", type=float, default=1.0, defaults={_LM: 0.0},
+                      detail={_LM: "the next tokens"}),
+    "divergence": _O(("--divergence",), "the distillation term's divergence",
+                     choices=_divergences, default="forward_kl",
+                     detail={"distill": "method kd, full logits",
+                             _LM: "online only; offline is forward KL"}),
+    "beta": _O(("--beta",), "jsd's mixing weight", type=float, default=0.5),
+}
+
+
 def _loggers_help() -> str:
     from ptcore.engine.loggers import LOGGERS
 
@@ -262,7 +312,7 @@ _LOGGING = {
                         "docs/reproducibility.md)", action="store_true", default=False),
 }
 
-SHARED: dict[str, Option] = {**_DATA, **_ENGINE, **_LOGGING}
+SHARED: dict[str, Option] = {**_DATA, **_ENGINE, **_LOGGING, **_KD}
 
 # Spellings of one release ago: old flag -> (the commands that had it, the option now).
 # incremental's --classes was the head's classes; the data's classes were --data-classes.
