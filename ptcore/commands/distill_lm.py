@@ -106,11 +106,9 @@ def _teacher_source(args, train, tokenizer, student, device):
 
 
 def _distill_lm(args) -> dict:
-    from pathlib import Path
-
     import torch
 
-    from ptcore.engine import atomic_write_json, fit, make_optimizer
+    from ptcore.engine import fit, make_optimizer
     from ptcore.integrations.hf import LMDistillLoss, held_out_loss
     from ptcore.integrations.hf.data import held_out_split, read_texts, token_windows
     from ptcore.errors import UserError
@@ -122,7 +120,7 @@ def _distill_lm(args) -> dict:
     student, tokenizer = _load(args.student, not args.no_progress, dtype=torch.float32)
     windows = token_windows(read_texts(args.data, args.text_column), tokenizer, args.length)
     train, held = held_out_split(windows, args.val)
-    resume = open_run_folder(args, "distill-lm")  # after the checks: a bad option leaves --out
+    run = open_run_folder(args, "distill-lm")  # after the checks: a bad option leaves --out
     if world_size() > 1:
         raise UserError("ptcore distill-lm runs in one process for now (the fused loss calls "
                         "the student's base model past the DDP wrapper)")
@@ -145,13 +143,13 @@ def _distill_lm(args) -> dict:
                                momentum=args.momentum, nesterov=args.nesterov, lr=args.lr)
     data = torch.utils.data.TensorDataset(train, torch.arange(train.shape[0]))
     history = fit(student, data, optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                  step_fn=step, schedule=args.schedule, out_dir=args.out, resume=resume,
+                  step_fn=step, schedule=args.schedule, out_dir=run, resume=run.resume,
                   amp=args.amp, seed=args.seed, device=device, progress=not args.no_progress,
                   num_workers=args.num_workers, log=args.log, log_every=args.log_every,
                   save_every=args.save_every, keep_last=args.keep_last,
                   deterministic=args.deterministic,
                   meta={"student": args.student, "mode": args.mode})
-    out = Path(args.out)
+    out = run.path
     summary = {"mode": args.mode, "student": str(out / "student"), "history": history,
                "train_windows": list(train.shape), "held_out_windows": list(held.shape),
                "held_out_loss": held_out_loss(student, held, batch_size=args.batch_size)
@@ -163,5 +161,5 @@ def _distill_lm(args) -> dict:
     if is_main():
         student.save_pretrained(out / "student")
         tokenizer.save_pretrained(out / "student")
-        atomic_write_json(out / "summary.json", summary)
+    run.write_summary(summary)
     return summary
