@@ -66,7 +66,7 @@ class Incremental:
                  lwf_weight: float = 1.0, ewc_lambda: float = 1000.0, ewc_decay: float = 1.0,
                  ewc_samples: int | None = 200, bic_holdout: float = 0.1,
                  der_weight: float = 0.1, der_topk: int | None = None,
-                 ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 64,
+                 ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 256,
                  mas_lambda: float = 1.0, mas_samples: int | None = 200,
                  freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
