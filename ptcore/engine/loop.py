@@ -196,7 +196,8 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
         precise_bn: int = 0, meta: dict | None = None, log=("jsonl",), log_every: int = 50,
         save_every: int = 0, keep_last: int = 0, keep_best: int = 0,
         best_metric: str = "val_loss", best_mode: str = "min", patience: int | None = None,
-        ema: float | None = None) -> list[dict]:
+        ema: float | None = None,
+        before_step: Callable[[nn.Module], None] | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; returns the per-epoch metric records.
 
     ``train_data`` and ``val_data``: a Dataset, or ``epoch -> Dataset`` (e.g. a feature cache
@@ -321,7 +322,7 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
                     (state.scaler.scale(scaled) if state.scaler is not None
                      else scaled).backward()
                 if sync:
-                    _update(state, grad_clip)
+                    _update(state, grad_clip, before_step)
                 if loggers is not None:
                     loggers.count(_batch_len(batch))
                     if sync and scheduler.last_epoch % log_every == 0:
@@ -367,11 +368,13 @@ def fit(model: nn.Module, train_data, optimizer: torch.optim.Optimizer, *, epoch
     return history
 
 
-def _update(state: RunState, grad_clip) -> None:
+def _update(state: RunState, grad_clip, before_step) -> None:
     """One optimizer step on the accumulated gradients, then the schedule and the EMA."""
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
+    if before_step is not None:
+        before_step(model)
     if grad_clip is not None:
         nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     if scaler is not None:

@@ -14,8 +14,9 @@ class Interrupt(Exception):
     pass
 
 
-# Every kind of state: teacher, memory, Fisher; held-out slice, bias layers, stored logits.
-@pytest.mark.parametrize("method", ["lwf+replay+ewc", "bic+der+replay"])
+# Every kind of state: teacher, memory, Fisher; held-out slice, bias layers, stored logits;
+# MAS importance, and A-GEM drawing its reference batches from the global generator.
+@pytest.mark.parametrize("method", ["lwf+replay+ewc", "bic+der+replay", "mas+a-gem"])
 def test_interrupted_sequence_resumes_at_its_task_and_epoch(tmp_path, monkeypatch, method):
     train, test = scenario()
     train, test = train[:3], test[:3]

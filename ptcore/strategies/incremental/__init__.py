@@ -2,7 +2,8 @@
 checkpoints) and the methods it composes, one module each behind the hooks and registry of
 registry.py. Importing a method's module registers it; the built-ins register here, in the
 order their hooks run (see registry.py)."""
-from ptcore.strategies.incremental import naive, wa, bic, der, replay, lwf, ewc  # noqa: F401
+from ptcore.strategies.incremental import naive, wa, bic, der, replay, er_ace, agem  # noqa: F401
+from ptcore.strategies.incremental import lwf, ewc, mas  # noqa: F401
 from ptcore.strategies.incremental import ncm, simplecil, ranpac  # noqa: F401
 from ptcore.strategies.incremental.registry import (METHODS, PRESETS, Method, Step, Term,
                                                     method_help, parse_method, register,

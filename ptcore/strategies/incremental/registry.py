@@ -81,6 +81,10 @@ class Method:
         """Named terms added to the classification loss of a step, in this order."""
         return {}
 
+    def before_step(self, run, model) -> None:
+        """At each optimizer step, on the accumulated gradients before clipping (engine.fit's
+        ``before_step``): may edit ``model``'s ``.grad``."""
+
     def after_training(self, run, t: int, train: list) -> None:
         """Task ``t`` is trained; the memory has not taken its exemplars yet."""
 

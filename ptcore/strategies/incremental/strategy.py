@@ -46,7 +46,8 @@ class Incremental:
     ``temperature`` and ``lwf_weight`` (lwf), ``memory`` exemplars in all chosen by
     ``selection`` ("herding" or "random": replay, der), ``ewc_lambda``, ``ewc_decay``,
     ``ewc_samples`` (ewc), ``bic_holdout`` (bic), ``der_weight``, ``der_topk`` (der),
-    ``ranpac_dim``, ``ranpac_ridge`` (ranpac); docs/incremental.md describes them all.
+    ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem), ``mas_lambda``,
+    ``mas_samples`` (mas); docs/incremental.md describes them all.
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
     matrices are measured either way.
@@ -65,7 +66,8 @@ class Incremental:
                  lwf_weight: float = 1.0, ewc_lambda: float = 1000.0, ewc_decay: float = 1.0,
                  ewc_samples: int | None = 200, bic_holdout: float = 0.1,
                  der_weight: float = 0.1, der_topk: int | None = None,
-                 ranpac_dim: int = 1024, ranpac_ridge: float = 1.0,
+                 ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 256,
+                 mas_lambda: float = 1.0, mas_samples: int | None = 200,
                  freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
@@ -93,7 +95,8 @@ class Incremental:
             memory=memory, selection=selection, temperature=temperature, lwf_weight=lwf_weight,
             ewc_lambda=ewc_lambda, ewc_decay=ewc_decay, ewc_samples=ewc_samples,
             bic_holdout=bic_holdout, der_weight=der_weight, der_topk=der_topk,
-            ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge, seed=seed)
+            ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge, agem_batch=agem_batch,
+            mas_lambda=mas_lambda, mas_samples=mas_samples, seed=seed)
         for name, (preset, value) in preset_options(self.method).items():
             if getattr(options, name) != value:
                 raise ValueError(f"{preset} fixes {name}={value!r}: its exemplars are chosen "
@@ -206,6 +209,8 @@ class Incremental:
         optimizer = engine.make_optimizer(layer_decay_groups(self.model, self.lr, 1.0,
                                                              self.weight_decay), **self.optim)
         history = engine.fit(self.model, data, optimizer, step_fn=self._step_fn(widths),
+                             before_step=lambda model: [m.before_step(self, model)
+                                                        for m in self.methods.values()],
                              out_dir=out_dir, resume=resume, device=self.device,
                              seed=self.seed + t, meta={"task": t, "method": self.method},
                              **self.fit_args)
