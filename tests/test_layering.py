@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "ptcore"
 # Lower first: a package may import only packages before it (and the top-level helpers
 # _extension, _version, _kd_args, errors, reference).
 LAYERS = ["data", "runtime", "ops", "nn", "engine", "models", "cache", "report", "strategies",
-          "config", "runner", "demo", "commands"]
+          "integrations", "config", "runner", "demo", "commands"]
 BASE = {"_extension", "_version", "_kd_args", "errors", "reference", "_C", "info"}
 
 
