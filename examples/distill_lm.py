@@ -14,33 +14,16 @@ scored by next-token cross-entropy on held-out text.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
-import warnings
 
 import torch
 import torch.nn as nn
 
+from ptcore.data.text import stdlib_text
 from ptcore.strategies.sequence_distill import cache_teacher, next_token_loss, train_student
 
 MODULES = ("argparse", "collections", "functools", "itertools", "json", "pathlib", "re",
            "string", "textwrap", "typing", "inspect", "dataclasses", "unittest", "logging")
-
-
-def stdlib_text(modules=MODULES) -> str:
-    """The docstrings of these standard-library modules and their public members."""
-    parts = []
-    with warnings.catch_warnings():  # deprecated members (typing.re) warn when touched
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for name in modules:
-            module = importlib.import_module(name)
-            for obj in [module] + [getattr(module, a) for a in sorted(dir(module))
-                                   if not a.startswith("_")]:
-                doc = inspect.getdoc(obj)
-                if doc and doc not in parts:
-                    parts.append(doc)
-    return "\n\n".join(parts)
 
 
 def windows(text: str, context: int) -> torch.Tensor:
@@ -81,7 +64,7 @@ SETTINGS = {  # (full run, --tiny)
 def run(tiny: bool = False, seed: int = 0) -> dict:
     cfg = {name: values[1 if tiny else 0] for name, values in SETTINGS.items()}
     torch.manual_seed(seed)
-    data = windows(stdlib_text(), cfg["context"])
+    data = windows(stdlib_text(MODULES), cfg["context"])
     n_val = max(16, data.shape[0] // 10)
     train, val = data[:-n_val], data[-n_val:]
     teacher = TinyLM(cfg["teacher_dim"], cfg["teacher_layers"], 4, cfg["context"])

@@ -55,3 +55,31 @@ def plant_torchvision_weights(tmp_path, monkeypatch, name: str):
     state = torchvision.models.get_model(name).state_dict()
     torch.save(state, target)
     return state, weights.transforms()
+
+
+def kill_when_committed(proc, progress_file, rows: int, *, what: str, timeout: float = 120):
+    """SIGKILL the subprocess ``proc`` (a cache build) once its ``progress_file`` says at
+    least ``rows`` rows are committed; returns that progress record. Fails the test if the
+    process ends first or never gets there."""
+    import json
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                progress = json.loads(progress_file.read_text())
+            except (OSError, ValueError):
+                progress = {}
+            if progress.get("rows_done", 0) >= rows:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return progress
+            assert proc.poll() is None, f"the {what} ended before it was killed"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    pytest.fail(f"the {what} did not commit rows in time")

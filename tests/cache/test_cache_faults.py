@@ -4,11 +4,9 @@ data rebuilds, foreign folders are refused, two builders into one folder do the 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from ptcore.cache.persist import CacheDirError
 from ptcore.data import TensorImageDataset
 
 from cache_fixtures import CountingNet, Images
+from tests.helpers import kill_when_committed
 from slow_build import slow_net
 
 HERE = Path(__file__).parent
@@ -37,24 +36,7 @@ def _killed_build(path: Path, rows: int) -> dict:
     """Start slow_build.py, SIGKILL it once ``rows`` rows are committed; its progress."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), str(HERE)]))
     proc = subprocess.Popen([sys.executable, str(HERE / "slow_build.py"), str(path)], env=env)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            try:
-                progress = json.loads((path / "progress.json").read_text())
-            except (OSError, ValueError):
-                progress = {}
-            if progress.get("rows_done", 0) >= rows:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return progress
-            assert proc.poll() is None, "the build ended before it was killed"
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    pytest.fail("the build did not commit rows in time")
+    return kill_when_committed(proc, path / "progress.json", rows, what="build")
 
 
 def test_a_build_killed_mid_write_resumes_from_verified_rows(tmp_path):

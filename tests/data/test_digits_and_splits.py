@@ -77,3 +77,12 @@ def test_k_shot_and_unlabelled_remainder(digits):
     with pytest.raises(ValueError, match="k must be"):
         k_shot(sub, 0)
     assert is_deterministic(shots)
+
+
+def test_stdlib_text_is_the_modules_docstrings_once_each():
+    from ptcore.data.text import stdlib_text
+    import json
+
+    text = stdlib_text(("json", "json"))
+    assert text.startswith(json.__doc__.strip()[:40]) and text == stdlib_text(("json",))
+    assert json.dumps.__doc__.strip()[:40] in text and "\n\n" in text

@@ -3,8 +3,6 @@ tokenizer trained on the spot, and text from the Python standard library's docst
 everything offline."""
 from __future__ import annotations
 
-import importlib
-import inspect
 import warnings
 from contextlib import contextmanager
 
@@ -15,23 +13,7 @@ transformers = pytest.importorskip(
     "transformers", reason="the 'hf' extra is not installed: pip install 'ptcore[hf]'")
 tokenizers = pytest.importorskip("tokenizers", reason="the 'hf' extra is not installed")
 
-MODULES = ("argparse", "collections", "functools", "json", "re", "textwrap", "string",
-           "pathlib", "itertools", "typing")
-
-
-def stdlib_text(modules=MODULES) -> str:
-    """The docstrings of these standard-library modules and their public members."""
-    parts = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for name in modules:
-            module = importlib.import_module(name)
-            for obj in [module] + [getattr(module, a) for a in sorted(dir(module))
-                                   if not a.startswith("_")]:
-                doc = inspect.getdoc(obj)
-                if doc and doc not in parts:
-                    parts.append(doc)
-    return "\n\n".join(parts)
+from ptcore.data.text import stdlib_text  # noqa: F401  (the tests read it from here)
 
 
 def bpe_tokenizer(text: str, vocab: int = 384):

@@ -2,17 +2,15 @@
 to the top-k of its materialised logits; read back without a teacher; a pass killed with
 SIGKILL resumes from its committed rows and ends equal to an uninterrupted one; stores made
 for other windows, tokenizers or vocabularies, or incomplete, are refused by name."""
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import kill_when_committed
 from tests.integrations.hf_fixtures import bpe_tokenizer, no_logits, store_case
 
 from ptcore.integrations.hf import store as store_module
@@ -60,24 +58,8 @@ def _killed_pass(path: Path, rows: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("slow_store.py")),
                              str(path)], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            try:
-                progress = json.loads((path / "topk" / "progress.json").read_text())
-            except (OSError, ValueError):
-                progress = {}
-            if progress.get("rows_done", 0) >= rows:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return progress
-            assert proc.poll() is None, "the teacher pass ended before it was killed"
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    pytest.fail("the teacher pass did not commit rows in time")
+    return kill_when_committed(proc, path / "topk" / "progress.json", rows,
+                               what="teacher pass", timeout=240)
 
 
 def test_a_killed_teacher_pass_resumes_and_ends_equal_to_an_uninterrupted_one(tmp_path,
