@@ -5,7 +5,7 @@ Each sample's gradient of a layer's weight is a product of what the layer saw of
 sample and the gradient at its output, so hooks that keep both give every sample's
 gradient without a backward per sample (Goodfellow 2015, "Efficient per-example gradient
 computations"; BackPACK and Opacus work this way): a 2-d convolution's come from its
-unfolded input patches, other convolutions' from the weight gradient with the batch folded
+input patches, other convolutions' from the weight gradient with the batch folded
 into the groups (which torch.func's vmap does for every convolution, slowly on a CPU).
 This needs the samples to be independent (BatchNorm in eval mode) and every trainable
 parameter to belong to a layer handled here; otherwise :func:`squared_grads` returns None
@@ -34,6 +34,15 @@ def _supported(m: nn.Module) -> bool:
     return type(m) is nn.Linear
 
 
+def _patches(x, kernel, stride, padding, dilation, out) -> torch.Tensor:
+    """[N, C·kh·kw, L]: F.unfold's patches from strided views (F.unfold is slow on a CPU)."""
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    rows = [x[:, :, i * dilation[0]: i * dilation[0] + (out[0] - 1) * stride[0] + 1: stride[0],
+              j * dilation[1]: j * dilation[1] + (out[1] - 1) * stride[1] + 1: stride[1]]
+            for i in range(kernel[0]) for j in range(kernel[1])]
+    return torch.stack(rows, 2).flatten(3).flatten(1, 2)
+
+
 def _per_sample(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
     """Per-sample gradients of ``m``'s parameters from its input ``x`` and the gradient
     ``g`` at its output: name -> [N, *shape], or, for a weight, the pair of factors
@@ -51,8 +60,8 @@ def _per_sample(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
         return {"weight": (g * xhat).sum(dims), "bias": g.sum(dims)}
     w, bias = m.weight, g.sum(dims)
     if type(m) is nn.Conv2d:  # the patches each output saw, times the output's gradient
-        cols = F.unfold(x, w.shape[2:], m.dilation, m.padding, m.stride)
-        cols = cols.view(n, m.groups, -1, cols.shape[-1])
+        cols = _patches(x, w.shape[2:], m.stride, m.padding, m.dilation, g.shape[2:])
+        cols = cols.reshape(n, m.groups, -1, cols.shape[-1])
         return {"weight": (g.reshape(n, m.groups, -1, cols.shape[-1]), cols), "bias": bias}
     # Other convolutions: the batch folded into the groups, one weight gradient per sample.
     folded = _CONV_WEIGHT[type(m)](
@@ -77,6 +86,8 @@ def squared_grads(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
     """name -> Σ over the batch of each sample's gradient squared, for ``params`` (the
     model's trainable parameters by name), of ``nll(logits, labels)``: the mean over a
     batch of per-sample losses (times the batch size: their sum). None if a layer holding one of them is not handled here."""
+    if not x.is_floating_point():
+        return None
     owners = {}
     for prefix, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False):
@@ -100,10 +111,11 @@ def squared_grads(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
     handles = [m.register_forward_hook(keep(prefix)) for prefix, m in owners.items()]
     try:
         with torch.enable_grad():
+            # A gradient asked of the input alone: the backward skips the parameters'.
+            x = x.detach().requires_grad_()
             z = model(x)
             loss = nll(z.to(torch.promote_types(z.dtype, torch.float32)), y) * x.shape[0]
-            torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
-                                allow_unused=True)
+            torch.autograd.grad(loss, x)
     finally:
         for h in handles:
             h.remove()
