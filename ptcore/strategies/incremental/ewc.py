@@ -1,7 +1,8 @@
 """Elastic weight consolidation, online (Kirkpatrick et al. 2017; Schwarz et al. 2018): a
 diagonal Fisher F accumulated over tasks, F <- decay * F + F_task, anchors θ* at the
 parameters after the last task, and the penalty (λ/2)·Σ F·(θ − θ*)², added to every step
-of the later tasks."""
+of the later tasks. F_task is the empirical Fisher normalised to mean 1 over the
+parameters (docs/incremental.md, "EWC": its raw scale follows how well the model fits)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,9 +33,8 @@ def _grown(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 class EWC:
     """``samples``: the Fisher of a task is estimated on at most this many of its samples
-    (a fixed random subset, seeded by ``seed``); None: all. Per-sample gradients of a
-    ResNet-18 cost ~0.1 s each on a 2-core CPU, and the estimate settles within a few
-    hundred samples."""
+    (a fixed random subset, seeded by ``seed``); None: all. The estimate settles within a
+    few hundred samples."""
 
     def __init__(self, lam: float, decay: float = 1.0, *, samples: int | None = None,
                  seed: int = 0):

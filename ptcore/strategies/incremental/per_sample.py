@@ -28,7 +28,7 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def _supported(m: nn.Module) -> bool:
     if type(m) in _CONV_WEIGHT:
-        return m.padding_mode == "zeros"
+        return m.padding_mode == "zeros" and not isinstance(m.padding, str)
     if isinstance(m, _NORMS):  # independent samples: running statistics, eval mode
         return not m.training and m.running_mean is not None
     return type(m) is nn.Linear
@@ -85,7 +85,8 @@ def squared_grads(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
                   y: torch.Tensor, nll: Callable) -> dict[str, torch.Tensor] | None:
     """name -> Σ over the batch of each sample's gradient squared, for ``params`` (the
     model's trainable parameters by name), of ``nll(logits, labels)``: the mean over a
-    batch of per-sample losses (times the batch size: their sum). None if a layer holding one of them is not handled here."""
+    batch of per-sample losses (times the batch size: their sum). None if a layer holding
+    one of them is not handled here."""
     if not x.is_floating_point():
         return None
     owners = {}
