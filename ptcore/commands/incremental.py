@@ -44,7 +44,7 @@ def add_parser(sub):
     p.add_argument("--protocol", choices=("class", "task"), default="class")
     p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
-    p.add_argument("--ewc-lambda", type=float, default=1000.0)
+    p.add_argument("--ewc-lambda", type=float, default=10.0)
     add_options(p, "incremental", "freeze")
     add_engine_arguments(p, "incremental", label_smoothing=True)
     add_config_argument(p, "incremental")

@@ -122,21 +122,22 @@ def test_ewc_anchors_only_the_old_rows_of_a_grown_head():
                                * (old.weight.detach() - ewc.anchor["2.weight"]))
 
 
-def test_ewc_fisher_is_the_mean_squared_per_sample_gradient_accumulated_online():
+def test_ewc_fisher_is_the_normalised_squared_per_sample_gradient_accumulated_online():
     model = small_net()
     g = torch.Generator().manual_seed(2)
     data = [torch.utils.data.TensorDataset(torch.randn(7, 4, generator=g),
                                            torch.randint(0, 3, (7,), generator=g))
             for _ in range(2)]
 
-    def fisher_by_loop(ds):
+    def fisher_by_loop(ds):  # normalised to mean 1 over the parameters
         out = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
         for x, y in ds:
             model.zero_grad()
             F.cross_entropy(model(x[None]), y[None]).backward()
             for n, p in model.named_parameters():
-                out[n] += p.grad ** 2 / len(ds)
-        return out
+                out[n] += p.grad ** 2
+        mean = torch.cat([o.flatten() for o in out.values()]).mean()
+        return {n: o / mean for n, o in out.items()}
 
     ewc = EWC(1.0, decay=0.5)
     ewc.update(model, data[0], F.cross_entropy, device="cpu", batch_size=3, progress=False)

@@ -1,7 +1,8 @@
 """Elastic weight consolidation, online (Kirkpatrick et al. 2017; Schwarz et al. 2018): a
 diagonal Fisher F accumulated over tasks, F <- decay * F + F_task, anchors θ* at the
 parameters after the last task, and the penalty (λ/2)·Σ F·(θ − θ*)², added to every step
-of the later tasks."""
+of the later tasks. F_task is the empirical Fisher normalised to mean 1 over the
+parameters (docs/incremental.md, "EWC": its raw scale follows how well the model fits)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ptcore.engine.loaders import make_loader
 from ptcore.runtime import distributed as D
+from ptcore.strategies.incremental.per_sample import squared_grads
 from ptcore.strategies.incremental.registry import Method, Term, register
 
 __all__ = ["EWC", "EWCMethod"]
@@ -31,9 +33,8 @@ def _grown(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 class EWC:
     """``samples``: the Fisher of a task is estimated on at most this many of its samples
-    (a fixed random subset, seeded by ``seed``); None: all. Per-sample gradients of a
-    ResNet-18 cost ~0.1 s each on a 2-core CPU, and the estimate settles within a few
-    hundred samples."""
+    (a fixed random subset, seeded by ``seed``); None: all. The estimate settles within a
+    few hundred samples."""
 
     def __init__(self, lam: float, decay: float = 1.0, *, samples: int | None = None,
                  seed: int = 0):
@@ -64,18 +65,20 @@ class EWC:
 
     def update(self, model: nn.Module, data, nll: Callable, *, device, batch_size: int = 16,
                progress: bool = True, num_workers=0) -> None:
-        """Add the Fisher of ``data`` (the mean over samples of the squared gradient of each
-        sample's ``nll(logits [1, C], labels [1])``, model in eval mode) and re-anchor at the
-        current parameters. Each process takes every world-th sample; the sums are reduced,
-        so every process holds the same Fisher."""
+        """Add the Fisher of ``data`` (the mean over samples of each sample's squared
+        gradient of ``nll(logits [B, C], labels [B])``, the mean of per-sample losses; model
+        in eval mode) and re-anchor at the current parameters. Each process takes every
+        world-th sample; the sums are reduced, so every process holds the same Fisher."""
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         buffers = dict(model.named_buffers())
 
         def sample_nll(ps, x, y):
-            return nll(functional_call(model, (ps, buffers), (x[None],)).float(), y[None])
+            z = functional_call(model, (ps, buffers), (x[None],))
+            return nll(z.to(torch.promote_types(z.dtype, torch.float32)), y[None])
 
         per_sample = vmap(grad(sample_nll), in_dims=(None, 0, 0))
-        sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        sums = {n: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
+                for n, p in params.items()}
         chosen = range(len(data))
         if self.samples is not None and len(data) > self.samples:
             g = torch.Generator().manual_seed(self.seed)
@@ -86,14 +89,25 @@ class EWC:
         loader = make_loader(shard, batch_size, num_workers=num_workers, device=device)
         for x, y in tqdm(loader, desc="Fisher", leave=False,
                          disable=not (progress and D.is_main())):
-            for n, g in per_sample(params, x.to(device), y.to(device)).items():
-                sums[n] += g.float().pow(2).sum(0)
+            x, y = x.to(device), y.to(device)
+            # One backward for the batch where every layer allows it; torch.func otherwise.
+            squares = squared_grads(model, params, x, y, nll)
+            if squares is None:
+                squares = {n: g.to(sums[n].dtype).pow(2).sum(0)
+                           for n, g in per_sample(params, x, y).items()}
+            for n, sq in squares.items():
+                sums[n] += sq
         model.train(was_training)
         flat = D.all_sum(torch.cat([s.flatten() for s in sums.values()]
                                    + [torch.tensor([float(len(shard))], device=device)]))
-        count = float(flat[-1])
-        for (n, s), part in zip(sums.items(), flat[:-1].split([s.numel() for s in sums.values()])):
-            new = part.view_as(s) / count
+        # Normalised to mean 1 over the parameters: the count cancels, and so does the
+        # scale of the empirical Fisher, which falls with the square of the residuals (a
+        # task the model fits well gives orders of magnitude less), so λ means the same
+        # on every task, model and seed.
+        squares = flat[:-1]
+        scale = squares.mean()
+        for (n, s), part in zip(sums.items(), squares.split([s.numel() for s in sums.values()])):
+            new = part.view_as(s) / scale if scale > 0 else torch.zeros_like(s)
             old = self.fisher.get(n)
             self.fisher[n] = new if old is None else self.decay * _grown(old, new.shape) + new
             self.anchor[n] = params[n].clone()

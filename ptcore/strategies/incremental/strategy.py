@@ -63,7 +63,7 @@ class Incremental:
     def __init__(self, model: nn.Module, *, method: str = "naive", protocol: str = "class",
                  classes: list[int] | None = None, memory: int = 200,
                  selection: str = "herding", temperature: float = 2.0,
-                 lwf_weight: float = 1.0, ewc_lambda: float = 1000.0, ewc_decay: float = 1.0,
+                 lwf_weight: float = 1.0, ewc_lambda: float = 10.0, ewc_decay: float = 1.0,
                  ewc_samples: int | None = 200, bic_holdout: float = 0.1,
                  der_weight: float = 0.1, der_topk: int | None = None,
                  ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 256,
