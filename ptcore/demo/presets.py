@@ -22,8 +22,8 @@ TARGET = [5, 6, 7, 8, 9]
 # architectures are pretrained too and fine-tuned (partial, full) beside the backbone.
 PRESETS = {
     # Sized to finish in about 90 s on a 2-core CPU (91-94 s measured): ResNet-18 steps at
-    # 16×16 cost ~0.3 s (batch 32), MobileNetV3-small ones ~0.15 s; EWC's per-sample
-    # gradients ~0.1 s a sample. The student's BatchNorm (momentum 0.01) is re-estimated
+    # 16×16 cost ~0.3 s (batch 32), MobileNetV3-small ones ~0.15 s; EWC's Fisher ~0.02 s a
+    # sample (one backward per batch, benchmarks/ewc_fisher.py). The student's BatchNorm (momentum 0.01) is re-estimated
     # after every epoch (engine `precise_bn`): without it the student scored at chance in
     # eval mode.
     "quick": {"backbone": "resnet18", "student": ("mobilenet_v3_small", {}),
