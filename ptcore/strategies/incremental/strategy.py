@@ -27,14 +27,12 @@ from ptcore.runtime.rng import get_rng_state, set_rng_state
 from ptcore.runtime.run_folder import TASK_STATES
 from ptcore.strategies._param_groups import layer_decay_groups
 from ptcore.strategies.incremental.memory import SELECTIONS, ExemplarMemory, union
-from ptcore.strategies.incremental.metrics import summarize
+from ptcore.strategies.incremental.results import PROTOCOLS, run_results, write_plots
 from ptcore.strategies.incremental.plan import Plan, make_plan
 from ptcore.strategies.incremental.registry import (METHODS, Step, parse_method,
                                                     preset_options)
 
 __all__ = ["Incremental", "PROTOCOLS"]
-
-PROTOCOLS = ("class", "task")
 
 
 class Incremental:
@@ -388,24 +386,13 @@ class Incremental:
         return results
 
     def _results(self, seconds: float) -> dict:
-        res = {"method": self.method, "protocol": self.protocol, "classes": self.plan.classes,
-               "tasks": self.plan.task_classes, "train_seconds": seconds,
-               "exemplars": len(self.memory) if self.memory is not None else 0,
-               "history": self.history}
-        for proto, R in self.R.items():
-            res[f"{proto}_incremental"] = {"accuracy_matrix": R, **summarize(R)}
-        res.update(res[f"{self.protocol}_incremental"])  # the protocol's own metrics on top
-        return res
+        return run_results(self.R, method=self.method, protocol=self.protocol,
+                           classes=self.plan.classes, tasks=self.plan.task_classes,
+                           train_seconds=seconds,
+                           exemplars=len(self.memory) if self.memory is not None else 0,
+                           history=self.history)
 
     def _write(self, out: engine.RunFolder, results: dict) -> None:
-        from ptcore.report import accuracy_curve, accuracy_heatmap
-
         out.write_results(results)
         out.write_model(self.model.state_dict())
-        names = [",".join(map(str, cs)) for cs in self.plan.task_classes]
-        accuracy_heatmap(results["accuracy_matrix"], out.path / "accuracy_matrix.png",
-                         task_labels=names, title=f"{self.method}, {self.protocol}-incremental: "
-                         "accuracy on each task after each task")
-        accuracy_curve({f"{p}-incremental": results[f"{p}_incremental"]["accuracy_after_task"]
-                        for p in PROTOCOLS}, out.path / "accuracy_curve.png",
-                       title=f"{self.method}: mean accuracy over the tasks seen so far")
+        write_plots(out.path, results, self.plan.task_classes)
