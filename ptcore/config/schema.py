@@ -139,7 +139,8 @@ _ANY = (str, int, float, bool, list, type(None))
 
 
 def _strategy_params(stage: str) -> dict[str, tuple]:
-    """Accepted types of each configurable strategy argument, from its signature."""
+    """Accepted types of each configurable strategy argument, from its signature (and, for
+    distillation, the options its registered terms declare)."""
     import ptcore.strategies as S
 
     params = {}
@@ -151,6 +152,12 @@ def _strategy_params(stage: str) -> dict[str, tuple]:
         types = sum((_ANNOTATION_TYPES.get(a.split("[")[0], (list,) if a.startswith("list")
                                            else _ANY) for a in parts), ())
         params[name] = types or _ANY
+    if stage == "distill":  # each registered term's own options (plug-ins too) go to Distill
+        from ptcore.strategies.distill.terms import TERMS  # by keyword; the term checks them
+
+        for term in TERMS.values():
+            for name in term.options:
+                params.setdefault(name, _ANY)
     return params
 
 

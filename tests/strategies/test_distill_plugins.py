@@ -89,3 +89,26 @@ def test_a_toy_term_runs_through_the_cli(toy, tmp_path, capsys):
     assert main(args + ["dkd+logitnorm", "--out", str(tmp_path / "bad")]) == 2
     assert "logitnorm cannot be combined with dkd" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_term_s_options_are_config_keys_while_it_is_registered(toy):
+    """A config's `strategy` section takes the options of every registered term (built-in
+    ones such as dist_beta too), which Distill receives by keyword; unknown keys stay
+    errors."""
+    from ptcore.config import ConfigError, validate_config
+
+    def config(**strategy):
+        return {"stage": "distill", "out": "x", "model": {"name": "resnet18"},
+                "teacher": {"name": "resnet18", "weights": "t.pt"},
+                "data": {"dataset": "digits"}, "strategy": strategy}
+
+    cfg = validate_config(config(method="kd+logitnorm", logitnorm_weight=2.0, dist_beta=1.5))
+    assert cfg["strategy"]["logitnorm_weight"] == 2.0 and cfg["strategy"]["dist_beta"] == 1.5
+    with pytest.raises(ConfigError, match="logitnorm_wait"):
+        validate_config(config(logitnorm_wait=2.0))
+    del TERMS[toy.name]
+    try:
+        with pytest.raises(ConfigError, match="logitnorm_weight"):
+            validate_config(config(logitnorm_weight=2.0))
+    finally:
+        register(toy)
