@@ -50,8 +50,9 @@ class PseudoLabelData(Dataset):
 
 
 class WithTeacherRows(Dataset):
-    """Items ``(x, y, teacher_row)``: ``dataset``'s sample with the teacher's cached output
-    for it (one gather per batch)."""
+    """Items ``(*item, teacher_row)``: ``dataset``'s item (``(x, y)``, or with more fields)
+    with the teacher's cached output for it (one gather per batch). Distillation's cached
+    teacher and LwF's cached snapshot both read through it."""
 
     def __init__(self, dataset, cache):
         self.dataset, self.cache = dataset, cache
@@ -64,4 +65,4 @@ class WithTeacherRows(Dataset):
 
     def __getitems__(self, indices: list[int]):
         rows = self.cache.get(indices, device="cpu")
-        return [(x, y, r) for (x, y), r in zip(_fetch(self.dataset, indices), rows)]
+        return [(*item, r) for item, r in zip(_fetch(self.dataset, indices), rows)]

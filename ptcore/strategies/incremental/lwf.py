@@ -7,31 +7,14 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.utils.data import Dataset
 
 from ptcore.data import is_deterministic
 from ptcore.models import freeze as freeze_module
 from ptcore.ops import kd_loss
+from ptcore.strategies.distill.data import WithTeacherRows
 from ptcore.strategies.incremental.registry import Method, Step, Term, register
 
 __all__ = ["LwF"]
-
-
-class _WithTeacher(Dataset):
-    """Items ``(x, y, teacher_logits)``: a dataset beside a FeatureCache of its teacher."""
-
-    def __init__(self, data, cache):
-        self.data, self.cache = data, cache
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices):
-        logits = self.cache.get(indices, device="cpu")
-        return [(*self.data[i], t) for i, t in zip(indices, logits)]
 
 
 @register
@@ -71,7 +54,7 @@ class LwF(Method):
             return data, 0
         from ptcore.cache import FeatureCache
 
-        return _WithTeacher(data, FeatureCache(
+        return WithTeacherRows(data, FeatureCache(
             self.teacher, data, dtype=torch.float32, device=run.device,
             progress=run.fit_args["progress"],
             num_workers=run.fit_args["num_workers"]).build()), 1
