@@ -12,4 +12,6 @@ python -m pip install -q numpy scikit-learn tqdm matplotlib pyyaml pytest hypoth
 # ptcore itself, with the hf extra (transformers, datasets, accelerate, tokenizers) whose
 # tests would otherwise skip
 python -m pip install -q --no-build-isolation -e '.[hf]'
+# TRL: the tests compare ptcore's LM loss with TRL's GKD loss (tests/integrations/test_hf_trl.py)
+python -m pip install -q 'trl>=1.16'
 python -m ptcore info
