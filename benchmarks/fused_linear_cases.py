@@ -99,23 +99,31 @@ def step(provider, x, w, teacher, chunk_size=None, *, autocast=None, fp32_weight
     return loss.detach(), grads
 
 
-def peak_memory(provider, x, w, teacher, chunk_size=None, **kw) -> tuple[int, int]:
-    """(peak bytes allocated during one step above what was allocated before it, bytes of
-    the gradients it returns); see the module's docstring."""
-    if x.device.type == "cuda":
-        step(provider, x, w, teacher, chunk_size, **kw)  # warm-up: cuBLAS workspaces etc.
+def peak_bytes(fn, device) -> tuple[int, object]:
+    """(peak tensor bytes allocated while ``fn()`` runs above what was allocated before it,
+    what ``fn`` returned); on CUDA after one warm-up call (cuBLAS workspaces etc.)."""
+    if torch.device(device).type == "cuda":
+        fn()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        _, grads = step(provider, x, w, teacher, chunk_size, **kw)
+        out = fn()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base, grads
+        return torch.cuda.max_memory_allocated() - base, out
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _, grads = step(provider, x, w, teacher, chunk_size, **kw)
+        out = fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
     now = top = 0
     for _, nbytes in events:
         now += nbytes
         top = max(top, now)
+    return top, out
+
+
+def peak_memory(provider, x, w, teacher, chunk_size=None, **kw) -> tuple[int, int]:
+    """(peak bytes allocated during one step above what was allocated before it, bytes of
+    the gradients it returns); see the module's docstring."""
+    top, (_, grads) = peak_bytes(lambda: step(provider, x, w, teacher, chunk_size, **kw),
+                                 x.device)
     return top, grads
