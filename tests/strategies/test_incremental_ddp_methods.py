@@ -1,0 +1,47 @@
+"""A-GEM, ER-ACE and MAS under DDP (2 processes, gloo on CPU): each rank ends with the same
+model, memory and accuracy matrix (A-GEM projects the gradient DDP averaged, against a
+reference batch every rank draws alike; MAS's importance is computed on each rank's shard
+and reduced, so a rank that kept its own would drift apart), and MAS's importance of sharded
+data equals one process's over all of it."""
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from ddp_methods_worker import METHODS, worker
+from test_incremental_ddp import free_port
+from test_incremental_helpers import scenario, tiny_model
+
+from ptcore.strategies.incremental.mas import importance
+from ptcore.strategies.incremental.plan import make_plan
+
+TIMEOUT_S = 240
+
+
+def test_new_methods_agree_across_ranks(tmp_path):
+    ctx = mp.start_processes(worker, args=(2, free_port(), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for method in METHODS:
+        a, b = r0[method], r1[method]
+        assert a["R"] == b["R"] and a["memory"] == b["memory"], method
+        for n in a["model"]:
+            torch.testing.assert_close(a["model"][n], b["model"][n], msg=f"{method}: {n}")
+        assert a["R"][-1][0] is not None
+    omega = r0["mas"]["omega"]
+    assert omega and all(torch.equal(omega[n], r1["mas"]["omega"][n]) for n in omega)
+    # the last task's importance under DDP (each rank half the samples) = one process's
+    train, test = scenario()
+    model = tiny_model(6)
+    model.load_state_dict(r0["mas"]["model"])
+    data = make_plan(list(train[:3]), list(test[:3]), None, 2).remap(train[2])
+    single = importance(model, data, device=torch.device("cpu"))
+    for n, w in single.items():
+        torch.testing.assert_close(r0["mas"]["fresh"][n], w, rtol=1e-4, atol=1e-9)
