@@ -235,16 +235,48 @@ def kd_loss_topk(student_logits, teacher_values, teacher_indices, *, temperature
 
 def fused_linear_kd_loss(student_hidden, student_weight, student_bias=None, *,
                          teacher_hidden=None, teacher_weight=None, teacher_bias=None,
-                         teacher_values=None, teacher_indices=None, chunk_size=None,
-                         tail_bucket=False, **options):
+                         teacher_values=None, teacher_indices=None, teacher_probs=None,
+                         teacher_log_probs=None, vocab_size=None, chunk_size=None,
+                         tail_bucket=False, fp32_logits=False, **options):
     """Reference for ptcore.fused_linear_kd_loss: the logits materialised, then the KD loss
-    (chunk_size changes nothing here)."""
+    (chunk_size and fp32_logits change nothing here). A dense target's log-probabilities
+    are the teacher's logits; with ``vocab_size`` the teacher keeps its first rows and the
+    student's rows beyond get a teacher logit of -inf (0 for the cosine loss)."""
     logits = F.linear(student_hidden, student_weight, student_bias)
     if teacher_values is None:
-        teacher = F.linear(teacher_hidden, teacher_weight, teacher_bias).detach()
+        V = logits.shape[-1]
+        if teacher_hidden is not None:
+            rows = V if vocab_size is None else vocab_size
+            teacher = F.linear(teacher_hidden, teacher_weight[:rows],
+                               None if teacher_bias is None else teacher_bias[:rows])
+        else:
+            teacher = teacher_probs.log() if teacher_probs is not None else teacher_log_probs
+        fill = 0.0 if options.get("divergence") == "cosine" else float("-inf")
+        teacher = F.pad(teacher.detach(), (0, V - teacher.shape[-1]), value=fill)
+        if options.get("divergence") == "cosine":
+            return _cosine_loss(logits, teacher.to(logits.dtype), **options)
         return kd_loss(logits, teacher.to(logits.dtype), **options)
     if options.pop("divergence", "forward_kl") != "forward_kl":
         raise ValueError("a top-k teacher supports divergence='forward_kl' only")
     options.pop("beta", None)
     return kd_loss_topk(logits, teacher_values, teacher_indices, tail_bucket=tail_bucket,
                         **options)
+
+
+def _cosine_loss(s, t, *, labels=None, hard_weight=0.0, soft_weight=1.0, ignore_index=-100,
+                 reduction="batchmean", divergence="cosine", **_temperature_and_t2):
+    """soft_weight · (1 - cos(s, t)) + hard_weight · CE(s, y) per row, reduced as kd_loss."""
+    V = s.shape[-1]
+    s, t = s.reshape(-1, V), t.reshape(-1, V)
+    rows = soft_weight * (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8))
+    count = s.shape[0]
+    if labels is not None:
+        y = labels.reshape(-1)
+        keep = y != ignore_index
+        ce = F.cross_entropy(s, y.where(keep, 0), reduction="none")
+        rows = (rows + hard_weight * ce).where(keep, 0.0)
+        count = keep.sum().clamp_min(1)
+    if reduction == "none":
+        return rows.reshape(labels.shape if labels is not None else s.shape[:-1])
+    total = rows.sum()
+    return {"sum": total, "batchmean": total / count, "mean": total / (count * V)}[reduction]

@@ -110,6 +110,7 @@ def _distill_lm(args) -> dict:
 
     from ptcore.engine import fit, make_optimizer
     from ptcore.integrations.hf import LMDistillLoss, held_out_loss
+    from ptcore.integrations.hf.model import vocabulary_size
     from ptcore.integrations.hf.data import held_out_split, read_texts, token_windows
     from ptcore.errors import UserError
     from ptcore.runtime.distributed import is_main, resolve_device, world_size
@@ -130,14 +131,20 @@ def _distill_lm(args) -> dict:
                             divergence=args.divergence, beta=args.beta,
                             hard_weight=1.0 if labels_only else args.hard_weight,
                             soft_weight=0.0 if labels_only else args.soft_weight,
-                            tail_bucket=store is not None, chunk_size=args.chunk_size)
+                            tail_bucket=store is not None, chunk_size=args.chunk_size,
+                            # heads padded beyond the shared tokenizer's ids (online)
+                            vocab_size=None if teacher is None else vocabulary_size(tokenizer))
 
     def step(model, batch):
         ids, index = batch
-        if store is None:
-            return loss_fn(ids)
-        values, indices = store.get(index.cpu(), device=ids.device)
-        return loss_fn(ids, teacher_values=values, teacher_indices=indices)
+        teacher_kw = {}
+        if store is not None:
+            values, indices = store.get(index.cpu(), device=ids.device)
+            teacher_kw = {"teacher_values": values, "teacher_indices": indices}
+        loss, parts = loss_fn(ids, return_parts=True, **teacher_kw)
+        # the KD term and the cross-entropy before their weights, logged beside the loss
+        out = {"loss": loss, "hard_loss": parts["hard"]}
+        return out if labels_only else {**out, "soft_loss": parts["soft"]}
 
     optimizer = make_optimizer(weight_decay_groups(student, args.weight_decay), args.optimizer,
                                momentum=args.momentum, nesterov=args.nesterov, lr=args.lr)

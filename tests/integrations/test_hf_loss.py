@@ -188,3 +188,60 @@ def test_gradient_checkpointing_and_bf16_autocast_train_as_without_them():
     assert abs(loss_bf16 - loss) < 1e-3 * loss
     for name in want:  # bfloat16 matmuls: at most 0.8% of each gradient's norm, measured
         assert (got[name] - want[name]).norm() <= 2e-2 * want[name].norm(), name
+
+
+def test_heads_padded_beyond_the_tokenizer_on_either_side():
+    """Configs that differ only in vocab_size padding: with vocab_size (the tokenizer's V)
+    the teacher keeps V rows and the student's extra rows get teacher probability 0;
+    values and every student gradient equal the loss on materialised logits (float64)."""
+    student = tiny("qwen2", V + 44, seed=1).double().train()   # padded less than the teacher
+    teacher = tiny("qwen2", V + 84, seed=2).double()
+    ids, mask, labels = _batch(V)
+    y = labels.masked_fill(mask == 0, -100)[:, 1:]
+    keep = y != -100
+    s = student(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    with torch.no_grad():
+        t = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][keep][:, :V]
+    lt, ls = F.log_softmax(t / 2, -1), F.log_softmax(s / 2, -1)[:, :V]
+    ref = (4 * (lt.exp() * (lt - ls)).sum(-1) + 0.5 * F.cross_entropy(s, y[keep],
+                                                                         reduction="none")).mean()
+    ref.backward()
+    want = _grads(student)
+    student.zero_grad(set_to_none=True)
+    with no_logits(student, teacher):
+        loss = LMDistillLoss(student, teacher, temperature=2.0, hard_weight=0.5, vocab_size=V,
+                             chunk_size=7)(ids, mask, labels)
+        loss.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-9, atol=0)
+    for name, g in _grads(student).items():
+        torch.testing.assert_close(g, want[name], rtol=1e-7, atol=1e-12, msg=name)
+    # the student padded more than the teacher: only vocab_size makes it a match
+    with pytest.raises(VocabularyMismatchError, match="needs vocab_size"):
+        LMDistillLoss(tiny("qwen2", V + 44), tiny("qwen2", V + 4))
+    LMDistillLoss(tiny("qwen2", V + 44), tiny("qwen2", V + 4), vocab_size=V)
+    with pytest.raises(VocabularyMismatchError, match="fewer than the vocabulary's"):
+        LMDistillLoss(tiny("qwen2", V + 44), tiny("qwen2", V - 4), vocab_size=V)
+    with pytest.raises(VocabularyMismatchError, match="student's lm_head has"):
+        LMDistillLoss(tiny("qwen2", V - 4), tiny("qwen2", V + 4), vocab_size=V)
+
+
+def test_parts_and_cosine_through_the_adapter():
+    student, teacher = tiny("llama", V, seed=1).double(), tiny("llama", V, seed=2).double()
+    ids, mask, labels = _batch(V)
+    fn = LMDistillLoss(student, teacher, temperature=2.0, hard_weight=0.5)
+    loss, parts = fn(ids, mask, labels, return_parts=True)
+    torch.testing.assert_close(loss, parts["soft"] + 0.5 * parts["hard"], rtol=1e-10, atol=0)
+    torch.testing.assert_close(parts["soft"].double(), _reference(
+        student, teacher, ids, mask, labels, T=2.0, hard=0.0, soft=1.0).detach(),
+        rtol=1e-9, atol=0)
+    torch.testing.assert_close(parts["hard"].double(), _reference(
+        student, teacher, ids, mask, labels, T=2.0, hard=1.0, soft=0.0).detach(),
+        rtol=1e-9, atol=0)
+    y = labels.masked_fill(mask == 0, -100)[:, 1:]
+    keep = y != -100
+    s = student(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    t = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    ref = (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    with no_logits(student, teacher):
+        got = LMDistillLoss(student, teacher, divergence="cosine")(ids, mask, labels)
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-9, atol=0)

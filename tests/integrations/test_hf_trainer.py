@@ -44,3 +44,36 @@ def test_gradient_accumulation_weighs_every_token_alike(tmp_path):
         torch.testing.assert_close(p1.detach(), want, rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(p2.detach(), want, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(one.model.norm.weight, start.model.norm.weight)
+
+
+def test_the_logs_carry_the_soft_and_hard_parts(tmp_path):
+    """Each logged step's loss is soft_weight · soft_loss + hard_weight · hard_loss, with 2
+    micro-batches accumulated, and hard_loss is the cross-entropy of that step's batch."""
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    text = stdlib_text(("json",))
+    tokenizer = bpe_tokenizer(text, vocab=320)
+    V = len(tokenizer)
+    data = [tokenizer(text[a:a + n]) for a, n in ((0, 90), (500, 40), (900, 160), (1500, 60))]
+    student, teacher = tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48)
+    start = copy.deepcopy(student)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "logs"), per_device_train_batch_size=2,
+        gradient_accumulation_steps=2, max_steps=2, learning_rate=0.1, optim="sgd",
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        seed=0)
+    trainer = DistillTrainer(model=student, teacher_model=teacher, args=args,
+                             train_dataset=data,
+                             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                             distill={"temperature": 2.0, "hard_weight": 0.5})
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2
+    for h in logged:
+        assert abs(h["loss"] - (h["soft_loss"] + 0.5 * h["hard_loss"])) < 1e-3 * h["loss"]
+    assert logged[0]["hard_loss"] > 4.0  # a random student's CE, near log V = 5.8
+    padded = tokenizer.pad(data, return_tensors="pt")
+    _, parts = LMDistillLoss(start, teacher, temperature=2.0, hard_weight=0.5)(
+        padded["input_ids"], padded["attention_mask"], return_parts=True)
+    # The first step saw all 4 sequences (in another order): the same token-weighted CE.
+    assert abs(logged[0]["hard_loss"] - parts["hard"].item()) < 1e-4 * parts["hard"].item()

@@ -11,11 +11,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ptcore.integrations.hf.loss import LMDistillLoss, held_out_loss, next_token_labels
 from ptcore.integrations.hf.model import (CausalLM, UnsupportedModelError,
-                                          VocabularyMismatchError, check_same_vocabulary)
+                                          VocabularyMismatchError, check_same_vocabulary,
+                                          vocabulary_size)
 from ptcore.integrations.hf.store import (TeacherStore, TeacherStoreError, build_teacher_store,
                                           open_teacher_store)
 from ptcore.integrations.hf.trainer import DistillTrainer
 
 __all__ = ["CausalLM", "DistillTrainer", "LMDistillLoss", "held_out_loss", "next_token_labels",
            "UnsupportedModelError", "VocabularyMismatchError", "check_same_vocabulary",
-           "TeacherStore", "TeacherStoreError", "build_teacher_store", "open_teacher_store"]
+           "vocabulary_size", "TeacherStore", "TeacherStoreError", "build_teacher_store",
+           "open_teacher_store"]

@@ -45,21 +45,35 @@ class LMDistillLoss:
     ``[B, L - 1, K]``, e.g. from a :class:`~ptcore.integrations.hf.TeacherStore`). With
     ``teacher=None`` and ``soft_weight=0`` it is the labels-only loss (a baseline), still
     without the logits. Neither model's ``lm_head`` is called (see :class:`CausalLM`; tied
-    embeddings get the head's gradient through the shared weight)."""
+    embeddings get the head's gradient through the shared weight).
+
+    ``vocab_size``: the shared tokenizer's size (``vocabulary_size(tokenizer)``), for heads
+    padded beyond it: the teacher keeps that many rows, a student padded larger gets a
+    teacher probability of 0 on its extra rows (see ``fused_linear_kd_loss``). Without it a
+    teacher padded larger than the student keeps the student's rows. ``divergence``
+    may also be ``"cosine"`` (1 - cos of the two logit vectors, a full teacher only);
+    ``fp32_logits``: float32 logits out of half-precision matmuls. Called with
+    ``return_parts=True`` it returns ``(loss, {"soft": ..., "hard": ...})``: the KD term
+    and the cross-entropy before their weights, normalised like the loss, detached."""
 
     def __init__(self, student, teacher=None, *, temperature: float = 1.0,
                  divergence: str = "forward_kl", beta: float = 0.5, hard_weight: float = 0.0,
                  soft_weight: float = 1.0, tail_bucket: bool = False,
-                 chunk_size: int | None = None, ignore_index: int = -100, check: bool = True):
+                 chunk_size: int | None = None, ignore_index: int = -100, check: bool = True,
+                 vocab_size: int | None = None, fp32_logits: bool = False):
         self.student = _as_lm(student, check)
         self.teacher = None if teacher is None else _as_lm(teacher, check)
-        if self.teacher is not None:
-            teacher_rows(self.teacher, self.student.vocab_size)  # refuse a smaller teacher now
+        self.vocab_size = vocab_size
+        if self.teacher is not None:  # refuse a real mismatch now
+            teacher_rows(self.teacher, self.student.vocab_size, vocab_size)
         self.ignore_index = ignore_index
+        padded = vocab_size is not None and vocab_size < self.student.vocab_size
         self.fn = FusedLinearKDLoss(temperature=temperature, divergence=divergence, beta=beta,
                                     hard_weight=hard_weight, soft_weight=soft_weight,
                                     tail_bucket=tail_bucket, chunk_size=chunk_size,
-                                    ignore_index=ignore_index, reduction="sum")
+                                    ignore_index=ignore_index, reduction="sum",
+                                    vocab_size=vocab_size if padded else None,
+                                    fp32_logits=fp32_logits)
 
     def _teacher(self, input_ids, attention_mask, values, indices) -> dict:
         if values is not None or indices is not None:
@@ -67,7 +81,7 @@ class LMDistillLoss:
         if self.teacher is not None:
             with inference(self.teacher.model):
                 th = self.teacher.hidden(input_ids, attention_mask)[:, :-1]
-            w, b = teacher_rows(self.teacher, self.student.vocab_size)
+            w, b = teacher_rows(self.teacher, self.student.vocab_size, self.vocab_size)
             return {"teacher_hidden": th, "teacher_weight": w, "teacher_bias": b}
         if self.fn.options["soft_weight"] != 0:
             raise ValueError("no teacher: give LMDistillLoss a teacher model, pass "
@@ -82,7 +96,8 @@ class LMDistillLoss:
                  labels: torch.Tensor | None = None, *,
                  teacher_values: torch.Tensor | None = None,
                  teacher_indices: torch.Tensor | None = None,
-                 num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+                 num_items_in_batch: torch.Tensor | int | None = None,
+                 return_parts: bool = False):
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(f"input_ids must be [batch, length >= 2], got "
                              f"{tuple(input_ids.shape)}")
@@ -90,10 +105,13 @@ class LMDistillLoss:
         teacher = self._teacher(input_ids, attention_mask, teacher_values, teacher_indices)
         hidden = self.student.hidden(input_ids, attention_mask)[:, :-1]
         total = self.fn(hidden, self.student.weight, self.student.bias, labels=targets,
-                        **teacher)
+                        return_parts=return_parts, **teacher)
         if num_items_in_batch is None:
             num_items_in_batch = (targets != self.ignore_index).sum().clamp_min(1)
-        return total / num_items_in_batch
+        if not return_parts:
+            return total / num_items_in_batch
+        total, parts = total
+        return total / num_items_in_batch, {k: v / num_items_in_batch for k, v in parts.items()}
 
 
 @torch.no_grad()

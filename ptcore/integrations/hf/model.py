@@ -11,7 +11,7 @@ from ptcore.cache.build import inference
 from ptcore.errors import UserError
 
 __all__ = ["CausalLM", "UnsupportedModelError", "VocabularyMismatchError",
-           "check_same_vocabulary", "teacher_rows"]
+           "check_same_vocabulary", "teacher_rows", "vocabulary_size"]
 
 # config attribute -> factor on the logits, from its value (model families that scale them)
 _SCALES = {
@@ -134,17 +134,31 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> int:
     return len(t)
 
 
-def teacher_rows(teacher: CausalLM, student_vocab: int) -> tuple[torch.Tensor,
-                                                                 torch.Tensor | None]:
-    """The teacher's head restricted to the student's ``student_vocab`` rows. A teacher
-    whose embedding matrix is padded larger (e.g. Qwen's, rounded up to a multiple of 128)
-    loses the extra rows, which no token id reaches, and its softmax is taken over the
-    shared rows only. A teacher with fewer rows than the student is refused."""
+def teacher_rows(teacher: CausalLM, student_vocab: int, vocab_size: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher's head restricted to the real vocabulary: ``vocab_size`` rows (the shared
+    tokenizer's size) when given, else the student's ``student_vocab``. Heads padded beyond
+    it (e.g. Qwen's, rounded up to a multiple of 128; no token id reaches the extra rows)
+    are accepted on either side: the teacher loses its extra rows, and its softmax is taken
+    over the real ones. Refused, as real mismatches: a teacher with fewer rows than that, or
+    a student head smaller than ``vocab_size``."""
     w, b = teacher.weight, teacher.bias
-    if w.shape[0] < student_vocab:
+    vocab = student_vocab if vocab_size is None else vocab_size
+    if vocab_size is not None and vocab_size > student_vocab:
         raise VocabularyMismatchError(
-            f"the teacher's lm_head has {w.shape[0]} rows, fewer than the student's "
-            f"{student_vocab}: the student's extra rows would have no target")
-    if w.shape[0] > student_vocab:
-        w, b = w[:student_vocab], None if b is None else b[:student_vocab]
+            f"the student's lm_head has {student_vocab} rows, fewer than the vocabulary's "
+            f"{vocab_size} tokens: some token ids have no row")
+    if w.shape[0] < vocab:
+        who = "the student's" if vocab_size is None else "the vocabulary's"
+        raise VocabularyMismatchError(
+            f"the teacher's lm_head has {w.shape[0]} rows, fewer than {who} {vocab}: the "
+            "rows beyond it would have no target (a student padded larger than its teacher "
+            "needs vocab_size, the tokenizer's size)")
+    if w.shape[0] > vocab:
+        w, b = w[:vocab], None if b is None else b[:vocab]
     return w, b
+
+
+def vocabulary_size(tokenizer) -> int:
+    """The rows a head needs for ``tokenizer``: its largest token id + 1."""
+    return max(int(i) for i in tokenizer.get_vocab().values()) + 1

@@ -8,9 +8,12 @@ script that trains a causal LM with ``Trainer`` changes in two lines (docs/llm.m
 Everything else is the Trainer's: optimizer, schedule, gradient accumulation (the loss is
 summed over tokens and divided by the Trainer's ``num_items_in_batch`` where it counts them,
 so that accumulated micro-batches weigh every token alike), autocast, gradient checkpointing
-(``args.gradient_checkpointing``), logging and checkpoints."""
+(``args.gradient_checkpointing``), logging and checkpoints. The training logs gain
+``soft_loss`` and ``hard_loss`` (the KD term and the cross-entropy before their weights,
+averaged like the Trainer's ``loss``), as TRL's trainers log theirs."""
 from __future__ import annotations
 
+import torch
 from transformers import Trainer
 
 from ptcore.integrations.hf.loss import LMDistillLoss
@@ -40,6 +43,7 @@ class DistillTrainer(Trainer):
             teacher_model = teacher_model.to(self.args.device).eval()
             teacher_model.requires_grad_(False)
         self.distill_loss = LMDistillLoss(self.model, teacher_model, **(distill or {}))
+        self._parts, self._part_calls = None, 0  # the training parts since the last log
         # Have the Trainer count the target tokens of each accumulated batch
         # (num_items_in_batch), as it does for a model whose own loss takes that count.
         self.model_accepts_loss_kwargs = True
@@ -49,7 +53,25 @@ class DistillTrainer(Trainer):
         if unknown:
             raise ValueError(f"DistillTrainer does not use the batch keys {unknown} (it takes "
                              f"{', '.join(_BATCH_KEYS)})")
-        loss = self.distill_loss(**inputs, num_items_in_batch=num_items_in_batch)
+        loss, parts = self.distill_loss(**inputs, num_items_in_batch=num_items_in_batch,
+                                        return_parts=True)
         # Normalised over the whole accumulated batch: the Trainer must not divide again.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if model.training:  # summed as tensors: no device sync per micro-batch
+            both = torch.stack([parts["soft"], parts["hard"]]).float()
+            self._parts = both if self._parts is None else self._parts + both
+            self._part_calls += 1
         return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """The Trainer's log, with the parts' mean per optimizer step where it logs the
+        training loss: a step's value is the sum over its micro-batches when each is
+        normalised over the accumulated batch, else their mean."""
+        if "loss" in logs and self._part_calls:
+            per_step = self.args.gradient_accumulation_steps if self.loss_is_scaled_for_ga else 1
+            soft, hard = (self._parts * per_step / self._part_calls).tolist()
+            if self.distill_loss.fn.options["soft_weight"] > 0:
+                logs["soft_loss"] = soft
+            logs["hard_loss"] = hard
+            self._parts, self._part_calls = None, 0
+        super().log(logs, *args, **kwargs)
