@@ -97,13 +97,15 @@ class LMDistillLoss:
                  teacher_values: torch.Tensor | None = None,
                  teacher_indices: torch.Tensor | None = None,
                  num_items_in_batch: torch.Tensor | int | None = None,
-                 return_parts: bool = False):
+                 return_parts: bool = False, student_hidden: torch.Tensor | None = None):
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(f"input_ids must be [batch, length >= 2], got "
                              f"{tuple(input_ids.shape)}")
         targets = next_token_labels(input_ids, attention_mask, labels, self.ignore_index)
         teacher = self._teacher(input_ids, attention_mask, teacher_values, teacher_indices)
-        hidden = self.student.hidden(input_ids, attention_mask)[:, :-1]
+        if student_hidden is None:  # else: computed by the caller (DistillTrainer under DDP)
+            student_hidden = self.student.hidden(input_ids, attention_mask)
+        hidden = student_hidden[:, :-1]
         total = self.fn(hidden, self.student.weight, self.student.bias, labels=targets,
                         return_parts=return_parts, **teacher)
         if num_items_in_batch is None:

@@ -95,6 +95,25 @@ class CausalLM:
         h = out[0]
         return h if self.scale == 1.0 else h * self.scale
 
+    def hidden_through(self, wrapper: torch.nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`hidden`, computed by calling ``wrapper`` (the model wrapped by DDP), so that
+        the wrapper sees the forward it must (DDP readies its gradient all-reduce there). The
+        wrapped model's head runs on the last position only (``logits_to_keep=1``); the base
+        model's output is taken by a forward hook."""
+        seen = []
+        hook = self.model.base_model.register_forward_hook(
+            lambda module, args, out: seen.append(out[0]))
+        try:
+            wrapper(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                    logits_to_keep=1)
+        finally:
+            hook.remove()
+        if len(seen) != 1:
+            raise UnsupportedModelError(f"{type(self.model).__name__}'s forward ran its base "
+                                        f"model {len(seen)} times, expected once")
+        return seen[0] if self.scale == 1.0 else seen[0] * self.scale
+
     def _check(self) -> None:
         device = self.weight.device
         ids = torch.arange(min(_PROBE, self.vocab_size), device=device)[None]

@@ -1,0 +1,66 @@
+"""DistillTrainer under DDP (2 processes, gloo on CPU): one SGD step with 2 sequences per
+process moves the student exactly as the loss's own gradient over all 4 sequences says, on
+both ranks, and the logged loss and parts are those of all 4; the hidden states come from a forward through the DDP wrapper (calling the base
+model past it would skip DDP's all-reduce, and each rank would step on its own half)."""
+import copy
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.integrations.hf_fixtures import bpe_tokenizer, stdlib_text, tiny
+
+from ptcore.integrations.hf import LMDistillLoss
+
+TIMEOUT_S = 240
+
+
+def case():
+    """(student, teacher, tokenizer, 4 tokenised sequences of different lengths), the same
+    in every process."""
+    text = stdlib_text(("json",))
+    tokenizer = bpe_tokenizer(text, vocab=320)
+    data = [tokenizer(text[a:a + n]) for a, n in ((0, 90), (500, 40), (900, 160), (1500, 60))]
+    V = len(tokenizer)
+    return tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48), tokenizer, data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_step_equals_the_whole_batch_step(tmp_path):
+    from tests.integrations.ddp_trainer_worker import worker
+
+    ctx = mp.start_processes(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["wrapped"] == "DistributedDataParallel"
+    student, teacher, tokenizer, data = case()
+    start = copy.deepcopy(student)
+    padded = tokenizer.pad(data, return_tensors="pt")
+    loss, parts = LMDistillLoss(start, teacher, temperature=2.0, hard_weight=0.5)(
+        padded["input_ids"], padded["attention_mask"], return_parts=True)
+    loss.backward()
+    for name, p0 in start.named_parameters():
+        want = p0.detach() - 0.1 * p0.grad
+        for r in (r0, r1):
+            torch.testing.assert_close(r["student"][name], want, rtol=1e-5, atol=1e-6,
+                                       msg=name)
+    assert not torch.equal(r0["student"]["model.norm.weight"], start.model.norm.weight)
+    # the logged step: the loss and its parts over all 4 sequences, not rank 0's share
+    (logged,) = r0["logs"]
+    assert abs(logged["loss"] - loss.item()) < 1e-4 * loss.item()
+    assert abs(logged["hard_loss"] - parts["hard"].item()) < 1e-4 * parts["hard"].item()
+    assert abs(logged["soft_loss"] - parts["soft"].item()) < 1e-4 * parts["soft"].item()
