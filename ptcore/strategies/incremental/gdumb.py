@@ -83,16 +83,17 @@ class GreedyMemory:
 
 def fresh_head(head: nn.Module, seed: int, keep: dict[str, torch.Tensor] | None = None) -> None:
     """Re-initialise ``head`` (a Linear or 1×1 Conv2d) in place as PyTorch initialises one,
-    drawn from a generator seeded by ``seed`` (row r gets the same values whatever the
-    width), then copy the rows of ``keep`` ({"weight", "bias"}: the initial head's) over
+    drawn from generators seeded by ``seed`` (row r gets the same values whatever the
+    width: CPU draws are sequential), then copy the rows of ``keep`` ({"weight", "bias"}: the initial head's) over
     its first rows."""
-    g = torch.Generator().manual_seed(seed)
     weight = torch.empty(head.weight.shape, dtype=torch.float32)
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=g)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5),
+                             generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         head.weight.copy_(weight)
-        if head.bias is not None:
+        if head.bias is not None:  # a generator of its own: the weights' count varies
             bound = 1 / math.sqrt(weight[0].numel())
+            g = torch.Generator().manual_seed(seed + 1)
             head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=g))
         for name, value in (keep or {}).items():
             getattr(head, name)[: len(value)] = value
@@ -139,7 +140,8 @@ class GDumb(Method):
         for i, path in enumerate(paths):
             keep = {n: self.initial[f"{path}.{n}"] for n in ("weight", "bias")
                     if f"{path}.{n}" in self.initial} if keep_rows else None
-            fresh_head(model.get_submodule(path), self.seed * 100_003 + i + _HEAD, keep)
+            fresh_head(model.get_submodule(path), self.seed * 100_003 + 2 * i + _HEAD,
+                       keep)
 
     def state_dict(self):
         return {"memory": self.memory.state_dict(), "initial": self.initial}
