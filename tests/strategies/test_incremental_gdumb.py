@@ -32,31 +32,31 @@ def test_greedy_memory_fills_then_evicts_from_the_largest_class():
 
 
 def test_greedy_memory_is_balanced_within_its_budget_and_seeded():
+    sizes = [[40, 3], [25, 60], [8]]  # class sizes per task: rows 1 and 4 below their share
+    g = torch.Generator().manual_seed(0)
+    tasks, row = [], 0
+    for task in sizes:
+        labels = torch.cat([torch.full((n,), row + k) for k, n in enumerate(task)])
+        tasks.append(labels[torch.randperm(len(labels), generator=g)])
+        row += len(task)
+
     def fill(seed):
         memory = GreedyMemory(50, seed=seed)
-        sizes = [[40, 3], [25, 60], [8]]  # class sizes per task: one smaller than its share
-        row = 0
-        for t, task in enumerate(sizes):
-            labels = torch.cat([torch.full((n,), row + k) for k, n in enumerate(task)])
-            memory.add(t, labels[torch.randperm(len(labels))])
-            row += len(task)
+        for t, labels in enumerate(tasks):
+            memory.add(t, labels)
             assert len(memory) == min(50, sum(map(sum, sizes[: t + 1])))
-            for r, (task_of, positions) in memory.kept.items():
-                assert len(set(positions)) == len(positions)
-        return memory, labels
+        for r, (t, positions) in memory.kept.items():
+            assert len(set(positions)) == len(positions)
+            assert (tasks[t][positions] == r).all()  # positions of that class in its task
+        return memory
 
-    torch.manual_seed(0)
-    memory, _ = fill(0)
+    memory = fill(0)
     counts = memory.counts()
     assert sum(counts.values()) == 50
     assert counts[1] == 3 and counts[4] == 8  # smaller than their share: every sample kept
     big = [counts[r] for r in (0, 2, 3)]
     assert max(big) - min(big) <= 1  # the rest split the remaining budget evenly
-    torch.manual_seed(0)
-    again, _ = fill(0)
-    torch.manual_seed(0)
-    other, _ = fill(1)
-    assert again.kept == memory.kept and other.kept != memory.kept
+    assert fill(0).kept == memory.kept and fill(1).kept != memory.kept
 
 
 def test_fresh_head_rows_do_not_depend_on_the_width_and_keep_the_initial_rows():
@@ -68,7 +68,7 @@ def test_fresh_head_rows_do_not_depend_on_the_width_and_keep_the_initial_rows():
     fresh_head(wide, 7, initial)
     assert torch.equal(wide.weight[:2], initial["weight"]) and wide.bias[:2].eq(0).all()
     assert torch.equal(wide.weight[2:4], narrow.weight[2:])
-    bound = 1 / 8 ** 0.5  # PyTorch's Linear initialisation: kaiming_uniform(a=√5), U(±1/√fan_in)
+    bound = 1 / 8 ** 0.5  # PyTorch's Linear initialisation: U(±1/√fan_in) for both
     assert wide.weight[2:].abs().max() <= bound and wide.bias[2:].abs().max() <= bound
 
 

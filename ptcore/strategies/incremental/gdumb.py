@@ -84,8 +84,8 @@ class GreedyMemory:
 def fresh_head(head: nn.Module, seed: int, keep: dict[str, torch.Tensor] | None = None) -> None:
     """Re-initialise ``head`` (a Linear or 1×1 Conv2d) in place as PyTorch initialises one,
     drawn from generators seeded by ``seed`` (row r gets the same values whatever the
-    width: CPU draws are sequential), then copy the rows of ``keep`` ({"weight", "bias"}: the initial head's) over
-    its first rows."""
+    width: CPU draws are sequential), then copy the rows of ``keep`` ({"weight", "bias"}:
+    the initial head's) over its first rows."""
     weight = torch.empty(head.weight.shape, dtype=torch.float32)
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5),
                              generator=torch.Generator().manual_seed(seed))
