@@ -33,6 +33,8 @@ METHODS = {
     "icarl": ("icarl", {}),
     "simplecil": ("simplecil", {}),
     "ranpac": ("ranpac", {}),
+    "gdumb": ("gdumb", {}),
+    "gdumb, 16 epochs": ("gdumb", {"epochs": 16}),
 }
 KEYS = ("average_incremental_accuracy", "final_accuracy", "forgetting")
 

@@ -144,3 +144,60 @@ def test_incremental_without_model_keeps_resnet18_for_now(tmp_path, monkeypatch,
                         and 0)
     assert main(["incremental", "--out", str(tmp_path / "o")]) == 0
     assert seen["m"] == "resnet18" and "next release requires --model" in capsys.readouterr().err
+
+
+def test_incremental_method_options_default_to_incremental_s_signature():
+    import inspect
+
+    from ptcore.commands.options import INCREMENTAL
+    from ptcore.strategies import Incremental
+
+    signature = inspect.signature(Incremental).parameters
+    actions = {a.dest: a for a in _parsers()["incremental"]._actions}
+    assert {"agem_batch", "mas_lambda", "mas_samples", "der_weight", "bic_holdout",
+            "lwf_weight", "ewc_lambda", "memory", "selection"} <= set(INCREMENTAL)
+    for name in INCREMENTAL:
+        assert actions[name].default == signature[name].default, name
+        assert actions[name].option_strings == ["--" + name.replace("_", "-")]
+
+
+def test_incremental_method_options_reach_incremental(tmp_path, monkeypatch):
+    import functools
+
+    from ptcore.cli import main
+    from ptcore.strategies import Incremental
+
+    class Seen(Exception):
+        pass
+
+    seen = {}
+
+    @functools.wraps(Incremental.__init__)  # the signature, which the config schema reads
+    def capture(self, model, **kw):
+        seen.update(kw)
+        raise Seen
+
+    monkeypatch.setattr(Incremental, "__init__", capture)
+    common = ["incremental", "--model", "mobilenet_v3_small", "--data", "digits",
+              "--image-size", "16", "--classes", "0,1,2,3", "--tasks", "2", "--shots", "2",
+              "--no-progress", "--out", str(tmp_path / "run")]
+    given = {"--mas-lambda": "0.5", "--mas-samples": "all", "--agem-batch": "7",
+             "--der-weight": "0.3", "--bic-holdout": "0.2", "--lwf-weight": "2",
+             "--ewc-lambda": "100", "--memory": "9", "--selection": "random"}
+    with pytest.raises(Seen):
+        main(common + [x for kv in given.items() for x in kv])
+    assert {k: seen[k] for k in ("mas_lambda", "mas_samples", "agem_batch", "der_weight",
+                                 "bic_holdout", "lwf_weight", "ewc_lambda", "memory",
+                                 "selection")} == {
+        "mas_lambda": 0.5, "mas_samples": None, "agem_batch": 7, "der_weight": 0.3,
+        "bic_holdout": 0.2, "lwf_weight": 2.0, "ewc_lambda": 100.0, "memory": 9,
+        "selection": "random"}
+    # a config's strategy keys fill the options not given on the command line
+    cfg = tmp_path / "inc.toml"
+    cfg.write_text('stage = "incremental"\n[strategy]\nmas_lambda = 0.03\nagem_batch = 64\n')
+    seen.clear()
+    with pytest.raises(Seen):
+        main(common + ["--config", str(cfg), "--agem-batch", "5"])
+    assert (seen["mas_lambda"], seen["agem_batch"], seen["der_weight"]) == (0.03, 5, 0.1)
+    with pytest.raises(SystemExit):
+        main(common + ["--mas-samples", "0"])

@@ -4,7 +4,7 @@ import sys
 
 from ptcore.commands._engine_args import add_engine_arguments, start_run, strategy_kwargs
 from ptcore.commands._run_folder import open_run_folder
-from ptcore.commands.options import add_options, int_list
+from ptcore.commands.options import INCREMENTAL, add_options, int_list
 
 _DATA = ("model", "weights", "data", "root", "preprocess", "download", "augment", "image_size",
          "classes", "shots", "test")
@@ -30,7 +30,8 @@ def add_parser(sub):
     from ptcore.config import add_config_argument
 
     p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
-                       "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC) and report forgetting")
+                       "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC, ER-ACE, A-GEM, MAS, GDumb) "
+                       "and report forgetting")
     add_options(p, "incremental", *_DATA)
     p.add_argument("--head-classes", type=int_list, help="comma-separated classes the "
                    "weights' head already holds, in row order (e.g. 0,1 after fine-tuning on "
@@ -42,9 +43,7 @@ def add_parser(sub):
                    "classes of each task: 0,1,2,3,4;5,6,7;8,9")
     add_options(p, "incremental", "method")
     p.add_argument("--protocol", choices=("class", "task"), default="class")
-    p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
-    p.add_argument("--selection", choices=("herding", "random"), default="herding")
-    p.add_argument("--ewc-lambda", type=float, default=10.0)
+    add_options(p, "incremental", *INCREMENTAL, group="method options")
     add_options(p, "incremental", "freeze")
     add_engine_arguments(p, "incremental", label_smoothing=True)
     add_config_argument(p, "incremental")
@@ -82,8 +81,7 @@ def _incremental(args) -> int:
     model = create_model(args.model, weights=args.weights, progress=not args.no_progress)
     strategy = Incremental(model, **strategy_kwargs(
         args, method=args.method, protocol=args.protocol, classes=args.head_classes,
-        memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
-        freeze=args.freeze))
+        freeze=args.freeze, **{name: getattr(args, name) for name in INCREMENTAL}))
     run = open_run_folder(args, "incremental")  # last: a bad option leaves --out untouched
     res = strategy.fit(train_tasks, test_tasks, out_dir=run, resume=run.resume)
     if D.is_main():

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Option", "SHARED", "RENAMED", "CHANGED", "add_options", "add_renamed",
-           "announce_renamed", "OLD_SETTINGS", "int_list"]
+__all__ = ["Option", "FromSignature", "SHARED", "INCREMENTAL", "RENAMED", "CHANGED",
+           "add_options", "add_renamed", "announce_renamed", "OLD_SETTINGS", "int_list"]
 
 COMMANDS = ("finetune", "incremental", "distill", "distill-lm")
 
@@ -64,6 +64,23 @@ def _resume_mode(text: str):
 
 
 @dataclass(frozen=True)
+class FromSignature:
+    """A default read from a strategy's signature when the parser is built, so that the
+    command line and the Python API cannot disagree (``strategy``: "module:Class", ``name``:
+    its keyword)."""
+    strategy: str
+    name: str
+
+    def read(self):
+        import importlib
+        import inspect
+
+        module, _, cls = self.strategy.partition(":")
+        strategy = getattr(importlib.import_module(module), cls)
+        return inspect.signature(strategy).parameters[self.name].default
+
+
+@dataclass(frozen=True)
 class Option:
     """One command-line option. ``defaults``/``detail``: what differs per command (a
     default; a sentence appended to the help, or a callable giving it); ``overrides``: any
@@ -101,7 +118,8 @@ class Option:
             choices = self.choices() if callable(self.choices) else self.choices
             if choices is not None:
                 kw["choices"] = choices
-        kw["default"] = self.defaults.get(command, self.default)
+        default = self.defaults.get(command, self.default)
+        kw["default"] = default.read() if isinstance(default, FromSignature) else default
         if self.dest is not None:
             kw["dest"] = self.dest
         kw.update(self.overrides.get(command, {}))
@@ -314,6 +332,58 @@ _LOGGING = {
 
 SHARED: dict[str, Option] = {**_DATA, **_ENGINE, **_LOGGING, **_KD}
 
+
+def _selections():
+    from ptcore.strategies.incremental.memory import SELECTIONS
+
+    return SELECTIONS
+
+
+def _count_or_all(text: str):
+    """``--mas-samples 200`` or ``all`` (None: every sample of the task)."""
+    if text == "all":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or 'all', got {text!r}")
+    return count
+
+
+def _inc(name: str) -> FromSignature:
+    return FromSignature("ptcore.strategies.incremental.strategy:Incremental", name)
+
+
+# `ptcore incremental`'s method options: strategy keys of a config of the same names
+# (docs/incremental.md), their defaults Incremental's own.
+INCREMENTAL: dict[str, Option] = {
+    "memory": _O(("--memory",), "samples the memory holds in all (replay, der, er-ace, a-gem, "
+                 "bic, gdumb; default %(default)s)", type=int, default=_inc("memory"),
+                 metavar="N"),
+    "selection": _O(("--selection",), "how exemplars are chosen (replay, der, er-ace, a-gem; "
+                    "default %(default)s)", choices=_selections, default=_inc("selection")),
+    "lwf_weight": _O(("--lwf-weight",), "weight of LwF's distillation term (lwf; default "
+                     "%(default)s)", type=float, default=_inc("lwf_weight"), metavar="W"),
+    "ewc_lambda": _O(("--ewc-lambda",), "EWC's penalty strength λ (ewc; default %(default)s)",
+                     type=float, default=_inc("ewc_lambda"), metavar="LAMBDA"),
+    "bic_holdout": _O(("--bic-holdout",), "share of each class's memory held out to fit BiC's "
+                      "correction (bic; default %(default)s)", type=float,
+                      default=_inc("bic_holdout"), metavar="SHARE"),
+    "der_weight": _O(("--der-weight",), "weight of DER's stored-logit term (der; default "
+                     "%(default)s)", type=float, default=_inc("der_weight"), metavar="W"),
+    "agem_batch": _O(("--agem-batch",), "exemplars in A-GEM's reference batch (a-gem; default "
+                     "%(default)s)", type=int, default=_inc("agem_batch"), metavar="N"),
+    "mas_lambda": _O(("--mas-lambda",), "MAS's penalty strength (mas; default %(default)s, the "
+                     "paper's; the tests' small model does best near 0.03)", type=float,
+                     default=_inc("mas_lambda"), metavar="LAMBDA"),
+    "mas_samples": _O(("--mas-samples",), "samples per task MAS's importance is measured on, "
+                      "or all (mas; default %(default)s)", type=_count_or_all,
+                      default=_inc("mas_samples"), metavar="N"),
+}
+_OWN = {"incremental": INCREMENTAL}  # options of one command alone, by command
+
 # Spellings of one release ago: old flag -> (the commands that had it, the option now).
 # incremental's --classes was the head's classes; the data's classes were --data-classes.
 RENAMED = {
@@ -353,11 +423,13 @@ class _Renamed(argparse.Action):
 
 def add_options(p: argparse.ArgumentParser, command: str, *names: str,
                 group: str | None = None) -> None:
-    """Add the shared options ``names`` to ``command``'s parser ``p`` (in that order, in
-    the argument group ``group`` if given), each with its old spelling where it had one."""
+    """Add the shared options ``names`` (or ``command``'s own, e.g. :data:`INCREMENTAL`) to
+    ``command``'s parser ``p`` (in that order, in the argument group ``group`` if given),
+    each with its old spelling where it had one."""
     target = p.add_argument_group(group) if group else p
     for name in names:
-        add_renamed(target, command, SHARED[name].add(target, command))
+        option = SHARED[name] if name in SHARED else _OWN[command][name]
+        add_renamed(target, command, option.add(target, command))
 
 
 def add_renamed(p, command: str, action: argparse.Action) -> None:
