@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from ptcore import engine
 from ptcore.cli import main
 from ptcore.engine.checkpoint import load_checkpoint, save_checkpoint
-from ptcore.strategies.distill.crd import CRD, ContrastMemory
+from ptcore.strategies.distill.crd import CRD, ContrastMemory, bank_scores
 from ptcore.strategies.distill.terms import Setup, Step
 
-from test_distill import SEED, digits, make, one_thread, small, student_net, teacher_net  # noqa: F401
+from test_distill import (SEED, digits, make, one_thread, small, student_net,  # noqa: F401
+                          teacher, teacher_net)
 from test_distill_cli import _teacher_file
 from test_distill_methods import cnn_student
 
@@ -212,3 +213,58 @@ def test_crd_layers_name_other_layers_and_combine_with_a_feature_term(digits):  
     one = make(teacher_net(), student_net(), method="crd")
     with pytest.raises(ValueError, match="at least 2"):
         one.fit(small(digits[2], 1))
+
+
+@pytest.mark.parametrize("rows", [40, 20])  # gathered rows, or the whole bank's product
+def test_bank_scores_are_the_drawn_rows_dot_the_embeddings(rows):
+    g = torch.Generator().manual_seed(2)
+    bank = torch.randn(rows, 6, generator=g, dtype=torch.float64)
+    e = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    contrast = torch.randint(rows, (3, 2), generator=g)
+    want = torch.stack([torch.stack([bank[j] @ e[b] for j in contrast[b]]) for b in range(3)])
+    torch.testing.assert_close(bank_scores(bank, contrast, e), want, rtol=1e-14, atol=1e-14)
+
+
+def test_kd_plus_crd_student_learns_and_its_heads_align_the_embeddings(digits, teacher):  # noqa: F811
+    """The test_distill protocol (5 labels per class, the unlabelled rest, 8 epochs, the MLP
+    student), the paper's settings but the negatives capped at the data (N - 1). On these
+    tiny digits CRD does not add accuracy to KD: measured on seeds 0/1/2 with 256 negatives,
+    KD 95.2/95.2/97.8%, KD + CRD 95.2/94.4/96.7% (labels alone 84-87%). What it does do is
+    its objective: through the trained heads, a test image's student embedding picks out the
+    teacher's embedding of the same image among 200 (top-1 14-17.5%, fresh heads at chance,
+    0.5-1.5%)."""
+    _, _, labelled, unlabelled, test = digits
+    kd = make(teacher, epochs=8)
+    kd.fit(labelled, unlabelled)
+    crd = make(teacher, method="kd+crd", epochs=8)
+    history = crd.fit(labelled, unlabelled)["history"]
+    acc = {"kd": kd.evaluate(test)["accuracy"], "kd+crd": crd.evaluate(test)["accuracy"]}
+    assert acc["kd+crd"] >= max(0.92, acc["kd"] - 0.02), acc
+    assert history[-1]["train_crd"] < 0.95 * history[0]["train_crd"]  # 17.0 -> 14.9
+    x = torch.stack([test[i][0] for i in range(200)])
+    with torch.no_grad():
+        f_s = crd.student.eval()[:-1](x)
+        f_t = teacher.eval()[:-1](F.interpolate(x, size=16, mode="bilinear",
+                                                align_corners=False))
+        top1 = {}
+        for name, heads in (("trained", crd.trained.terms["crd"]),
+                            ("fresh", ContrastMemory(64, 512, 128, 2, seed=SEED))):
+            e_s, e_t = heads(f_s, f_t)
+            top1[name] = ((e_s @ e_t.t()).argmax(1) == torch.arange(200)).float().mean()
+    print(acc, top1)
+    assert top1["trained"] >= 0.08 and top1["fresh"] <= 0.03, top1
+
+
+def test_kd_plus_crd_runs_from_the_command_line(tmp_path, capsys):
+    args = ["distill", "--teacher", "resnet18", "--teacher-weights", _teacher_file(tmp_path, 2),
+            "--student", "mobilenet_v3_small", "--data", "digits", "--image-size", "16",
+            "--classes", "0,1", "--labels-per-class", "3", "--epochs", "1",
+            "--batch-size", "128", "--no-progress", "--method", "kd+crd",
+            "--out", str(tmp_path / "crd")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "crd" / "summary.json").read_text())
+    assert summary["method"] == "kd+crd" and math.isfinite(summary["final"]["train_crd"])
+    assert summary["final"]["train_crd"] > 0
+    assert "crd (contrastive representation distillation" in \
+        " ".join(__import__("ptcore.strategies.distill.terms", fromlist=["x"]).method_help()
+                 .split())

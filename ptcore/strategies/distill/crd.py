@@ -21,8 +21,8 @@ from ptcore._kd_args import check_float
 from ptcore.runtime import distributed as D
 from ptcore.strategies.distill.terms import Option, Step, Term, register
 
-__all__ = ["CRD", "ContrastMemory", "contrast_indices", "nce_loss", "infonce_loss",
-           "update_bank"]
+__all__ = ["CRD", "ContrastMemory", "contrast_indices", "bank_scores", "nce_loss",
+           "infonce_loss", "update_bank"]
 
 OBJECTIVES = ("nce", "infonce")
 EPS = 1e-7  # the paper code's, in the NCE's denominators
@@ -52,6 +52,18 @@ def infonce_loss(scores: torch.Tensor) -> torch.Tensor:
     """−mean log softmax(scores)[0]: the positive against the negatives."""
     return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long,
                                                device=scores.device))
+
+
+def bank_scores(bank: torch.Tensor, contrast: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``[B, 1 + K]``: ``bank[contrast[b, k]] · e[b]``. Where the bank is at most 16× the rows
+    drawn, one product with the whole bank and a gather beats gathering B·(1 + K) bank rows
+    (a GEMM against a memory-bound copy and B small products); the backward keeps a copy of
+    the bank (no more memory than the gathered rows from batches of 16 on), which the update
+    after the step may change in place."""
+    if len(bank) <= 16 * contrast.shape[1]:
+        return (e @ bank.to(e.dtype, copy=True).t()).gather(1, contrast)
+    rows = bank.index_select(0, contrast.flatten()).view(*contrast.shape, -1)
+    return torch.bmm(rows.to(e.dtype), e[:, :, None]).squeeze(2)
 
 
 @torch.no_grad()
@@ -225,8 +237,8 @@ class CRD(Term):
             contrast = contrast_indices(step.index, n, min(opt["crd_negatives"], n - 1))
             tau = opt["crd_temperature"]
             # the student against the teacher bank, the teacher against the student bank
-            s_scores = torch.einsum("bkd,bd->bk", m.bank_teacher[contrast], e_s) / tau
-            t_scores = torch.einsum("bkd,bd->bk", m.bank_student[contrast], e_t) / tau
+            s_scores = bank_scores(m.bank_teacher, contrast, e_s) / tau
+            t_scores = bank_scores(m.bank_student, contrast, e_t) / tau
             if opt["crd_objective"] == "infonce":
                 contrastive = infonce_loss(s_scores) + infonce_loss(t_scores)
             else:
