@@ -1,4 +1,4 @@
-"""Logit KD against DKD and feature-level KD (FitNets, attention transfer) on the
+"""Logit KD against DKD, feature-level KD (FitNets, attention transfer) and CRD on the
 distillation protocol of docs/distill.md: 5 labels per class of the digits, the rest
 unlabelled; the tests' CNN teacher at 16×16 trained on the whole training split and a
 smaller CNN student at 8×8 (feature methods need feature maps on both sides), hints from
@@ -35,6 +35,9 @@ METHODS = {
     "at+kd": {"method": "at", "features": [("2", "6")]},
     "fitnets, no logit KD": {"method": "fitnets", "features": [("2", "6")], "soft_weight": 0.0},
     "at, no logit KD": {"method": "at", "features": [("2", "6")], "soft_weight": 0.0},
+    "kd+crd": {"method": "kd+crd"},
+    "kd+crd, infonce": {"method": "kd+crd", "crd_objective": "infonce"},
+    "crd, no logit KD": {"method": "crd", "soft_weight": 0.0},
 }
 
 

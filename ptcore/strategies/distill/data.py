@@ -1,5 +1,6 @@
 """The data a distilled student trains on: labelled and unlabelled samples in one dataset
-(unlabelled ones carry ``ignore_index``), and that dataset zipped with a teacher cache."""
+(unlabelled ones carry ``ignore_index``), that dataset zipped with a teacher cache, and
+with each item's index (for terms that keep per-sample state)."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,7 @@ from torch.utils.data import Dataset
 
 from ptcore.data import hide_labels, is_deterministic, targets_of
 
-__all__ = ["PseudoLabelData", "WithTeacherRows"]
+__all__ = ["PseudoLabelData", "WithTeacherRows", "WithIndex"]
 
 
 def _fetch(dataset, indices: list[int]) -> list:
@@ -66,3 +67,20 @@ class WithTeacherRows(Dataset):
     def __getitems__(self, indices: list[int]):
         rows = self.cache.get(indices, device="cpu")
         return [(*item, r) for item, r in zip(_fetch(self.dataset, indices), rows)]
+
+
+class WithIndex(Dataset):
+    """Items ``(*item, i)``: ``dataset``'s item ``i`` followed by ``i``, which a batch carries as
+    an int64 tensor (CRD's memory bank keeps one row per training sample)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]):
+        return [(*item, i) for item, i in zip(_fetch(self.dataset, indices), indices)]

@@ -63,8 +63,9 @@ def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class StudentWithAdapters(nn.Module):
-    """The student, plus a feature term's adapters, as the one module the engine trains (so the
-    adapters are optimised, checkpointed and synchronised under DDP with the student).
+    """The student, plus a feature term's adapters and the terms' own modules (``terms``, by
+    term name; :meth:`Term.attach`), as the one module the engine trains (so they are
+    optimised, checkpointed and synchronised under DDP with the student).
     ``forward`` returns the student's logits and leaves the adapted features of the tapped
     layers in ``hints`` (computed inside forward, where DDP tracks the parameters)."""
 
@@ -72,6 +73,7 @@ class StudentWithAdapters(nn.Module):
         super().__init__()
         self.student, self.pairs = student, pairs
         self.adapters = nn.ModuleList(nn.Identity() for _ in pairs)
+        self.terms = nn.ModuleDict()
         self.taps = Taps(student, [s for s, _ in pairs], "student")
         self.hints: list[torch.Tensor] = []
 

@@ -22,7 +22,7 @@ from ptcore.cache.build import inference
 from ptcore.runtime import distributed as D
 from ptcore.models import freeze
 from ptcore.strategies._param_groups import weight_decay_groups
-from ptcore.strategies.distill.data import PseudoLabelData, WithTeacherRows
+from ptcore.strategies.distill.data import PseudoLabelData, WithIndex, WithTeacherRows
 from ptcore.strategies.distill.layers import FeatureTerm, StudentWithAdapters, Taps, \
     pairing_error
 from ptcore.strategies.distill.teacher import TeacherView, unpack
@@ -155,7 +155,10 @@ class Distill:
         self.pairs = self.feature.pairs if self.feature is not None else None
         if self.feature is None and options["features"] is not None:
             raise pairing_error(method, features)
-        self.trained = None  # feature terms: the student with its adapters, as trained
+        # The student with the feature term's adapters and the terms' own modules, as
+        # trained (None: the student alone is).
+        self.trained = None
+        self.index = any(t.index for t in self.terms)  # batches carry each row's index
         if cache_dir is not None and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
             raise ValueError(f"cache_dir {str(cache_dir)!r} is a file, not a folder")
         self.cache_dtype, self.cache_dir = cache_dtype, cache_dir
@@ -226,13 +229,14 @@ class Distill:
 
     # -- training ------------------------------------------------------------------------
     def _step(self, model, batch) -> dict:
-        x, y, *cached = batch
-        if cached:
-            rows = cached[0]
+        x, y, *extra = batch
+        index = extra.pop() if self.index else None
+        if extra:
+            rows = extra[0]
         else:
             with torch.no_grad():
                 rows = self.view(x)
-        step = Step(model(x), y, unpack(rows, self.topk))
+        step = Step(model(x), y, unpack(rows, self.topk), index=index)
         if self.feature is not None:
             step.student_features = self.trained.hints
             step.teacher_features = [self.teacher_taps.outputs[t] for _, t in self.pairs]
@@ -244,17 +248,41 @@ class Distill:
             out.update((k, v) for k, v in part.items() if k != "loss")
         return out
 
+    def _probe(self, data: PseudoLabelData):
+        """Runs teacher and student on one training sample (their hooks see it)."""
+        x = data[0][0].unsqueeze(0).to(self.device)
+
+        def probe():
+            with torch.no_grad():
+                self.view.logits(x)
+            with inference(self.student):
+                self.student(x)
+        return probe
+
+    def _prepare_terms(self, data: PseudoLabelData) -> None:
+        """The terms' own modules (:meth:`Term.attach`) joined to the trained module, their
+        parameters handed to the optimizer (once: a later fit keeps a module it returns
+        again)."""
+        for term in self.terms:
+            module = term.attach(self.student, self.teacher, self._probe(data), len(data),
+                                 self.fit_args["seed"])
+            if module is None:
+                continue
+            if self.trained is None:
+                self.trained = StudentWithAdapters(self.student, [])
+            if term.name not in self.trained.terms:
+                self.trained.terms[term.name] = module.to(self.device)
+                params = [p for p in module.parameters() if p.requires_grad]
+                if params:
+                    self.optimizer.add_param_group({"params": params})
+
     def _prepare_features(self, data: PseudoLabelData) -> None:
         """Hooks on both sides, and the FitNets adapters sized from one probe sample and
         handed to the optimizer (once: a later fit reuses them)."""
         self.teacher_taps = Taps(self.teacher, [t for _, t in self.pairs], "teacher")
         if self.trained is None:
             self.trained = StudentWithAdapters(self.student, self.pairs)
-            x = data[0][0].unsqueeze(0).to(self.device)
-            with torch.no_grad():
-                self.view.logits(x)
-            with inference(self.student):
-                self.student(x)
+            self._probe(data)()
             teacher = [self.teacher_taps.outputs[t] for _, t in self.pairs]
             if self.feature.adapter is not None:
                 self.trained.build_adapters(teacher, self.fit_args["seed"], self.feature.adapter)
@@ -283,13 +311,17 @@ class Distill:
             self._check_classes(data)
             if self.feature is not None:
                 self._prepare_features(data)
+            train_data = WithTeacherRows(data, self.cache) if self.cache is not None else data
             try:
+                self._prepare_terms(data)
                 history = engine.fit(
-                    self.student if self.feature is None else self.trained,
-                    WithTeacherRows(data, self.cache) if self.cache is not None else data,
+                    self.student if self.trained is None else self.trained,
+                    WithIndex(train_data) if self.index else train_data,
                     self.optimizer, step_fn=self._step, val_data=val, out_dir=out_dir,
                     resume=resume, device=self.device, meta=meta, **self.fit_args)
             finally:
+                for term in self.terms:
+                    term.detach()
                 if self.feature is not None:
                     self.teacher_taps.remove()
                     self.trained.taps.remove()

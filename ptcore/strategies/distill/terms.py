@@ -5,7 +5,9 @@ A method names its terms joined by "+" ("dkd+at"); it holds at most one term of 
 ``kind`` and always one of kind "logits" (``DEFAULT`` when it names none). A term declares
 the ``Distill`` keyword arguments it reads (``options``: name → :class:`Option`), the terms
 it cannot be combined with (``excludes``), refuses the settings it cannot run with
-(:meth:`Term.check`), and returns its part of a step's loss (:meth:`Term.loss`). Parsing,
+(:meth:`Term.check`), and returns its part of a step's loss (:meth:`Term.loss`); a term that
+holds parameters or state of its own (CRD's embedding heads and memory banks) returns them
+as a module from :meth:`Term.attach`, trained and checkpointed with the student. Parsing,
 the compatibility checks and the ``--method`` help all read the registry, so a new term is
 one module that calls :func:`register` (ptcore/strategies/distill/kd.py is the model).
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import torch
+import torch.nn as nn
 
 __all__ = ["Option", "Setup", "Step", "Term", "TERMS", "DEFAULT", "register", "parse_method",
            "check_options", "option_names", "names", "method_help"]
@@ -49,12 +52,14 @@ class Step:
     """One training batch as the terms see it: the student's logits ``[B, V]``, the labels
     ``[B]`` (``Setup.ignore_index`` on unlabelled rows), the teacher's output (``(logits,)``
     or, with top-k, ``(values [B, K], indices [B, K])``) and, where a term taps layers,
-    the student's (adapted) and the teacher's outputs of each layer pair."""
+    the student's (adapted) and the teacher's outputs of each layer pair; where a term
+    reads it (``Term.index``), each row's position in the training data ``[B]``."""
     logits: torch.Tensor
     labels: torch.Tensor
     teacher: tuple[torch.Tensor, ...]
     student_features: list[torch.Tensor] = field(default_factory=list)
     teacher_features: list[torch.Tensor] = field(default_factory=list)
+    index: torch.Tensor | None = None
 
 
 class Term:
@@ -65,6 +70,7 @@ class Term:
     help: str = ""                    # one line for the --method help
     options: dict[str, Option] = {}   # the Distill keyword arguments it reads
     excludes: tuple[str, ...] = ()    # terms it cannot be combined with
+    index: bool = False               # loss() reads Step.index (per-sample state)
 
     def __init__(self, setup: Setup, options: dict[str, Any]):
         self.setup = setup
@@ -74,6 +80,20 @@ class Term:
 
     def check(self) -> None:
         """Raise ValueError (naming them) for settings this term cannot run with."""
+
+    def attach(self, student: nn.Module, teacher: nn.Module, probe: Callable[[], None],
+               num_samples: int, seed: int) -> nn.Module | None:
+        """Called by ``Distill.fit`` before training (online teacher): hook what the term
+        reads and return its own module, or None. The module is trained with the student:
+        its parameters are optimised, and its parameters and buffers are checkpointed and
+        restored on resume with the student's, so per-sample state (a memory bank) belongs
+        in its buffers. ``probe()`` runs both models on one training sample (to size
+        layers); ``num_samples``: the training data's length (``Step.index`` < it). Called
+        at every fit; return the same module to keep it."""
+        return None
+
+    def detach(self) -> None:
+        """After a fit: remove the hooks :meth:`attach` placed."""
 
     def loss(self, step: Step) -> dict[str, torch.Tensor]:
         """This term's part of the step's loss under "loss", and any other named scalars
