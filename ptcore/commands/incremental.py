@@ -44,6 +44,9 @@ def add_parser(sub):
     p.add_argument("--protocol", choices=("class", "task"), default="class")
     p.add_argument("--memory", type=int, default=200, help="exemplars in all (replay)")
     p.add_argument("--selection", choices=("herding", "random"), default="herding")
+    p.add_argument("--replay-schedule", choices=("union", "mixed"), default="union",
+                   help="union: epochs over the new data and the exemplars together; mixed: "
+                   "epochs over the new data, each batch joined by as many random exemplars")
     p.add_argument("--ewc-lambda", type=float, default=10.0)
     add_options(p, "incremental", "freeze")
     add_engine_arguments(p, "incremental", label_smoothing=True)
@@ -82,8 +85,8 @@ def _incremental(args) -> int:
     model = create_model(args.model, weights=args.weights, progress=not args.no_progress)
     strategy = Incremental(model, **strategy_kwargs(
         args, method=args.method, protocol=args.protocol, classes=args.head_classes,
-        memory=args.memory, selection=args.selection, ewc_lambda=args.ewc_lambda,
-        freeze=args.freeze))
+        memory=args.memory, selection=args.selection, replay_schedule=args.replay_schedule,
+        ewc_lambda=args.ewc_lambda, freeze=args.freeze))
     run = open_run_folder(args, "incremental")  # last: a bad option leaves --out untouched
     res = strategy.fit(train_tasks, test_tasks, out_dir=run, resume=run.resume)
     if D.is_main():

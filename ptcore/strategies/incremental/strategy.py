@@ -31,6 +31,7 @@ from ptcore.strategies.incremental.results import PROTOCOLS, run_results, write_
 from ptcore.strategies.incremental.plan import Plan, make_plan
 from ptcore.strategies.incremental.registry import (METHODS, Step, parse_method,
                                                     preset_options)
+from ptcore.strategies.incremental.replay import check_schedule, training_data
 
 __all__ = ["Incremental", "PROTOCOLS"]
 
@@ -42,7 +43,8 @@ class Incremental:
     "naive" is plain fine-tuning), or a preset such as "icarl" (:data:`PRESETS`); the help
     of each, with the arguments below that it reads, is ``method_help()``. Their arguments:
     ``temperature`` and ``lwf_weight`` (lwf), ``memory`` exemplars in all chosen by
-    ``selection`` ("herding" or "random": replay, der), ``ewc_lambda``, ``ewc_decay``,
+    ``selection`` ("herding" or "random": replay, der), ``replay_schedule`` ("union" or
+    "mixed" batches: replay, der, er-ace; replay.py), ``ewc_lambda``, ``ewc_decay``,
     ``ewc_samples`` (ewc), ``bic_holdout`` (bic), ``der_weight``, ``der_topk`` (der),
     ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem), ``mas_lambda``,
     ``mas_samples`` (mas); docs/incremental.md describes them all.
@@ -73,7 +75,7 @@ class Incremental:
                  progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
                  label_smoothing: float = 0.0, optimizer: str = "adamw", momentum: float = 0.9,
                  nesterov: bool = False, mixup: float | None = None,
-                 cutmix: float | None = None, **run_options):
+                 cutmix: float | None = None, replay_schedule: str = "union", **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -103,6 +105,7 @@ class Incremental:
         self.methods = {name: cls(options, self.parts) for name, cls in METHODS.items()
                         if name in self.parts}
         uses_memory = [m for m in self.methods.values() if m.uses_memory]
+        self.replay_schedule = check_schedule(replay_schedule, self.methods, method)
         self.memory = (ExemplarMemory(memory, selection, seed,
                                       max(m.holdout for m in self.methods.values()))
                        if uses_memory else None)
@@ -200,10 +203,7 @@ class Incremental:
         self.model.to(self.device)
         if not all(m.trains for m in self.methods.values()) or (t == 0 and self.plan.skip_first):
             return []
-        data, widths = train[t], []
-        for m in self.methods.values():
-            data, width = m.train_data(self, t, train, data)
-            widths.append(width)
+        data, widths = training_data(self, t, train)
         optimizer = engine.make_optimizer(layer_decay_groups(self.model, self.lr, 1.0,
                                                              self.weight_decay), **self.optim)
         history = engine.fit(self.model, data, optimizer, step_fn=self._step_fn(widths),
@@ -285,9 +285,10 @@ class Incremental:
                                   for k in range(len(test))])
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _plan_record(self) -> dict:
+    def _plan_record(self) -> dict:  # the schedule when not the default (older runs': union)
+        mixed = {"replay_schedule": "mixed"} if self.replay_schedule == "mixed" else {}
         return {"method": self.method, "protocol": self.protocol,
-                "classes": self.plan.classes, "tasks": self.plan.task_classes}
+                "classes": self.plan.classes, "tasks": self.plan.task_classes, **mixed}
 
     def _save(self, out: engine.RunFolder, t: int) -> None:
         def save():
