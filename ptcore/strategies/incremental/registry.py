@@ -58,6 +58,7 @@ class Method:
     every_class: bool = False        # needs training data of every class of the head
     state_key: str | None = None     # its entry in task_<t>/state.pt
     holdout: float = 0.0             # share of each class's memory held out of training
+    holdout_beside: bool = False     # ... kept beside the budget rather than taken out of it
 
     def __init__(self, options, parts: frozenset[str]):
         """``options``: the strategy's keyword arguments (a namespace); ``parts``: the names

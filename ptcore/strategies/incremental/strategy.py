@@ -45,9 +45,9 @@ class Incremental:
     ``temperature`` and ``lwf_weight`` (lwf), ``memory`` exemplars in all chosen by
     ``selection`` ("herding" or "random": replay, der), ``replay_schedule`` ("union" or
     "mixed" batches: replay, der, er-ace; replay.py), ``ewc_lambda``, ``ewc_decay``,
-    ``ewc_samples`` (ewc), ``bic_holdout`` (bic), ``der_weight``, ``der_topk`` (der),
-    ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem), ``mas_lambda``,
-    ``mas_samples`` (mas); docs/incremental.md describes them all.
+    ``ewc_samples`` (ewc), ``bic_holdout``, ``bic_validation`` (bic), ``der_weight``,
+    ``der_topk`` (der), ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem),
+    ``mas_lambda``, ``mas_samples`` (mas); docs/incremental.md describes them all.
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
     matrices are measured either way.
@@ -65,6 +65,7 @@ class Incremental:
                  selection: str = "herding", temperature: float = 2.0,
                  lwf_weight: float = 1.0, ewc_lambda: float = 10.0, ewc_decay: float = 1.0,
                  ewc_samples: int | None = 200, bic_holdout: float = 0.1,
+                 bic_validation: str = "memory",
                  der_weight: float = 0.1, der_topk: int | None = None,
                  ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 256,
                  mas_lambda: float = 1.0, mas_samples: int | None = 200,
@@ -94,9 +95,9 @@ class Incremental:
         options = SimpleNamespace(
             memory=memory, selection=selection, temperature=temperature, lwf_weight=lwf_weight,
             ewc_lambda=ewc_lambda, ewc_decay=ewc_decay, ewc_samples=ewc_samples,
-            bic_holdout=bic_holdout, der_weight=der_weight, der_topk=der_topk,
-            ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge, agem_batch=agem_batch,
-            mas_lambda=mas_lambda, mas_samples=mas_samples, seed=seed)
+            bic_holdout=bic_holdout, bic_validation=bic_validation, der_weight=der_weight,
+            der_topk=der_topk, ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge,
+            agem_batch=agem_batch, mas_lambda=mas_lambda, mas_samples=mas_samples, seed=seed)
         for name, (preset, value) in preset_options(self.method).items():
             if getattr(options, name) != value:
                 raise ValueError(f"{preset} fixes {name}={value!r}: its exemplars are chosen "
@@ -104,11 +105,11 @@ class Incremental:
         # The parts in registration order: the order their hooks run.
         self.methods = {name: cls(options, self.parts) for name, cls in METHODS.items()
                         if name in self.parts}
-        uses_memory = [m for m in self.methods.values() if m.uses_memory]
         self.replay_schedule = check_schedule(replay_schedule, self.methods, method)
-        self.memory = (ExemplarMemory(memory, selection, seed,
-                                      max(m.holdout for m in self.methods.values()))
-                       if uses_memory else None)
+        parts = self.methods.values()
+        self.memory = (ExemplarMemory(memory, selection, seed, max(m.holdout for m in parts),
+                                      any(m.holdout_beside for m in parts))
+                       if any(m.uses_memory for m in parts) else None)
         if freeze is not None:
             freeze_module(nn.ModuleList(
                 s.module for s in stages(self.model)[:split_index(self.model, freeze)]))
