@@ -364,6 +364,10 @@ INCREMENTAL: dict[str, Option] = {
                  metavar="N"),
     "selection": _O(("--selection",), "how exemplars are chosen (replay, der, er-ace, a-gem; "
                     "default %(default)s)", choices=_selections, default=_inc("selection")),
+    "replay_schedule": _O(("--replay-schedule",), "union: epochs over the new data and the "
+                          "exemplars together; mixed: epochs over the new data, each batch "
+                          "joined by as many random exemplars (default %(default)s)",
+                          choices=("union", "mixed"), default=_inc("replay_schedule")),
     "lwf_weight": _O(("--lwf-weight",), "weight of LwF's distillation term (lwf; default "
                      "%(default)s)", type=float, default=_inc("lwf_weight"), metavar="W"),
     "ewc_lambda": _O(("--ewc-lambda",), "EWC's penalty strength λ (ewc; default %(default)s)",

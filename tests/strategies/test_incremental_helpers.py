@@ -108,8 +108,10 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     fresh.update(inc.model, inc.plan.remap(train[2]), F.cross_entropy, device="cpu",
                  progress=False)
     # The later methods' state: held-out slice, (α, β), stored logits; RanPAC's G and Q.
+    # Mixed batches: each rank draws its own exemplars for its batches.
     bic = Incremental(tiny_model(2), method="bic+der+replay", memory=12, epochs=1,
-                      batch_size=10, lr=3e-3, seed=SEED, progress=False)  # no 1-sample batch
+                      batch_size=10, lr=3e-3, seed=SEED, progress=False,  # no 1-sample batch
+                      replay_schedule="mixed")
     bic_R = bic.fit(list(train[:3]), list(test[:3]))["accuracy_matrix"]
     ranpac = Incremental(tiny_model(2), method="ranpac", classes=[0, 1], ranpac_dim=64,
                          progress=False)

@@ -38,6 +38,8 @@ def test_presets_and_combinations():
         make("icarl", selection="random")
     with pytest.raises(ValueError, match="bic_holdout"):
         make("bic+replay", bic_holdout=0.0)
+    with pytest.raises(ValueError, match="bic_validation must be one of"):
+        make("bic+replay", bic_validation="exemplars")
     with pytest.raises(ValueError, match="memory=15 is smaller than the 10 classes need"):
         make("bic+replay", memory=15, epochs=1).fit(*scenario())  # 10 classes need 20
 
@@ -94,7 +96,8 @@ def test_bic_fit_is_the_penalised_optimum():
     torch.testing.assert_close(out[:, 4:], alpha * z[:, 4:] + beta)
 
 
-def test_bic_parameters_are_fit_on_held_out_samples_only(monkeypatch):
+@pytest.mark.parametrize("validation", ["memory", "beside"])
+def test_bic_parameters_are_fit_on_held_out_samples_only(monkeypatch, validation):
     train, test = scenario()
     trained_images = []
     real_fit = engine.fit
@@ -112,8 +115,13 @@ def test_bic_parameters_are_fit_on_held_out_samples_only(monkeypatch):
 
     monkeypatch.setattr(engine, "fit", spy_fit)
     monkeypatch.setattr(B, "fit_bias", spy_bias)
-    inc = make("bic+replay", epochs=1)
+    inc = make("bic+replay", epochs=1, bic_validation=validation)
     inc.fit(train[:3], test[:3])
+    # 100 // 6 classes = 16 a class: 2 of them held out (bic_holdout 0.1), or 2 beside them
+    exemplars, heldout = inc.memory.exemplars, inc.memory.heldout
+    assert {len(p) for _, p in exemplars.values()} == {14 if validation == "memory" else 16}
+    assert {len(p) for _, p in heldout.values()} == {2}
+    assert all(not set(heldout[r][1]) & set(exemplars[r][1]) for r in range(6))
     held = [d[i][0] for d in inc.memory.heldout_datasets([inc.plan.remap(t) for t in train[:3]])
             for i in range(len(d))]
     assert held and len(inc.methods["bic"].bias.layers) == 2  # tasks 2 and 3 corrected

@@ -1,6 +1,7 @@
 """Bias Correction (BiC, Wu et al. 2019): after a task is trained, correct the head's bias
 toward the newest classes with a two-parameter affine map of their logits, fit on samples
-of every class held out of training (a share of the exemplar memory)."""
+of every class held out of training (a share of the exemplar memory's quota, taken out of
+its budget or, with ``bic_validation="beside"``, kept beside it)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,9 @@ from ptcore.data import LabeledSubset
 from ptcore.strategies.incremental.memory import union
 from ptcore.strategies.incremental.registry import Method, register
 
-__all__ = ["fit_bias", "BiasCorrection", "BiC"]
+__all__ = ["VALIDATIONS", "fit_bias", "BiasCorrection", "BiC"]
+
+VALIDATIONS = ("memory", "beside")  # where the held-out slice is kept
 
 
 def fit_bias(logits: torch.Tensor, labels: torch.Tensor, start: int, stop: int, *,
@@ -67,7 +70,7 @@ class BiasCorrection:
 class BiC(Method):
     name = "bic"
     help = ("with replay or der: fit a + b*z on the new classes' logits over a held-out share "
-            "bic_holdout of the memory")
+            "bic_holdout of the memory (bic_validation: out of its budget, or beside it)")
     requires = ("replay", "der")
     requires_why = ("bic fits its correction on a held-out slice of the exemplar memory, so "
                     "it needs replay or der (e.g. 'bic+replay')")
@@ -78,7 +81,11 @@ class BiC(Method):
         super().__init__(options, parts)
         if not 0 < options.bic_holdout < 0.5:
             raise ValueError(f"bic_holdout must be in (0, 0.5), got {options.bic_holdout!r}")
+        if options.bic_validation not in VALIDATIONS:
+            raise ValueError(f"bic_validation must be one of {VALIDATIONS}, got "
+                             f"{options.bic_validation!r}")
         self.holdout = options.bic_holdout
+        self.holdout_beside = options.bic_validation == "beside"
         self.bias = BiasCorrection()
         self.keep: list[int] | None = None  # the positions of the task's data left to train on
 

@@ -115,6 +115,7 @@ class DER(Method):
             "der_topk: the top-k as KD targets); alone the exemplars learn from their logits "
             "only, der+replay from their labels too (DER++)")
     uses_memory = True
+    replays = True
     unmixed = "its stored logits belong to the unmixed exemplars"
     state_key = "logits"
 

@@ -47,6 +47,7 @@ class ERACE(Method):
     excludes = {"replay": "er-ace replays the memory itself: drop replay",
                 "der": "er-ace and der each decide which samples learn from their labels"}
     uses_memory = True
+    replays = True
     unmixed = "its new samples' loss spans only their own batch's classes"
 
     def train_data(self, run, t, train, data):

@@ -2,8 +2,10 @@
 classes seen so far (class-balanced), chosen by herding in feature space (iCaRL) or at
 random. Exemplars are kept as positions in their task's training set, so the memory is
 small to checkpoint and identical on every process. With ``holdout`` (BiC) a share of each
-class's quota is a held-out slice instead: random samples reserved before their task
-trains, never trained on or replayed, kept to fit the bias correction."""
+class's quota is a held-out slice: random samples reserved before their task trains, never
+trained on or replayed, kept to fit the bias correction; taken out of the budget, or with
+``beside`` kept beside it (a validation set of its own, as BiC's paper and Avalanche keep,
+while the exemplars keep the whole budget)."""
 from __future__ import annotations
 
 import torch
@@ -52,10 +54,11 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
 class ExemplarMemory:
     """At most ``budget`` samples, ``budget // classes_seen`` per class: of those,
     ``held(quota)`` held out (``holdout`` share, at least one when ``holdout`` > 0) and the
-    rest exemplars."""
+    rest exemplars; with ``beside``, ``quota`` exemplars and ``held(quota)`` held out beside
+    them."""
 
     def __init__(self, budget: int, selection: str = "herding", seed: int = 0,
-                 holdout: float = 0.0):
+                 holdout: float = 0.0, beside: bool = False):
         if not isinstance(budget, int) or budget < 1:
             raise ValueError(f"memory must be a positive int (exemplars in all), got {budget!r}")
         if selection not in SELECTIONS:
@@ -63,6 +66,7 @@ class ExemplarMemory:
         if not 0.0 <= holdout < 1.0:
             raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
         self.budget, self.selection, self.seed, self.holdout = budget, selection, seed, holdout
+        self.beside = bool(beside and holdout)
         self.exemplars: dict[int, tuple[int, list[int]]] = {}  # row -> (task, positions)
         self.heldout: dict[int, tuple[int, list[int]]] = {}    # row -> (task, positions)
 
@@ -73,9 +77,13 @@ class ExemplarMemory:
         """Held-out samples per class at a per-class ``quota``."""
         return max(1, round(self.holdout * quota)) if self.holdout else 0
 
+    def kept(self, quota: int) -> int:
+        """Exemplars per class at a per-class ``quota``."""
+        return quota if self.beside else quota - self.held(quota)
+
     def min_budget(self, classes: int) -> int:
         """The smallest budget that leaves every one of ``classes`` an exemplar."""
-        return classes * (2 if self.holdout else 1)
+        return classes * (2 if self.holdout and not self.beside else 1)
 
     def _quota(self, new_rows: int) -> int:
         return self.budget // (len(self.exemplars.keys() | self.heldout.keys()) + new_rows)
@@ -117,7 +125,7 @@ class ExemplarMemory:
                 positions = (targets == row).nonzero().flatten()
                 kept = set(self.heldout.get(row, (task, []))[1])
                 positions = positions[[int(p) not in kept for p in positions]]
-                m = min(quota - self.held(quota), len(positions))
+                m = min(self.kept(quota), len(positions))
                 chosen[row] = (task, self._choose(model, data, positions, row, m, device,
                                                   num_workers).tolist())
         if D.is_distributed():
@@ -126,7 +134,7 @@ class ExemplarMemory:
             chosen = box[0]
         self.exemplars.update(chosen)
         for row, (t, p) in self.exemplars.items():
-            self.exemplars[row] = (t, p[:quota - self.held(quota)])
+            self.exemplars[row] = (t, p[:self.kept(quota)])
         for row, (t, p) in self.heldout.items():
             self.heldout[row] = (t, p[:self.held(quota)])
 
@@ -147,14 +155,17 @@ class ExemplarMemory:
 
     def state_dict(self) -> dict:
         return {"budget": self.budget, "selection": self.selection, "holdout": self.holdout,
+                "beside": self.beside,
                 "exemplars": [[row, t, p] for row, (t, p) in sorted(self.exemplars.items())],
                 "heldout": [[row, t, p] for row, (t, p) in sorted(self.heldout.items())]}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = (self.budget, self.selection, self.holdout)
-        theirs = (state["budget"], state["selection"], state.get("holdout", 0.0))
+        mine = (self.budget, self.selection, self.holdout, self.beside)
+        theirs = (state["budget"], state["selection"], state.get("holdout", 0.0),
+                  state.get("beside", False))
         if theirs != mine:
-            raise ValueError(f"the checkpoint's memory (budget, selection, holdout) {theirs} "
+            raise ValueError(f"the checkpoint's memory (budget, selection, holdout, beside) "
+                             f"{theirs} "
                              f"differs from this one's {mine}")
         self.exemplars = {row: (t, list(p)) for row, t, p in state["exemplars"]}
         self.heldout = {row: (t, list(p)) for row, t, p in state.get("heldout", [])}

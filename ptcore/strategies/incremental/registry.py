@@ -52,11 +52,13 @@ class Method:
     requires_why: str = ""           # ... and the reason, when none is
     excludes: dict[str, str] = {}    # other method -> why they cannot be combined
     uses_memory: bool = False        # trains on the exemplar memory (built when a part uses it)
+    replays: bool = False            # train_data may append the exemplars after the data given
     trains: bool = True              # False: no gradient step (prototypes from the data)
     unmixed: str = ""                # why its batches cannot be mixed (mixup/cutmix), if so
     every_class: bool = False        # needs training data of every class of the head
     state_key: str | None = None     # its entry in task_<t>/state.pt
     holdout: float = 0.0             # share of each class's memory held out of training
+    holdout_beside: bool = False     # ... kept beside the budget rather than taken out of it
 
     def __init__(self, options, parts: frozenset[str]):
         """``options``: the strategy's keyword arguments (a namespace); ``parts``: the names
@@ -70,7 +72,9 @@ class Method:
     def train_data(self, run, t: int, train: list, data) -> tuple[object, int]:
         """The data task ``t`` trains on, from ``data`` (what the parts before made of it),
         and how many fields this method appended to each item (read back in
-        :attr:`Step.fields`)."""
+        :attr:`Step.fields`). A part that :attr:`replays` appends the exemplars after the
+        samples of ``data`` (the mixed schedule draws each batch's from there), and the parts
+        after it keep the order."""
         return data, 0
 
     def labelled(self, fields: tuple) -> torch.Tensor | None:

@@ -31,6 +31,7 @@ from ptcore.strategies.incremental.results import PROTOCOLS, run_results, write_
 from ptcore.strategies.incremental.plan import Plan, make_plan
 from ptcore.strategies.incremental.registry import (METHODS, Step, parse_method,
                                                     preset_options)
+from ptcore.strategies.incremental.replay import check_schedule, training_data
 
 __all__ = ["Incremental", "PROTOCOLS"]
 
@@ -42,10 +43,11 @@ class Incremental:
     "naive" is plain fine-tuning), or a preset such as "icarl" (:data:`PRESETS`); the help
     of each, with the arguments below that it reads, is ``method_help()``. Their arguments:
     ``temperature`` and ``lwf_weight`` (lwf), ``memory`` exemplars in all chosen by
-    ``selection`` ("herding" or "random": replay, der), ``ewc_lambda``, ``ewc_decay``,
-    ``ewc_samples`` (ewc), ``bic_holdout`` (bic), ``der_weight``, ``der_topk`` (der),
-    ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem), ``mas_lambda``,
-    ``mas_samples`` (mas); docs/incremental.md describes them all.
+    ``selection`` ("herding" or "random": replay, der), ``replay_schedule`` ("union" or
+    "mixed" batches: replay, der, er-ace; replay.py), ``ewc_lambda``, ``ewc_decay``,
+    ``ewc_samples`` (ewc), ``bic_holdout``, ``bic_validation`` (bic), ``der_weight``,
+    ``der_topk`` (der), ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem),
+    ``mas_lambda``, ``mas_samples`` (mas); docs/incremental.md describes them all.
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
     matrices are measured either way.
@@ -63,6 +65,7 @@ class Incremental:
                  selection: str = "herding", temperature: float = 2.0,
                  lwf_weight: float = 1.0, ewc_lambda: float = 10.0, ewc_decay: float = 1.0,
                  ewc_samples: int | None = 200, bic_holdout: float = 0.1,
+                 bic_validation: str = "memory",
                  der_weight: float = 0.1, der_topk: int | None = None,
                  ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 256,
                  mas_lambda: float = 1.0, mas_samples: int | None = 200,
@@ -73,7 +76,7 @@ class Incremental:
                  progress: bool = True, num_workers: int | str = 0, precise_bn: int = 0,
                  label_smoothing: float = 0.0, optimizer: str = "adamw", momentum: float = 0.9,
                  nesterov: bool = False, mixup: float | None = None,
-                 cutmix: float | None = None, **run_options):
+                 cutmix: float | None = None, replay_schedule: str = "union", **run_options):
         self.parts = parse_method(method)
         self.method = method.lower()
         if protocol not in PROTOCOLS:
@@ -92,9 +95,9 @@ class Incremental:
         options = SimpleNamespace(
             memory=memory, selection=selection, temperature=temperature, lwf_weight=lwf_weight,
             ewc_lambda=ewc_lambda, ewc_decay=ewc_decay, ewc_samples=ewc_samples,
-            bic_holdout=bic_holdout, der_weight=der_weight, der_topk=der_topk,
-            ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge, agem_batch=agem_batch,
-            mas_lambda=mas_lambda, mas_samples=mas_samples, seed=seed)
+            bic_holdout=bic_holdout, bic_validation=bic_validation, der_weight=der_weight,
+            der_topk=der_topk, ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge,
+            agem_batch=agem_batch, mas_lambda=mas_lambda, mas_samples=mas_samples, seed=seed)
         for name, (preset, value) in preset_options(self.method).items():
             if getattr(options, name) != value:
                 raise ValueError(f"{preset} fixes {name}={value!r}: its exemplars are chosen "
@@ -102,10 +105,11 @@ class Incremental:
         # The parts in registration order: the order their hooks run.
         self.methods = {name: cls(options, self.parts) for name, cls in METHODS.items()
                         if name in self.parts}
-        uses_memory = [m for m in self.methods.values() if m.uses_memory]
-        self.memory = (ExemplarMemory(memory, selection, seed,
-                                      max(m.holdout for m in self.methods.values()))
-                       if uses_memory else None)
+        self.replay_schedule = check_schedule(replay_schedule, self.methods, method)
+        parts = self.methods.values()
+        self.memory = (ExemplarMemory(memory, selection, seed, max(m.holdout for m in parts),
+                                      any(m.holdout_beside for m in parts))
+                       if any(m.uses_memory for m in parts) else None)
         if freeze is not None:
             freeze_module(nn.ModuleList(
                 s.module for s in stages(self.model)[:split_index(self.model, freeze)]))
@@ -200,10 +204,7 @@ class Incremental:
         self.model.to(self.device)
         if not all(m.trains for m in self.methods.values()) or (t == 0 and self.plan.skip_first):
             return []
-        data, widths = train[t], []
-        for m in self.methods.values():
-            data, width = m.train_data(self, t, train, data)
-            widths.append(width)
+        data, widths = training_data(self, t, train)
         optimizer = engine.make_optimizer(layer_decay_groups(self.model, self.lr, 1.0,
                                                              self.weight_decay), **self.optim)
         history = engine.fit(self.model, data, optimizer, step_fn=self._step_fn(widths),
@@ -285,9 +286,10 @@ class Incremental:
                                   for k in range(len(test))])
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _plan_record(self) -> dict:
+    def _plan_record(self) -> dict:  # the schedule when not the default (older runs': union)
+        mixed = {"replay_schedule": "mixed"} if self.replay_schedule == "mixed" else {}
         return {"method": self.method, "protocol": self.protocol,
-                "classes": self.plan.classes, "tasks": self.plan.task_classes}
+                "classes": self.plan.classes, "tasks": self.plan.task_classes, **mixed}
 
     def _save(self, out: engine.RunFolder, t: int) -> None:
         def save():
