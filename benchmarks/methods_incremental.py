@@ -33,6 +33,8 @@ METHODS = {
     "icarl": ("icarl", {}),
     "simplecil": ("simplecil", {}),
     "ranpac": ("ranpac", {}),
+    "aper": ("aper", {}),
+    "aper (bn)": ("aper", {"aper_adapt": "bn"}),
 }
 KEYS = ("average_incremental_accuracy", "final_accuracy", "forgetting")
 
