@@ -53,6 +53,8 @@ METHODS = {
     "ranpac": ("ranpac", {}),
     "gdumb": ("gdumb", {}),
     "gdumb, 16 epochs": ("gdumb", {"epochs": 16}),
+    "aper": ("aper", {}),
+    "aper (bn)": ("aper", {"aper_adapt": "bn"}),
 }
 KEYS = ("average_incremental_accuracy", "final_accuracy", "forgetting")
 

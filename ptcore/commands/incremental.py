@@ -30,8 +30,8 @@ def add_parser(sub):
     from ptcore.config import add_config_argument
 
     p = sub.add_parser("incremental", help="learn new classes task by task (LwF, replay, EWC, "
-                       "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC, ER-ACE, A-GEM, MAS, GDumb) "
-                       "and report forgetting")
+                       "NCM, WA, BiC, DER, iCaRL, SimpleCIL, RanPAC, ER-ACE, A-GEM, MAS, GDumb, "
+                       "APER, L2P) and report forgetting")
     add_options(p, "incremental", *_DATA)
     p.add_argument("--head-classes", type=int_list, help="comma-separated classes the "
                    "weights' head already holds, in row order (e.g. 0,1 after fine-tuning on "

@@ -4,7 +4,7 @@ registry.py. Importing a method's module registers it; the built-ins register he
 order their hooks run (see registry.py)."""
 from ptcore.strategies.incremental import naive, wa, bic, der, replay, er_ace, agem  # noqa: F401
 from ptcore.strategies.incremental import lwf, ewc, mas  # noqa: F401
-from ptcore.strategies.incremental import ncm, simplecil, ranpac, gdumb  # noqa: F401
+from ptcore.strategies.incremental import ncm, simplecil, ranpac, gdumb, aper, l2p  # noqa: F401
 from ptcore.strategies.incremental.registry import (METHODS, PRESETS, Method, Step, Term,
                                                     method_help, parse_method, register,
                                                     register_preset)

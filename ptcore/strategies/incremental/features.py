@@ -14,7 +14,7 @@ from ptcore.models import stages
 from ptcore.runtime import distributed as D
 from ptcore.strategies.incremental.registry import Method
 
-__all__ = ["Backbone", "backbone_features", "embed", "class_means", "ncm_scores",
+__all__ = ["Backbone", "backbone_features", "embed", "class_means", "means_of", "ncm_scores",
            "MeanClassifier"]
 
 
@@ -62,6 +62,13 @@ def class_means(model: nn.Module, data, rows: list[int], *, device,
     each of ``rows``, summed over processes (so every process gets the same means)."""
     feats, labels = embed(model, data, device=device, batch_size=batch_size, shard=True,
                           num_workers=num_workers)
+    return means_of(feats, labels, rows)
+
+
+def means_of(feats: torch.Tensor, labels: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """[len(rows), d]: the normalised mean of the rows of ``feats`` labelled with each of
+    ``rows`` (this process's share), summed over processes."""
+    device, labels = feats.device, labels.to(feats.device)
     size = max(rows) + 1  # the same on every process, whatever its shard holds
     keep = labels < size
     feats, labels = feats[keep], labels[keep]

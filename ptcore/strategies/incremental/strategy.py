@@ -47,7 +47,8 @@ class Incremental:
     "mixed" batches: replay, der, er-ace; replay.py), ``ewc_lambda``, ``ewc_decay``,
     ``ewc_samples`` (ewc), ``bic_holdout``, ``bic_validation`` (bic), ``der_weight``,
     ``der_topk`` (der), ``ranpac_dim``, ``ranpac_ridge`` (ranpac), ``agem_batch`` (a-gem),
-    ``mas_lambda``, ``mas_samples`` (mas); docs/incremental.md describes them all.
+    ``mas_lambda``, ``mas_samples`` (mas), ``aper_adapt`` (aper), ``l2p_pool``,
+    ``l2p_top``, ``l2p_length`` (l2p); docs/incremental.md describes them all.
     protocol: "class" (one growing head, all seen classes compete) or "task" (the task id is
     known: training and the headline metrics use only the task's own rows). Both accuracy
     matrices are measured either way.
@@ -69,6 +70,8 @@ class Incremental:
                  der_weight: float = 0.1, der_topk: int | None = None,
                  ranpac_dim: int = 1024, ranpac_ridge: float = 1.0, agem_batch: int = 256,
                  mas_lambda: float = 1.0, mas_samples: int | None = 200,
+                 aper_adapt: str = "full", l2p_pool: int = 10, l2p_top: int = 5,
+                 l2p_length: int = 5,
                  freeze: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  epochs: int = 5, batch_size: int = 32, schedule: str = "cosine",
                  warmup: float = 0.0, accumulate: int = 1, amp="auto",
@@ -97,7 +100,9 @@ class Incremental:
             ewc_lambda=ewc_lambda, ewc_decay=ewc_decay, ewc_samples=ewc_samples,
             bic_holdout=bic_holdout, bic_validation=bic_validation, der_weight=der_weight,
             der_topk=der_topk, ranpac_dim=ranpac_dim, ranpac_ridge=ranpac_ridge,
-            agem_batch=agem_batch, mas_lambda=mas_lambda, mas_samples=mas_samples, seed=seed)
+            agem_batch=agem_batch, mas_lambda=mas_lambda, mas_samples=mas_samples,
+            aper_adapt=aper_adapt, l2p_pool=l2p_pool, l2p_top=l2p_top, l2p_length=l2p_length,
+            seed=seed)
         for name, (preset, value) in preset_options(self.method).items():
             if getattr(options, name) != value:
                 raise ValueError(f"{preset} fixes {name}={value!r}: its exemplars are chosen "
