@@ -380,7 +380,7 @@ INCREMENTAL: dict[str, Option] = {
     "agem_batch": _O(("--agem-batch",), "exemplars in A-GEM's reference batch (a-gem; default "
                      "%(default)s)", type=int, default=_inc("agem_batch"), metavar="N"),
     "mas_lambda": _O(("--mas-lambda",), "MAS's penalty strength (mas; default %(default)s, the "
-                     "paper's; the tests' small model does best near 0.03)", type=float,
+                     "paper's; the tests' small model does best near 0.1)", type=float,
                      default=_inc("mas_lambda"), metavar="LAMBDA"),
     "mas_samples": _O(("--mas-samples",), "samples per task MAS's importance is measured on, "
                       "or all (mas; default %(default)s)", type=_count_or_all,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_incremental_helpers import make, pretrained, run, scenario
+from test_incremental_helpers import make, mean_over_seeds, pretrained, run, scenario
 
 from ptcore.data import LabeledSubset
 
@@ -35,13 +35,14 @@ def test_lwf_with_replay_beats_naive_in_the_class_incremental_setting():
 
 
 def test_ewc_forgets_less_than_naive_when_the_task_is_known():
-    naive, ewc = run("naive", "task"), run("ewc", "task")
+    ewc = run("ewc", "task")
     assert ewc["protocol"] == "task" and ewc["accuracy_matrix"] == \
         ewc["task_incremental"]["accuracy_matrix"]
-    assert ewc["forgetting"] < naive["forgetting"] - 0.05
-    # EWC trades some of the new tasks' accuracy for the old ones': over seeds 0-7 its
-    # average accuracy was above naive's on 6 and at most 1.2 points below on the others.
-    assert ewc["average_incremental_accuracy"] > naive["average_incremental_accuracy"] - 0.02
+    # Seeds 0-2, forgetting of naive / ewc: 0.078 / 0.036, 0.194 / 0.102, 0.130 / 0.011
+    # (AVX-512); 0.147 / 0.036, 0.161 / 0.086, 0.219 / -0.005 (AVX2).
+    assert mean_over_seeds("ewc", "forgetting") < 0.5 * mean_over_seeds("naive", "forgetting")
+    assert (mean_over_seeds("ewc", "average_incremental_accuracy")
+            > mean_over_seeds("naive", "average_incremental_accuracy") + 0.02)
 
 
 def test_lwf_keeps_the_old_head_s_outputs_on_new_data():
