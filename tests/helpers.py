@@ -83,3 +83,28 @@ def kill_when_committed(proc, progress_file, rows: int, *, what: str, timeout: f
             proc.kill()
             proc.wait()
     pytest.fail(f"the {what} did not commit rows in time")
+
+
+def run_ranks(worker, out, *, world: int = 2, timeout: float = 240) -> None:
+    """Run ``worker(rank, world, port, str(out))`` in ``world`` spawned processes (a DDP
+    group on a free local port, gloo on CPU) and wait for all of them; fail the test past
+    ``timeout`` seconds (the processes are killed) or when one raises."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(worker, args=(world, port, str(out)), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {world}-process run did not finish within {timeout} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()

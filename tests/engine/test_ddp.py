@@ -1,15 +1,12 @@
 """A 2-process gloo DDP run gives the same weights as one process with the same global
 batch (the engine's sampler makes the two see the same samples per step)."""
 import os
-import socket
-import time
 
-import pytest
 import torch
-import torch.multiprocessing as mp
 
 from ptcore.engine import fit
 from tests.engine.tiny import tiny_digits, tiny_net
+from tests.helpers import run_ranks
 
 EPOCHS, GLOBAL_BATCH, N = 2, 16, 64
 
@@ -38,25 +35,9 @@ def _worker(rank, world, port, out):
         torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_matches_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("DDP run did not finish in 240 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
+    run_ranks(_worker, out)
     ddp = torch.load(out, weights_only=True)
     single = _train(GLOBAL_BATCH).state_dict()
     for k, v in single.items():

@@ -3,13 +3,10 @@ process moves the student exactly as the loss's own gradient over all 4 sequence
 both ranks, and the logged loss and parts are those of all 4; the hidden states come from a forward through the DDP wrapper (calling the base
 model past it would skip DDP's all-reduce, and each rank would step on its own half)."""
 import copy
-import socket
-import time
 
-import pytest
 import torch
-import torch.multiprocessing as mp
 
+from tests.helpers import run_ranks
 from tests.integrations.hf_fixtures import bpe_tokenizer, stdlib_text, tiny
 
 from ptcore.integrations.hf import LMDistillLoss
@@ -27,23 +24,10 @@ def case():
     return tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48), tokenizer, data
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_step_equals_the_whole_batch_step(tmp_path):
     from tests.integrations.ddp_trainer_worker import worker
 
-    ctx = mp.start_processes(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s")
+    run_ranks(worker, tmp_path, timeout=TIMEOUT_S)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert r0["wrapped"] == "DistributedDataParallel"

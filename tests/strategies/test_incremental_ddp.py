@@ -2,14 +2,12 @@
 wrapped, exemplars and the memory are identical on every rank, the Fisher is reduced over
 the ranks' shards (equal to the Fisher of the whole data in one process), and the ranks
 end with the same model."""
-import socket
-import time
 
-import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from test_incremental_helpers import ddp_worker, scenario, tiny_model
+
+from tests.helpers import run_ranks
 
 from ptcore.strategies import Incremental
 from ptcore.strategies.incremental.ewc import EWC
@@ -18,21 +16,8 @@ from ptcore.strategies.incremental.plan import make_plan
 TIMEOUT_S = 150
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_run_agrees_across_ranks(tmp_path):
-    ctx = mp.start_processes(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s")
+    run_ranks(ddp_worker, tmp_path, timeout=TIMEOUT_S)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     train, test = scenario()
     assert r0["world"] == r1["world"] == 2

@@ -3,14 +3,12 @@ model, memory and accuracy matrix (A-GEM projects the gradient DDP averaged, aga
 reference batch every rank draws alike; MAS's importance is computed on each rank's shard
 and reduced, so a rank that kept its own would drift apart), and MAS's importance of sharded
 data equals one process's over all of it."""
-import time
 
-import pytest
 import torch
-import torch.multiprocessing as mp
 from ddp_methods_worker import METHODS, worker
-from test_incremental_ddp import free_port
 from test_incremental_helpers import scenario, tiny_model
+
+from tests.helpers import run_ranks
 
 from ptcore.strategies.incremental.mas import importance
 from ptcore.strategies.incremental.plan import make_plan
@@ -19,14 +17,7 @@ TIMEOUT_S = 240
 
 
 def test_new_methods_agree_across_ranks(tmp_path):
-    ctx = mp.start_processes(worker, args=(2, free_port(), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s")
+    run_ranks(worker, tmp_path, timeout=TIMEOUT_S)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     for method in METHODS:
