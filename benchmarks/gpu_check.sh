@@ -16,6 +16,9 @@
 #           summed in float32, then in bf16) and under autocast (float32 weights); against
 #           Liger-Kernel's fused linear losses when liger_kernel imports (LIGER_WHEEL=path
 #           to a liger_kernel wheel installs it first, --no-deps), else a line says skipped
+#   lm      benchmarks/lm_distill_table.py: one HF causal-LM distillation step, materialised
+#           logits + KL and TRL's GKD loss against ptcore's LMDistillLoss (step time, peak
+#           memory per token); a line says skipped where transformers or trl is missing
 # Writes $OUT/summary.json (phase → status, seconds) and one log per phase in $OUT.
 # Budget: about 9 minutes on one H200 (16 cores), about 4 with --quick.
 set -uo pipefail
@@ -88,5 +91,15 @@ fused() {
 }
 phase fused fused
 cat "$OUT/fused.log"
+
+lm() {
+  if ! "$PY" -c "import transformers, trl" 2>/dev/null; then
+    echo "lm: skipped, transformers or trl is not installed here"
+    return 0
+  fi
+  "$PY" benchmarks/lm_distill_table.py --shape small medium --rounds $((QUICK ? 2 : 5))
+}
+phase lm lm
+cat "$OUT/lm.log"
 echo "GPU CHECK PASSED"
 cat "$SUMMARY"
