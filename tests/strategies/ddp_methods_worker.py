@@ -11,7 +11,8 @@ from test_incremental_helpers import SEED, scenario, tiny_model  # noqa: I001
 from ptcore.strategies import Incremental
 from ptcore.strategies.incremental.mas import importance
 
-METHODS = {"a-gem": {"agem_batch": 8}, "er-ace": {}, "mas": {"mas_lambda": 0.03}}
+METHODS = {"a-gem": {"agem_batch": 8}, "er-ace": {}, "mas": {"mas_lambda": 0.1}, "gdumb": {},
+           "aper": {}}
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
@@ -27,6 +28,10 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         res = inc.fit(list(train[:3]), list(test[:3]))
         saved[method] = {"model": inc.model.state_dict(), "R": res["accuracy_matrix"],
                          "memory": inc.memory and inc.memory.state_dict()}
+        if method == "gdumb":  # its own memory: the greedy sampler's picks
+            saved[method]["memory"] = inc.methods["gdumb"].memory.state_dict()
+        if method == "aper":  # the prototypes of the frozen and the adapted backbone
+            saved[method]["means"] = inc.methods["aper"].means
         if method == "mas":  # the importance of the last task's data: sharded, then reduced
             saved[method]["omega"] = inc.methods["mas"].omega
             saved[method]["fresh"] = importance(inc.model, inc.plan.remap(train[2]),

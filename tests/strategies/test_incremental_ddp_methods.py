@@ -1,4 +1,4 @@
-"""A-GEM, ER-ACE and MAS under DDP (2 processes, gloo on CPU): each rank ends with the same
+"""A-GEM, ER-ACE, MAS, GDumb and APER under DDP (2 processes, gloo on CPU): each rank ends with the same
 model, memory and accuracy matrix (A-GEM projects the gradient DDP averaged, against a
 reference batch every rank draws alike; MAS's importance is computed on each rank's shard
 and reduced, so a rank that kept its own would drift apart), and MAS's importance of sharded
@@ -26,6 +26,8 @@ def test_new_methods_agree_across_ranks(tmp_path):
         for n in a["model"]:
             torch.testing.assert_close(a["model"][n], b["model"][n], msg=f"{method}: {n}")
         assert a["R"][-1][0] is not None
+    assert r0["gdumb"]["memory"]["kept"] and r0["gdumb"]["memory"] == r1["gdumb"]["memory"]
+    torch.testing.assert_close(r0["aper"]["means"], r1["aper"]["means"])
     omega = r0["mas"]["omega"]
     assert omega and all(torch.equal(omega[n], r1["mas"]["omega"][n]) for n in omega)
     # the last task's importance under DDP (each rank half the samples) = one process's
