@@ -103,10 +103,12 @@ def test_default_ewc_forgets_less_than_naive_on_every_seed_when_the_task_is_know
     fixed λ on the raw Fisher acted on some seeds and not others; each task's Fisher is now
     normalised to mean 1. Forgetting, naive / EWC: 13.9 / 3.0, 22.5 / 8.6, 19.7 / 0.6 points
     (with the raw Fisher and λ = 1000: 5.3, 14.4, 23.6, worse than naive on seed 2); average
-    accuracy 91.7 / 90.8, 87.6 / 92.8, 84.8 / 92.7 (raw: 90.5, 88.7, 88.8)."""
+    accuracy 91.7 / 90.8, 87.6 / 92.8, 84.8 / 92.7 (raw: 90.5, 88.7, 88.8). Those were on
+    AVX2; on AVX-512 naive forgets 7.8 / 19.4 / 13.0 and EWC 3.6 / 10.2 / 1.1, so the margin
+    is relative: EWC's forgetting at most 0.53 of naive's on any seed, on either."""
     naive = [run("naive", "task", seed) for seed in range(3)]
     ewc = [run("ewc", "task", seed) for seed in range(3)]
     for n, e in zip(naive, ewc):
-        assert e["forgetting"] < n["forgetting"] - 0.05
+        assert e["forgetting"] < 0.7 * n["forgetting"]
     mean = lambda rs: sum(r["average_incremental_accuracy"] for r in rs) / len(rs)  # noqa: E731
     assert mean(ewc) > mean(naive) + 0.02
