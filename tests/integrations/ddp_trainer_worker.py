@@ -11,10 +11,10 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
-    from tests.integrations.test_hf_trainer_ddp import case
+    from tests.integrations.hf_fixtures import trainer_case
     from ptcore.integrations.hf import DistillTrainer
 
-    student, teacher, tokenizer, data = case()
+    student, teacher, tokenizer, data = trainer_case()
     args = TrainingArguments(
         output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=2, max_steps=1,
         learning_rate=0.1, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,

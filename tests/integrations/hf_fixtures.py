@@ -92,3 +92,13 @@ def no_logits(*models, probe: int = 8):
     finally:
         for h in hooks:
             h.remove()
+
+
+def trainer_case():
+    """(student, teacher, tokenizer, 4 tokenised sequences of different lengths) of the
+    Trainer tests, the same in every process."""
+    text = stdlib_text(("json",))
+    tokenizer = bpe_tokenizer(text, vocab=320)
+    data = [tokenizer(text[a:a + n]) for a, n in ((0, 90), (500, 40), (900, 160), (1500, 60))]
+    V = len(tokenizer)
+    return tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48), tokenizer, data

@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from tests.integrations.hf_fixtures import bpe_tokenizer, stdlib_text, tiny
+from tests.integrations.hf_fixtures import trainer_case
 
 from ptcore.integrations.hf import DistillTrainer, LMDistillLoss
 
@@ -27,11 +27,7 @@ def _sgd_step(student, teacher, tokenizer, data, tmp_path, batch, accumulate):
 
 
 def test_gradient_accumulation_weighs_every_token_alike(tmp_path):
-    text = stdlib_text(("json",))
-    tokenizer = bpe_tokenizer(text, vocab=320)
-    V = len(tokenizer)
-    data = [tokenizer(text[a:a + n]) for a, n in ((0, 90), (500, 40), (900, 160), (1500, 60))]
-    student, teacher = tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48)
+    student, teacher, tokenizer, data = trainer_case()
     start = copy.deepcopy(student)
     one = _sgd_step(copy.deepcopy(student), teacher, tokenizer, data, tmp_path, 4, 1)
     two = _sgd_step(copy.deepcopy(student), teacher, tokenizer, data, tmp_path, 2, 2)
@@ -51,11 +47,7 @@ def test_the_logs_carry_the_soft_and_hard_parts(tmp_path):
     micro-batches accumulated, and hard_loss is the cross-entropy of that step's batch."""
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
-    text = stdlib_text(("json",))
-    tokenizer = bpe_tokenizer(text, vocab=320)
-    V = len(tokenizer)
-    data = [tokenizer(text[a:a + n]) for a, n in ((0, 90), (500, 40), (900, 160), (1500, 60))]
-    student, teacher = tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48)
+    student, teacher, tokenizer, data = trainer_case()
     start = copy.deepcopy(student)
     args = TrainingArguments(
         output_dir=str(tmp_path / "logs"), per_device_train_batch_size=2,

@@ -7,21 +7,11 @@ import copy
 import torch
 
 from tests.helpers import run_ranks
-from tests.integrations.hf_fixtures import bpe_tokenizer, stdlib_text, tiny
+from tests.integrations.hf_fixtures import trainer_case
 
 from ptcore.integrations.hf import LMDistillLoss
 
 TIMEOUT_S = 240
-
-
-def case():
-    """(student, teacher, tokenizer, 4 tokenised sequences of different lengths), the same
-    in every process."""
-    text = stdlib_text(("json",))
-    tokenizer = bpe_tokenizer(text, vocab=320)
-    data = [tokenizer(text[a:a + n]) for a, n in ((0, 90), (500, 40), (900, 160), (1500, 60))]
-    V = len(tokenizer)
-    return tiny("llama", V, seed=1), tiny("llama", V, seed=2, hidden=48), tokenizer, data
 
 
 def test_ddp_step_equals_the_whole_batch_step(tmp_path):
@@ -31,7 +21,7 @@ def test_ddp_step_equals_the_whole_batch_step(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert r0["wrapped"] == "DistributedDataParallel"
-    student, teacher, tokenizer, data = case()
+    student, teacher, tokenizer, data = trainer_case()
     start = copy.deepcopy(student)
     padded = tokenizer.pad(data, return_tensors="pt")
     loss, parts = LMDistillLoss(start, teacher, temperature=2.0, hard_weight=0.5)(
