@@ -133,3 +133,18 @@ def mean_over_seeds(method: str, key: str, protocol: str = "task", **kw) -> floa
     moves forgetting by several points (and so does the CPU's instruction set: AVX2 and
     AVX-512 round differently), so the learning claims are made on the mean."""
     return sum(run(method, protocol, seed=s, **kw)[key] for s in (0, 1, 2)) / 3
+
+
+def interrupt_at(monkeypatch, cls, hook: str, task: int):
+    """Make method ``cls``'s ``hook`` (one taking ``(run, t, train)``) raise
+    KeyboardInterrupt when called for ``task``, as a crash there would; returns the real hook,
+    to put back before resuming."""
+    real = getattr(cls, hook)
+
+    def interrupted(self, run, t, train):
+        if t == task:
+            raise KeyboardInterrupt
+        real(self, run, t, train)
+
+    monkeypatch.setattr(cls, hook, interrupted)
+    return real

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_distill import one_thread  # noqa: F401  (autouse: tiny models run best on one thread)
-from test_incremental_helpers import make, mean_over_seeds, pretrained, scenario
+from test_incremental_helpers import interrupt_at, make, mean_over_seeds, pretrained, scenario
 
 from ptcore import engine
 from ptcore.data import class_tasks, digits_dataset, train_val_test_split
@@ -72,14 +72,7 @@ def test_aper_is_deterministic_and_resumes(tmp_path, monkeypatch):
     again.fit(train[:3], test[:3])
     assert torch.equal(again.methods["aper"].means, reference.methods["aper"].means)
 
-    real = A.APER.after_task
-
-    def interrupted(self, run, t, train):
-        if t == 2:
-            raise KeyboardInterrupt
-        real(self, run, t, train)
-
-    monkeypatch.setattr(A.APER, "after_task", interrupted)
+    real = interrupt_at(monkeypatch, A.APER, "after_task", 2)
     interrupted_run = make("aper")
     torch.manual_seed(0)  # the adaptation's dropout draws from the global generator
     with pytest.raises(KeyboardInterrupt):
@@ -193,14 +186,7 @@ def test_l2p_is_deterministic_and_resumes(tmp_path, monkeypatch):
     reference = make_l2p(epochs=1)
     torch.manual_seed(0)
     full = reference.fit(train[:3], test[:3])
-    real = L.L2P.after_training
-
-    def interrupted(self, run, t, train):
-        if t == 2:
-            raise KeyboardInterrupt
-        real(self, run, t, train)
-
-    monkeypatch.setattr(L.L2P, "after_training", interrupted)
+    real = interrupt_at(monkeypatch, L.L2P, "after_training", 2)
     stopped = make_l2p(epochs=1)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
