@@ -9,7 +9,7 @@ import pytest
 
 from ptcore.cli import build_parser
 from ptcore.commands.options import COMMANDS, OLD_SETTINGS, RENAMED, SHARED
-from ptcore.runtime.settings import renamed_settings
+from ptcore.runtime.settings import plain, renamed_settings
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -201,3 +201,26 @@ def test_incremental_method_options_reach_incremental(tmp_path, monkeypatch):
     assert (seen["mas_lambda"], seen["agem_batch"], seen["der_weight"]) == (0.03, 5, 0.1)
     with pytest.raises(SystemExit):
         main(common + ["--mas-samples", "0"])
+
+
+def test_a_run_folder_from_before_an_option_resumes_at_its_default(tmp_path):
+    """run.json written before --lwf-weight and --replay-schedule existed: the run was made
+    with their defaults, so a resume at the defaults continues it and another value is
+    refused, naming the option."""
+    from ptcore.commands import _run_folder
+
+    out = tmp_path / "run"
+    parse = _parsers()["incremental"].parse_args
+    args = parse(["--out", str(out), "--model", "resnet18", "--method", "lwf", "--resume"])
+    settings = plain({k: v for k, v in vars(args).items() if k not in _run_folder._FREE})
+    old = {k: v for k, v in settings.items() if k not in ("lwf_weight", "replay_schedule")}
+    assert len(old) == len(settings) - 2
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"command": "incremental", "settings": old}))
+    (out / "metrics.jsonl").write_text("")
+    assert _run_folder.open_run_folder(args, "incremental").resume == "auto"
+    (out / "run.json").write_text(json.dumps({"command": "incremental", "settings": old}))
+    args = parse(["--out", str(out), "--model", "resnet18", "--method", "lwf", "--resume",
+                  "--lwf-weight", "2"])
+    with pytest.raises(Exception, match=r"lwf_weight: 1\.0 -> 2\.0"):
+        _run_folder.open_run_folder(args, "incremental")

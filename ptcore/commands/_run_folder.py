@@ -38,4 +38,27 @@ def open_run_folder(args, command: str):
         resume, overwrite = "auto", False  # a restarted worker continues the job
     settings = plain({k: v for k, v in vars(args).items() if k not in _FREE})
     return RunFolder(args.out).claim(command, settings, resume, overwrite,
-                                     renamed=OLD_SETTINGS.get(command))
+                                     renamed=OLD_SETTINGS.get(command),
+                                     defaults=option_defaults(command))
+
+
+def option_defaults(command: str) -> dict:
+    """``command``'s options at their defaults, as parsed values: a run folder recorded before
+    an option existed was made with its default (an added option defaults to the behaviour
+    before it), so a resume reads the missing setting as that."""
+    import argparse
+    import importlib
+
+    from ptcore.runtime.settings import plain
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    importlib.import_module(f"ptcore.commands.{command.replace('-', '_')}").add_parser(sub)
+    defaults = {}
+    for action in sub.choices[command]._actions:
+        value = action.default
+        if action.dest == argparse.SUPPRESS or value is argparse.SUPPRESS:
+            continue
+        if isinstance(value, str) and action.type is not None:
+            value = action.type(value)  # as argparse converts a string default
+        defaults[action.dest] = value
+    return plain(defaults)

@@ -24,13 +24,22 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "glyphs" / "resnet18
 SHIPPED_OUT = "ptcore/weights/glyphs"
 
 
+def pretrain_epochs(image_size: int) -> int:
+    """Epochs over the glyphs: 3 at the digits' small sizes; 1 at the seed preset's 64×64,
+    where a training sample costs 15 ms (ResNet-50), 54 ms (VGG-19-BN) and 7 ms (AlexNet)
+    on the 2-core CPU (batches of 64; channels-last saved under 10%), so that one epoch over
+    the 28,500 training glyphs builds all three in about 40 minutes instead of two hours."""
+    return 3 if image_size <= 32 else 1
+
+
 def glyphs_recipe(out: str, *, arch: str = "resnet18", image_size: int = 16,
                   seed: int = 0) -> dict:
     """The pretrain stage config that makes ``arch``'s backbone into ``out``/``arch``."""
     return {"stage": "pretrain", "seed": seed, "out": out,
             "model": {"name": arch}, "data": {"dataset": "glyphs", "image_size": image_size,
                                               "val": 0.02, "test": 0.05},
-            "engine": {"epochs": 3, "batch_size": 64, "precise_bn": 4},
+            "engine": {"epochs": pretrain_epochs(image_size), "batch_size": 64,
+                       "precise_bn": 4},
             "strategy": {"mode": "full", "lr": 3e-3, "layer_decay": 1.0},
             "methods": {arch: {"model": arch, "save_dtype": "float16"}}}
 

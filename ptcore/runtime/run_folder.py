@@ -123,20 +123,24 @@ class RunFolder(os.PathLike):
 
     # -- one run per folder --------------------------------------------------------------
     def claim(self, command: str, settings: dict, resume, overwrite: bool, *,
-              renamed: dict[str, str] | None = None) -> RunFolder:
+              renamed: dict[str, str] | None = None,
+              defaults: dict | None = None) -> RunFolder:
         """Make this folder ``command``'s run (rank 0 decides, every rank learns the outcome):
         ``overwrite`` deletes another run's files; without ``resume`` a folder where a run
         has trained is refused; ``resume=True`` refuses a folder with no run, and a resume
         refuses one whose ``run.json`` records other ``settings`` (a record made before
-        options were ``renamed``, old name -> new, is read under the new names). Records the
+        options were ``renamed``, old name -> new, is read under the new names; one made
+        before an option existed, with the option's value in ``defaults``). Records the
         settings; sets :attr:`resume` to what the strategy gets (False, or "auto")."""
         self.claimed = command
         self.resume = D.on_main(
-            lambda: self._claim(command, settings, resume, overwrite, renamed or {}),
+            lambda: self._claim(command, settings, resume, overwrite, renamed or {},
+                                defaults or {}),
             f"opening --out {self.path}")
         return self
 
-    def _claim(self, command: str, settings: dict, resume, overwrite: bool, renamed: dict):
+    def _claim(self, command: str, settings: dict, resume, overwrite: bool, renamed: dict,
+               defaults: dict):
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.label} is a file, not a folder")
         trained = [p for name in _TRAINED for p in (name, f"*/{name}")]
@@ -152,6 +156,7 @@ class RunFolder(os.PathLike):
         if resume and self.record.is_file():
             try:
                 old = renamed_settings(json.loads(self.record.read_text())["settings"], renamed)
+                old = {**{k: v for k, v in defaults.items() if k in settings}, **old}
             except (ValueError, KeyError, TypeError) as e:
                 raise RunFolderError(f"{str(self.record)!r} is damaged ({e}); start over with "
                                      "--overwrite") from e

@@ -162,7 +162,8 @@ def test_gdumb_from_the_command_line(tmp_path, capsys):
     with one_thread():
         assert main(["incremental", "--method", "gdumb", "--out", str(tmp_path / "g")]
                     + common) == 0
-    assert json.loads((tmp_path / "g" / "results.json").read_text())["method"] == "gdumb"
+    results = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert results["method"] == "gdumb" and results["exemplars"] == 6  # its greedy memory
     assert main(["incremental", "--method", "gdumb+replay", "--out", str(tmp_path / "no")]
                 + common) == 2
     assert "'gdumb' cannot be combined" in capsys.readouterr().err

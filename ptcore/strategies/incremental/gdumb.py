@@ -143,6 +143,9 @@ class GDumb(Method):
             fresh_head(model.get_submodule(path), self.seed * 100_003 + 2 * i + _HEAD,
                        keep)
 
+    def exemplars(self):
+        return len(self.memory)
+
     def state_dict(self):
         return {"memory": self.memory.state_dict(), "initial": self.initial}
 

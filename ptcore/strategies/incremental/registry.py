@@ -99,6 +99,10 @@ class Method:
         """Class scores [B, C] of inputs ``x`` at test time (None: the model's logits)."""
         return None
 
+    def exemplars(self) -> int:
+        """Samples this method stores beyond the strategy's exemplar memory (reported)."""
+        return 0
+
     def state_dict(self):
         """What the method carries from task to task, saved under :attr:`state_key`."""
         return None

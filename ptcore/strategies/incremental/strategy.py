@@ -396,7 +396,8 @@ class Incremental:
         return run_results(self.R, method=self.method, protocol=self.protocol,
                            classes=self.plan.classes, tasks=self.plan.task_classes,
                            train_seconds=seconds,
-                           exemplars=len(self.memory) if self.memory is not None else 0,
+                           exemplars=(len(self.memory) if self.memory is not None else 0)
+                           + sum(m.exemplars() for m in self.methods.values()),
                            history=self.history)
 
     def _write(self, out: engine.RunFolder, results: dict) -> None:
