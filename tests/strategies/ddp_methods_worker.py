@@ -1,4 +1,4 @@
-"""One process of the 2-process gloo test of the methods added after the first DDP test
+"""One process of the 2-process gloo tests of the methods added after the first DDP test
 (tests/strategies/test_incremental_ddp_methods.py): each runs 3 tasks under DDP, and what
 must agree across processes is saved for the test to compare."""
 import os
@@ -13,6 +13,13 @@ from ptcore.strategies.incremental.mas import importance
 
 METHODS = {"a-gem": {"agem_batch": 8}, "er-ace": {}, "mas": {"mas_lambda": 0.1}, "gdumb": {},
            "aper": {}}
+L2P_BATCH = 8  # per process: 2 × 8 under DDP
+
+
+def l2p_kw():
+    """L2P on the tiny ViT as seeded (not pretrained: what is compared needs no features
+    worth prompting, and pretraining it is most of the test's time)."""
+    return {"pretrained": False, "epochs": 1}
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
@@ -38,4 +45,20 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                                                 device=torch.device("cpu"))
     saved["world"] = dist.get_world_size()
     torch.save(saved, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def l2p_worker(rank: int, world: int, port: int, out: str) -> None:
+    from test_incremental_pretrained import make_l2p
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    train, test = scenario()
+    inc = make_l2p(batch_size=L2P_BATCH, **l2p_kw())
+    torch.manual_seed(SEED)
+    res = inc.fit(list(train[:3]), list(test[:3]))
+    torch.save({"world": dist.get_world_size(), "R": res["accuracy_matrix"],
+                "pool": inc.methods["l2p"].pool.state_dict(),
+                "model": inc.model.model.state_dict()}, os.path.join(out, f"l2p{rank}.pt"))
     dist.destroy_process_group()

@@ -139,9 +139,12 @@ def vit_pretrained_state(seed: int = 0) -> dict:
     return model.state_dict()
 
 
-def make_l2p(seed: int = 0, **kw) -> Incremental:
+def make_l2p(seed: int = 0, pretrained: bool = True, **kw) -> Incremental:
+    """L2P on the tiny ViT: :func:`vit_pretrained_state`, or (``pretrained=False``) as
+    initialised by ``seed``."""
     model = tiny_vit(seed)
-    model.load_state_dict(vit_pretrained_state(seed))
+    if pretrained:
+        model.load_state_dict(vit_pretrained_state(seed))
     kw = {"classes": [0, 1], "epochs": 2, "batch_size": 16, "lr": 3e-2, "seed": seed,
           "progress": False, **kw}
     return Incremental(model, method="l2p", **kw)
