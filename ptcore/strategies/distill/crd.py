@@ -175,7 +175,9 @@ def _all_gather(t: torch.Tensor) -> torch.Tensor:
     if not D.is_distributed():
         return t
     out = t.new_empty((D.world_size() * len(t), *t.shape[1:]))
-    torch.distributed.all_gather_into_tensor(out, t.contiguous())
+    # all_gather_single: torch 2.14's name (all_gather_into_tensor warns there)
+    dist = torch.distributed
+    getattr(dist, "all_gather_single", dist.all_gather_into_tensor)(out, t.contiguous())
     return out
 
 
