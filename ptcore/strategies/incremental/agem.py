@@ -39,16 +39,18 @@ class AGEM(Method):
                 or options.agem_batch < 1:
             raise ValueError(f"agem_batch must be a positive int, got {options.agem_batch!r}")
         self.batch = options.agem_batch
-        self.exemplars = None
+        # the exemplars reference batches are drawn from (not `exemplars`: that is
+        # Method.exemplars(), the count the results report)
+        self.drawn_from = None
 
     def before_task(self, run, t, train):
-        self.exemplars = union(run.memory.datasets(train)) if t and len(run.memory) else None
+        self.drawn_from = union(run.memory.datasets(train)) if t and len(run.memory) else None
 
     def reference(self, run, model, params: list) -> torch.Tensor:
         """The flat gradient of the loss on ``agem_batch`` random exemplars (drawn by the
         global generator, which the engine's checkpoints restore), averaged over processes."""
-        picks = torch.randperm(len(self.exemplars))[: self.batch].tolist()
-        x, y = (v.to(run.device) for v in default_collate([self.exemplars[i] for i in picks]))
+        picks = torch.randperm(len(self.drawn_from))[: self.batch].tolist()
+        x, y = (v.to(run.device) for v in default_collate([self.drawn_from[i] for i in picks]))
         logits = model(x).float()
         loss = F.cross_entropy(run.restrict(logits, y, run.plan.row_task().to(run.device)), y)
         ref = torch.cat([g.flatten() for g in torch.autograd.grad(
@@ -56,7 +58,7 @@ class AGEM(Method):
         return D.all_sum(ref) / D.world_size()
 
     def before_step(self, run, model):
-        if self.exemplars is None:
+        if self.drawn_from is None:
             return
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         ref = self.reference(run, model, params)
