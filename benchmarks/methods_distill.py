@@ -1,9 +1,12 @@
-"""Logit KD against DKD, feature-level KD (FitNets, attention transfer) and CRD on the
+"""Logit KD against DKD, DIST, feature-level KD (FitNets, attention transfer, RKD) and CRD on the
 distillation protocol of docs/distill.md: 5 labels per class of the digits, the rest
 unlabelled; the tests' CNN teacher at 16×16 trained on the whole training split and a
 smaller CNN student at 8×8 (feature methods need feature maps on both sides), hints from
-the student's first block (16×8×8) to the teacher's second (32×8×8). Prints one row per
-method and seed, then the means; docs/distill.md holds the table.
+the student's first block (16×8×8) to the teacher's second (32×8×8), RKD's relations on the
+flattened embeddings before each side's classifier. Prints one row per method and seed
+(accuracy, wall time), then a table of the means with each run's wall time; docs/distill.md
+holds it. The runs of a seed are timed one after another after its teacher, so their times
+compare as ratios on a shared machine.
 
     PYTHONPATH=$PWD python benchmarks/methods_distill.py [--seeds 0 1 2] [--epochs 8]
 """
@@ -31,6 +34,8 @@ METHODS = {
     "dkd": {"method": "dkd"},
     "dkd, dkd_beta=2": {"method": "dkd", "dkd_beta": 2.0},
     "dkd, dkd_beta=1": {"method": "dkd", "dkd_beta": 1.0},
+    "dist": {"method": "dist"},
+    "rkd+kd": {"method": "rkd", "features": [("4", "8")]},
     "fitnets+kd": {"method": "fitnets", "features": [("2", "6")]},
     "at+kd": {"method": "at", "features": [("2", "6")]},
     "fitnets, no logit KD": {"method": "fitnets", "features": [("2", "6")], "soft_weight": 0.0},
@@ -49,7 +54,7 @@ def one_seed(seed, epochs, methods):
     teacher = teacher_net()
     engine.fit(teacher, train16, torch.optim.AdamW(teacher.parameters(), 3e-3), epochs=8,
                batch_size=64, seed=seed, progress=False)
-    row = {"teacher": engine.evaluate(teacher, test16)["accuracy"]}
+    row, seconds = {"teacher": engine.evaluate(teacher, test16)["accuracy"]}, {}
     for name in methods:
         kw = METHODS[name]
         began = time.perf_counter()
@@ -65,9 +70,10 @@ def one_seed(seed, epochs, methods):
                         seed=seed, progress=False, teacher_input_size=16, **kw)
             d.fit(labelled, unlabelled)
             row[name] = d.evaluate(test8)["accuracy"]
-        print(f"seed {seed} {name:20s} {100 * row[name]:5.1f}%  "
-              f"({time.perf_counter() - began:.1f} s)", flush=True)
-    return row
+        seconds[name] = time.perf_counter() - began
+        print(f"seed {seed} {name:20s} {100 * row[name]:5.1f}%  ({seconds[name]:.1f} s)",
+              flush=True)
+    return row, seconds
 
 
 def main():
@@ -77,14 +83,17 @@ def main():
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = p.parse_args()
     torch.set_num_threads(1)
-    rows = {s: one_seed(s, args.epochs, args.methods) for s in args.seeds}
-    names = ["teacher"] + args.methods
-    print("\n| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
-    print("|---|" + "---|" * (len(args.seeds) + 1))
-    for n in names:
-        vals = [100 * rows[s][n] for s in args.seeds]
-        print(f"| {n} | " + " | ".join(f"{v:.1f}" for v in vals)
-              + f" | {sum(vals) / len(vals):.1f} |")
+    runs = {s: one_seed(s, args.epochs, args.methods) for s in args.seeds}
+    print("\n| method | accuracy, mean (" + " / ".join(f"seed {s}" for s in args.seeds)
+          + ") | wall time per run, mean (range) |")
+    print("|---|---|---|")
+    for n in ["teacher"] + args.methods:
+        vals = [100 * runs[s][0][n] for s in args.seeds]
+        times = [runs[s][1][n] for s in args.seeds if n in runs[s][1]]
+        timed = (f"{sum(times) / len(times):.1f} s ({min(times):.1f}-{max(times):.1f})"
+                 if times else "")
+        print(f"| {n} | {sum(vals) / len(vals):.1f} ("
+              + " / ".join(f"{v:.1f}" for v in vals) + f") | {timed} |")
 
 
 if __name__ == "__main__":
