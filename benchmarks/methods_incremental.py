@@ -84,15 +84,21 @@ def main():
                       f"({results[name, seed][3]:.1f} s)", flush=True)
         for name in args.methods:
             results[name, seed][3] = statistics.median(seconds[name, seed])
-    print("\n| method | average incremental accuracy | final accuracy | forgetting | "
-          "wall time, s |")
-    print("|---|---|---|---|---|")
-    for name in args.methods:
+    print("\n" + table(results, args.methods, args.seeds))
+
+
+def table(results: dict, names, seeds) -> str:
+    """The Markdown table of ``results[name, seed]`` = [AIA, final, forgetting (%), wall
+    time (s)]: each cell the mean over ``seeds``, then the seeds' values in parentheses."""
+    lines = [("| method | average incremental accuracy | final accuracy | forgetting | "
+              "wall time, s |"), "|---|---|---|---|---|"]
+    for name in names:
         cells = []
         for i in range(len(KEYS) + 1):
-            vals = [results[name, s][i] for s in args.seeds]
+            vals = [results[name, s][i] for s in seeds]
             cells.append(f"{sum(vals) / len(vals):.1f} ({' / '.join(f'{v:.1f}' for v in vals)})")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
