@@ -17,7 +17,7 @@ from ptcore.demo import preset_configs
 from ptcore.demo import backbones
 from ptcore.demo.backbones import SHIPPED, SHIPPED_OUT, ensure_backbone, glyphs_recipe
 from ptcore.demo.demo import run_demo
-from ptcore.demo.presets import PRESETS
+from ptcore.demo.presets import PRESETS, preset_backbones
 from ptcore.runner.progress import LineProgress
 from ptcore.runner.provenance import PROVENANCE, read_provenance, sha256_file
 from ptcore.models import create_model, get_head
@@ -202,6 +202,21 @@ def test_shipped_backbone_is_the_committed_recipe():
     model = create_model("resnet18", weights=str(SHIPPED), progress=False)
     assert get_head(model).out_features == len(glyph_characters())
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_seed_preset_backbones_have_their_cheaper_recipe():
+    """At 64×64 one epoch over the glyphs, and SGD with momentum and a warm-up for the nets
+    without residual connections (AdamW left VGG-19-BN at chance: backbones.py); the 16×16
+    ResNet-18 is still the shipped recipe."""
+    from ptcore.demo.backbones import backbone_path
+
+    assert backbone_path("resnet18", 16) == SHIPPED
+    for arch, size in preset_backbones("seed"):
+        cfg = validate_config(glyphs_recipe("x", arch=arch, image_size=size))
+        assert cfg["engine"]["epochs"] == 1 and size == 64
+        plain = arch.startswith(("vgg", "alexnet"))
+        assert (cfg["engine"].get("optimizer") == "sgd") == plain, arch
+        assert cfg["strategy"]["lr"] == (0.02 if plain else 3e-3)
 
 
 def test_damaged_weights_fail_their_provenance(tmp_path):
