@@ -11,7 +11,7 @@ unlabelled rest.
 """
 from __future__ import annotations
 
-from ptcore.demo.backbones import backbone_path
+from ptcore.demo.backbones import backbone_path, plain_options
 
 __all__ = ["PRESETS", "preset_configs", "preset_backbones", "SOURCE", "TARGET"]
 
@@ -80,7 +80,9 @@ def preset_configs(preset: str, out: str, *, seed: int = 0, scale: float = 1.0) 
                 "model": {"name": backbone}, "data": _digits(p, classes=list(SOURCE)),
                 "engine": engine("pretrain_epochs"),
                 "strategy": {"mode": "full", "lr": 2e-3, "layer_decay": 1.0},
-                "methods": {a: {"model": a, "weights": glyphs(a)} for a in archs}}
+                # VGG and AlexNet with SGD (backbones.plain_options: AdamW left them low)
+                "methods": {a: {"model": a, "weights": glyphs(a), **plain_options(a)}
+                            for a in archs}}
     finetune = {
         "stage": "finetune", "seed": seed, "out": f"{out}/finetune",
         "model": {"name": backbone, "weights": glyphs(backbone)},
