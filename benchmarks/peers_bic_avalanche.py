@@ -15,7 +15,8 @@ folder of its own and put that on the path only for this script:
     pip install --no-deps --target /tmp/avl avalanche-lib==0.6.0 gdown pytorchcv gputil \\
         beautifulsoup4 soupsieve torchmetrics lightning-utilities qpsolvers
     PYTHONPATH=$PWD:/tmp/avl python benchmarks/peers_bic_avalanche.py [--seeds 0 1 2]
-        [--shots 30] [--methods ...]
+        [--shots 30] [--methods ...]  (default: ptcore replay, ptcore bic+replay,
+        avalanche replay, avalanche bic; also "ptcore replay, mixed", "ptcore bic+lwf+replay")
 
 (avalanche imports wandb at module level for one W&B metric: an empty ``wandb`` package in
 that folder is enough.)
@@ -65,9 +66,14 @@ def _multistep_lr(optimizer, milestones, gamma=0.1, verbose=False):
 avalanche.training.plugins.bic.MultiStepLR = _multistep_lr
 
 MEMORY, EPOCHS, BATCH, LR = 100, 4, 16, 3e-3
-PTCORE = {"ptcore replay": "replay", "ptcore bic+replay": "bic+replay"}
+# name: (bic_glyph_resnet18's method, Incremental's options). "mixed": Avalanche's replay
+# batches (B new + B exemplars); bic+lwf+replay: BiC with its distillation, as Avalanche's.
+PTCORE = {"ptcore replay": ("replay", {}), "ptcore bic+replay": ("bic+replay", {}),
+          "ptcore replay, mixed": ("replay", {"replay_schedule": "mixed"}),
+          "ptcore bic+lwf+replay": ("bic+lwf+replay", {})}
 AVALANCHE = ("avalanche replay", "avalanche bic")
 METHODS = list(PTCORE) + list(AVALANCHE)
+DEFAULT = ["ptcore replay", "ptcore bic+replay", *AVALANCHE]
 
 
 class FreshCosine(SupervisedPlugin):
@@ -147,7 +153,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--shots", type=int, default=30)
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=DEFAULT, choices=METHODS)
     args = p.parse_args()
     torch.set_num_threads(1)
     # Avalanche's deprecations and "no loggers specified" (its metrics are read directly)
@@ -159,7 +165,8 @@ def main():
         scenario(seed, args.shots)  # once per seed, before any run is timed
         for name in args.methods:
             began = time.perf_counter()
-            r = (ptcore_run(PTCORE[name], seed, args.shots) if name in PTCORE
+            r = (ptcore_run(PTCORE[name][0], seed, args.shots, **PTCORE[name][1])
+                 if name in PTCORE
                  else avalanche_run(name, seed, args.shots))
             results[name, seed] = [100 * r[k] for k in KEYS] + [time.perf_counter() - began]
             print(f"seed {seed} {name:20s} AIA {results[name, seed][0]:5.1f} final "
