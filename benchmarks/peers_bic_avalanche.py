@@ -32,25 +32,31 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bic_glyph_resnet18 import run as ptcore_run  # noqa: E402
-from methods_incremental import KEYS, table  # noqa: E402
-from test_incremental_helpers import scenario  # noqa: E402
+from bic_glyph_resnet18 import run as ptcore_run
+from methods_incremental import KEYS, table
+from test_incremental_helpers import scenario
 
-from ptcore.demo.backbones import SHIPPED  # noqa: E402
-from ptcore.models import create_model  # noqa: E402
-from ptcore.strategies.incremental.metrics import summarize  # noqa: E402
+from ptcore.demo.backbones import SHIPPED
+from ptcore.models import create_model
+from ptcore.strategies.incremental.metrics import summarize
 
 try:
     with warnings.catch_warnings():  # "no QP solver found" (GEM's, not used here)
         warnings.simplefilter("ignore")
         import avalanche
         from avalanche.benchmarks import nc_benchmark
-        from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+        from avalanche.benchmarks.utils import (
+            _make_taskaware_tensor_classification_dataset,
+        )
         from avalanche.evaluation.metrics import accuracy_metrics
         from avalanche.models import IncrementalClassifier
         from avalanche.training import BiC, Naive
         from avalanche.training.determinism.rng_manager import RNGManager
-        from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin, SupervisedPlugin
+        from avalanche.training.plugins import (
+            EvaluationPlugin,
+            ReplayPlugin,
+            SupervisedPlugin,
+        )
 except ImportError as e:
     raise SystemExit(f"benchmarks/peers_bic_avalanche.py needs avalanche-lib 0.6.0, which "
                      f"ptcore does not install ({e}); see this file's docstring") from None
@@ -130,9 +136,10 @@ def avalanche_run(name: str, seed: int, shots: int) -> dict:
     head.classifier.load_state_dict(model.fc.state_dict())  # ptcore's first rows
     model.fc = head
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
-                  train_mb_size=BATCH, train_epochs=EPOCHS, eval_mb_size=256, device="cpu",
-                  evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[]))
+    common = {"model": model, "optimizer": optimizer,
+              "criterion": torch.nn.CrossEntropyLoss(), "train_mb_size": BATCH,
+              "train_epochs": EPOCHS, "eval_mb_size": 256, "device": "cpu",
+              "evaluator": EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])}
     if name == "avalanche replay":
         strategy = Naive(plugins=[ReplayPlugin(mem_size=MEMORY), FreshCosine(LR)], **common)
     else:  # BiC's defaults but the memory: val_percentage 0.1, T 2, 200 stage-2 epochs, ...
