@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods_incremental import KEYS, table  # noqa: E402  (which also puts the tests'
+from methods_incremental import table, timed_runs  # noqa: E402  (which also puts the tests'
 from test_incremental_helpers import scenario  # noqa: E402  helpers on the path)
 
 from ptcore.demo.backbones import SHIPPED  # noqa: E402
@@ -57,16 +56,8 @@ def main():
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = p.parse_args()
     torch.set_num_threads(1)
-    results = {}
-    for seed in args.seeds:
-        scenario(seed, args.shots)  # once per seed, before any run is timed
-        for name in args.methods:
-            began = time.perf_counter()
-            r = run(name, seed, args.shots)
-            results[name, seed] = [100 * r[k] for k in KEYS] + [time.perf_counter() - began]
-            print(f"seed {seed} {name:34s} AIA {results[name, seed][0]:5.1f} final "
-                  f"{results[name, seed][1]:5.1f} forgetting {results[name, seed][2]:5.1f} "
-                  f"({results[name, seed][3]:.1f} s)", flush=True)
+    results = timed_runs(args.seeds, args.methods, lambda name, seed: run(name, seed, args.shots),
+                         prepare=lambda seed: scenario(seed, args.shots), width=34)
     print("\n" + table(results, args.methods, args.seeds))
 
 

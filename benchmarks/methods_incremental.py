@@ -87,6 +87,23 @@ def main():
     print("\n" + table(results, args.methods, args.seeds))
 
 
+def timed_runs(seeds, names, run_one, prepare=lambda seed: None, width: int = 26) -> dict:
+    """``results[name, seed]`` = [AIA, final, forgetting (%), wall time (s)] of
+    ``run_one(name, seed)`` (an Incremental results dict), the runs of a seed one after
+    another after ``prepare(seed)`` (data, pretraining: not timed); prints each run."""
+    results = {}
+    for seed in seeds:
+        prepare(seed)
+        for name in names:
+            began = time.perf_counter()
+            r = run_one(name, seed)
+            results[name, seed] = [100 * r[k] for k in KEYS] + [time.perf_counter() - began]
+            print(f"seed {seed} {name:{width}s} AIA {results[name, seed][0]:5.1f} final "
+                  f"{results[name, seed][1]:5.1f} forgetting {results[name, seed][2]:5.1f} "
+                  f"({results[name, seed][3]:.1f} s)", flush=True)
+    return results
+
+
 def table(results: dict, names, seeds) -> str:
     """The Markdown table of ``results[name, seed]`` = [AIA, final, forgetting (%), wall
     time (s)]: each cell the mean over ``seeds``, then the seeds' values in parentheses."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bic_glyph_resnet18 import run as ptcore_run
-from methods_incremental import KEYS, table
+from methods_incremental import table, timed_runs
 from test_incremental_helpers import scenario
 
 from ptcore.demo.backbones import SHIPPED
@@ -167,18 +166,14 @@ def main():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="No loggers specified")
     print(f"avalanche {avalanche.__version__}, torch {torch.__version__}", flush=True)
-    results = {}
-    for seed in args.seeds:
-        scenario(seed, args.shots)  # once per seed, before any run is timed
-        for name in args.methods:
-            began = time.perf_counter()
-            r = (ptcore_run(PTCORE[name][0], seed, args.shots, **PTCORE[name][1])
-                 if name in PTCORE
-                 else avalanche_run(name, seed, args.shots))
-            results[name, seed] = [100 * r[k] for k in KEYS] + [time.perf_counter() - began]
-            print(f"seed {seed} {name:20s} AIA {results[name, seed][0]:5.1f} final "
-                  f"{results[name, seed][1]:5.1f} forgetting {results[name, seed][2]:5.1f} "
-                  f"({results[name, seed][3]:.1f} s)", flush=True)
+
+    def run_one(name, seed):
+        if name in PTCORE:
+            return ptcore_run(PTCORE[name][0], seed, args.shots, **PTCORE[name][1])
+        return avalanche_run(name, seed, args.shots)
+
+    results = timed_runs(args.seeds, args.methods, run_one,
+                         prepare=lambda seed: scenario(seed, args.shots), width=20)
     print("\n" + table(results, args.methods, args.seeds))
 
 
