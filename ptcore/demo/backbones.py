@@ -36,7 +36,8 @@ def pretrain_epochs(image_size: int) -> int:
 # VGG-19-BN's loss from ln 382 to 115 within 10 steps and left it at chance, as did AdamW
 # 1e-3 and 1e-4; SGD with momentum (their papers' optimizer) and a warm-up was the one that
 # left chance (measured on 6,000 glyphs at 32px: 5.905 after 100 steps, still falling).
-# The seed preset trains them so on the digits too (VGG-19-BN teacher 36.3% -> 80.7%).
+# The seed preset trains them so on the digits too (VGG-19-BN teacher 36.3% -> 80.7%;
+# AlexNet's digits model, which no later stage uses, 52.6% -> 20.0%: docs/demo.md).
 PLAIN = ("vgg19_bn", "vgg19", "vgg16_bn", "vgg16", "alexnet")
 
 
