@@ -39,7 +39,7 @@ def open_run_folder(args, command: str):
     settings = plain({k: v for k, v in vars(args).items() if k not in _FREE})
     return RunFolder(args.out).claim(command, settings, resume, overwrite,
                                      renamed=OLD_SETTINGS.get(command),
-                                     defaults=option_defaults(command))
+                                     defaults=option_defaults(command) if resume else None)
 
 
 def option_defaults(command: str) -> dict:

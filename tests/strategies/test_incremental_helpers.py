@@ -148,3 +148,15 @@ def interrupt_at(monkeypatch, cls, hook: str, task: int):
 
     monkeypatch.setattr(cls, hook, interrupted)
     return real
+
+
+def cli_config(path, out, strategy: str, batch_size: int) -> str:
+    """A TOML config of the CLI tests: mobilenet_v3_small on digits 0-3 at 16×16 in two tasks
+    of 4 shots a class, one epoch, with the ``[strategy]`` lines ``strategy``; written to
+    ``path``, whose str is returned."""
+    path.write_text(f'stage = "incremental"\nout = "{out}"\n'
+                    '[model]\nname = "mobilenet_v3_small"\n'
+                    "[data]\nimage_size = 16\nclasses = [0, 1, 2, 3]\nshots = 4\n"
+                    "tasks = [[0, 1], [2, 3]]\ntest = 0.05\n[engine]\nepochs = 1\n"
+                    f"batch_size = {batch_size}\n[strategy]\n{strategy}\n")
+    return str(path)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from test_distill import one_thread  # noqa: F401  (autouse: tiny models run best on one thread)
-from test_incremental_helpers import make, run, scenario, tiny_model
+from test_incremental_helpers import cli_config, make, run, scenario, tiny_model
 
 from ptcore import engine
 from ptcore.models import get_head
@@ -275,13 +275,9 @@ def test_cli_wa_replay_and_a_der_config(tmp_path, capsys):
     assert main(["incremental", "--method", "wa+replay", "--out", str(tmp_path / "wa")]
                 + common) == 0
     assert json.loads((tmp_path / "wa" / "results.json").read_text())["method"] == "wa+replay"
-    cfg = tmp_path / "der.toml"
-    cfg.write_text(f'stage = "incremental"\nout = "{tmp_path / "der"}"\n'
-                   '[model]\nname = "mobilenet_v3_small"\n'
-                   "[data]\nimage_size = 16\nclasses = [0, 1, 2, 3]\nshots = 4\n"
-                   "tasks = [[0, 1], [2, 3]]\ntest = 0.05\n[engine]\nepochs = 1\nbatch_size = 16\n"
-                   '[strategy]\nmethod = "der+replay"\nmemory = 8\nder_topk = 2\n')
-    assert main(["incremental", "--config", str(cfg), "--no-progress"]) == 0
+    cfg = cli_config(tmp_path / "der.toml", tmp_path / "der",
+                     'method = "der+replay"\nmemory = 8\nder_topk = 2', batch_size=16)
+    assert main(["incremental", "--config", cfg, "--no-progress"]) == 0
     res = json.loads((tmp_path / "der" / "results.json").read_text())
     assert res["method"] == "der+replay" and res["exemplars"] == 8
     assert main(["incremental", "--method", "bic", "--out", str(tmp_path / "bic")] + common) == 2

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_distill import one_thread  # noqa: F401  (autouse: tiny models run best on one thread)
-from test_incremental_helpers import interrupt_at, make, mean_over_seeds, pretrained, scenario
+from test_incremental_helpers import (cli_config, interrupt_at, make, mean_over_seeds, pretrained,
+                                      scenario)
 
 from ptcore import engine
 from ptcore.data import class_tasks, digits_dataset, train_val_test_split
@@ -106,13 +107,9 @@ def test_aper_beats_simplecil_from_the_same_pretrained_model():
 def test_cli_aper_from_a_config(tmp_path):
     from ptcore.cli import main
 
-    cfg = tmp_path / "aper.toml"
-    cfg.write_text(f'stage = "incremental"\nout = "{tmp_path / "aper"}"\n'
-                   '[model]\nname = "mobilenet_v3_small"\n'
-                   "[data]\nimage_size = 16\nclasses = [0, 1, 2, 3]\nshots = 4\n"
-                   "tasks = [[0, 1], [2, 3]]\ntest = 0.05\n[engine]\nepochs = 1\nbatch_size = 8\n"
-                   '[strategy]\nmethod = "aper"\naper_adapt = "bn"\n')
-    assert main(["incremental", "--config", str(cfg), "--no-progress"]) == 0
+    cfg = cli_config(tmp_path / "aper.toml", tmp_path / "aper",
+                     'method = "aper"\naper_adapt = "bn"', batch_size=8)
+    assert main(["incremental", "--config", cfg, "--no-progress"]) == 0
     res = json.loads((tmp_path / "aper" / "results.json").read_text())
     assert res["method"] == "aper" and res["history"][0] and res["history"][1] == []
 
